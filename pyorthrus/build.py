@@ -1,0 +1,359 @@
+"""`pyorthrus build`: download the pinned llama-cpp-python sdist, apply patches/*.patch to its vendored llama.cpp,
+build a wheel for the chosen backend and install it into the running interpreter's environment.
+
+Only the standard library is used here, so `python -m pyorthrus.build` works on a fresh environment before numpy,
+gguf or llama_cpp are installed. Built wheels are cached under a key of everything that changes the binary (sdist
+hash, patch series hash, backend and CMake flags, CPU features), so a second run installs in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import PyorthrusError
+
+SDIST_NAME = "llama_cpp_python-0.3.36.tar.gz"
+SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+SDIST_ROOT = "llama_cpp_python-0.3.36"
+BUILD_INFO_FILE = "_pyorthrus_build.json"  # written into the llama_cpp package of the wheel
+BACKENDS = ("auto", "cpu", "cuda", "metal")
+FLAVOURS = ("strict", "fast")
+
+REPO_PATCHES = Path(__file__).resolve().parent.parent / "patches"
+
+# Flags of every build: no llava/mtmd library (we never use it; saves a third of the build time).
+COMMON_CMAKE_ARGS = ["-DLLAVA_BUILD=OFF"]
+BACKEND_CMAKE_ARGS = {"cpu": [], "cuda": ["-DGGML_CUDA=ON"], "metal": ["-DGGML_METAL=ON"]}
+# ggml's AMX int8 kernels (compiled in by -march=native on AMX CPUs) segfault in ggml_backend_amx_mul_mat on
+# SmolLM2 Q4_1 with this llama.cpp, and as an extra buffer type their numerics depend on the batch shape.
+X86_CMAKE_ARGS = ["-DCMAKE_C_FLAGS=-mno-amx-int8", "-DCMAKE_CXX_FLAGS=-mno-amx-int8"]
+# The llamafile sgemm kernels only serve batches of n >= 2, so batched (verify) and one-token (AR) logits
+# differ; without them CPU matmuls are batch-invariant (DESIGN.md section 4). "fast" keeps them.
+FLAVOUR_CMAKE_ARGS = {"strict": ["-DGGML_LLAMAFILE=OFF"], "fast": []}
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("PYORTHRUS_CACHE"):
+        return Path(os.environ["PYORTHRUS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyorthrus"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def patch_files(patches_dir: Path) -> list[Path]:
+    if not patches_dir.is_dir():
+        raise PyorthrusError(f"{patches_dir}: patch directory not found")
+    return sorted(patches_dir.glob("*.patch"))
+
+
+def patch_series_hash(patches: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for patch in patches:
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cpu_features() -> str:
+    """What `-march=native` (GGML_NATIVE, on by default) compiles for: a wheel is only reusable on the same CPU."""
+    text = ""
+    if sys.platform.startswith("linux") and Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features", "model name")):
+                text += line + "\n"
+            if line.strip() == "":
+                break  # the first processor describes them all
+    elif sys.platform == "darwin":
+        text = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout
+    return f"{sys.platform}-{platform.machine()}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def detect_backend() -> str:
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal"
+    if shutil.which("nvcc") and shutil.which("nvidia-smi"):
+        if subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+            return "cuda"
+    return "cpu"
+
+
+@dataclass
+class BuildConfig:
+    backend: str
+    flavour: str
+    cmake_args: list[str]
+    patches: list[Path] = field(repr=False)
+    sdist_sha256: str = SDIST_SHA256
+    patches_sha256: str = ""
+    cpu: str = ""
+
+    def __post_init__(self):
+        self.patches_sha256 = self.patches_sha256 or patch_series_hash(self.patches)
+        self.cpu = self.cpu or cpu_features()
+
+    @property
+    def key(self) -> str:
+        """Cache key of the wheel: everything that changes the built binary."""
+        parts = [self.sdist_sha256, self.patches_sha256, self.backend, self.flavour, *self.cmake_args, self.cpu,
+                 f"py{sys.version_info.major}{sys.version_info.minor}"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    def info(self) -> dict:
+        info = asdict(self)
+        info["patches"] = [p.name for p in self.patches]
+        info["key"] = self.key
+        info["llama_cpp_python"] = SDIST_REQUIREMENT
+        return info
+
+
+def make_config(backend: str = "auto", flavour: str = "strict", extra_cmake_args: list[str] | None = None,
+                patches_dir: Path = REPO_PATCHES) -> BuildConfig:
+    if backend not in BACKENDS:
+        raise PyorthrusError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if flavour not in FLAVOURS:
+        raise PyorthrusError(f"unknown flavour {flavour!r}: choose one of {', '.join(FLAVOURS)}")
+    backend = detect_backend() if backend == "auto" else backend
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cmake_args = [*COMMON_CMAKE_ARGS, *(X86_CMAKE_ARGS if x86 else []), *BACKEND_CMAKE_ARGS[backend],
+                  *FLAVOUR_CMAKE_ARGS[flavour],
+                  *(extra_cmake_args or [])]
+    return BuildConfig(backend=backend, flavour=flavour, cmake_args=cmake_args, patches=patch_files(patches_dir))
+
+
+def cached_wheel(config: BuildConfig, cache_dir: Path) -> Path | None:
+    wheels = sorted((cache_dir / "wheels" / config.key).glob("*.whl"))
+    return wheels[0] if wheels else None
+
+
+def ensure_sdist(cache_dir: Path, redownload: bool = False) -> Path:
+    """The pinned sdist in the cache, downloaded through pip (so pip's index settings apply) and sha256-verified."""
+    path = cache_dir / "sdist" / SDIST_NAME
+    if path.exists() and redownload:
+        path.unlink()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {SDIST_REQUIREMENT} sdist ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   SDIST_REQUIREMENT, "-d", tmp]
+            if subprocess.run(cmd).returncode != 0 or not (Path(tmp) / SDIST_NAME).exists():
+                raise PyorthrusError(f"could not download {SDIST_REQUIREMENT} from the package index")
+            actual = sha256_file(Path(tmp) / SDIST_NAME)
+            if actual != SDIST_SHA256:
+                raise PyorthrusError(f"downloaded {SDIST_NAME}: checksum mismatch (expected {SDIST_SHA256}, got {actual})")
+            os.replace(Path(tmp) / SDIST_NAME, path)
+    actual = sha256_file(path)
+    if actual != SDIST_SHA256:
+        raise PyorthrusError(f"{path}: checksum mismatch (expected {SDIST_SHA256}, got {actual}); "
+                             "the cached sdist is corrupt: rerun with --force to download it again")
+    return path
+
+
+def unpack_patched(sdist: Path, patches: list[Path], dest: Path) -> Path:
+    """Unpack the sdist into dest and apply the patch series to vendor/llama.cpp; returns the sdist root."""
+    with tarfile.open(sdist) as tar:
+        # The "data" filter refuses links and paths outside dest; older Pythons lack it (and the keyword).
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    root = dest / SDIST_ROOT
+    for patch in patches:
+        cmd = ["git", "apply", "--whitespace=nowarn", "--directory=vendor/llama.cpp", str(patch)]
+        check = subprocess.run([*cmd[:2], "--check", *cmd[2:]], cwd=root, capture_output=True, text=True)
+        if check.returncode != 0:
+            reason = (check.stderr.strip().splitlines() or ["git apply failed"])[0]
+            raise PyorthrusError(f"{patch}: does not apply to {SDIST_ROOT}/vendor/llama.cpp ({reason})")
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def patched_source_dir(cache_dir: Path | None = None, patches_dir: Path = REPO_PATCHES) -> Path:
+    """The patched vendor/llama.cpp tree (for its convert_hf_to_gguf.py and gguf-py), unpacked once per series."""
+    cache_dir = cache_dir or default_cache_dir()
+    patches = patch_files(patches_dir)
+    tree = cache_dir / "src" / f"{SDIST_SHA256[:12]}-{patch_series_hash(patches)[:12]}"
+    if not tree.exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
+            unpack_patched(ensure_sdist(cache_dir), patches, Path(tmp))
+            os.replace(Path(tmp) / SDIST_ROOT, tree)
+    return tree / "vendor" / "llama.cpp"
+
+
+def _run_logged(cmd: list[str], env: dict, cwd: Path, log: Path) -> int:
+    """Run a long command, keeping its full output in `log` and showing CMake's [NN%] progress on one line."""
+    interactive = sys.stderr.isatty()
+    start = time.monotonic()
+    last_shown = ""
+    with open(log, "w") as out, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            out.write(line)
+            match = re.search(r"\[\s*(\d+)%\]", line)
+            if match and match.group(1) != last_shown:
+                last_shown = match.group(1)
+                status = f"building llama.cpp: {last_shown:>3}%  ({time.monotonic() - start:.0f}s)"
+                if interactive:
+                    print("\r" + status, end="", file=sys.stderr, flush=True)
+                elif int(last_shown) % 25 == 0:
+                    print(status, file=sys.stderr, flush=True)
+        proc.wait()
+    if interactive:
+        print(file=sys.stderr)
+    return proc.returncode
+
+
+def build_wheel(config: BuildConfig, cache_dir: Path, jobs: int) -> Path:
+    sdist = ensure_sdist(cache_dir)
+    work_parent = cache_dir / "work"
+    work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_parent) as tmp:
+        root = unpack_patched(sdist, config.patches, Path(tmp))
+        (root / "llama_cpp" / BUILD_INFO_FILE).write_text(json.dumps(config.info(), indent=2) + "\n")
+        env = dict(os.environ, CMAKE_ARGS=" ".join(config.cmake_args), CMAKE_BUILD_PARALLEL_LEVEL=str(jobs))
+        out_dir = Path(tmp) / "dist"
+        log = cache_dir / "build.log"
+        print(f"building {SDIST_REQUIREMENT} + {len(config.patches)} patches, backend {config.backend}, "
+              f"{config.flavour} ({' '.join(config.cmake_args)}); log: {log}", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out_dir), str(root)]
+        if _run_logged(cmd, env, root, log) != 0:
+            raise PyorthrusError(f"building llama.cpp failed; see the last lines of {log}")
+        wheel = next(out_dir.glob("*.whl"))
+        final_dir = cache_dir / "wheels" / config.key
+        staging = Path(tempfile.mkdtemp(dir=work_parent))
+        shutil.move(str(wheel), staging / wheel.name)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final_dir)
+    return final_dir / wheel.name
+
+
+def install_wheel(wheel: Path) -> None:
+    for cmd in ([sys.executable, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", str(wheel)],
+                [sys.executable, "-m", "pip", "install", "--quiet", str(wheel)]):  # the second adds its deps
+        if subprocess.run(cmd).returncode != 0:
+            raise PyorthrusError(f"pip could not install {wheel}")
+
+
+def installed_build_key() -> str | None:
+    """The cache key recorded in the installed llama_cpp package, read without loading the library."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    record = Path(list(spec.submodule_search_locations)[0]) / BUILD_INFO_FILE
+    return json.loads(record.read_text()).get("key") if record.exists() else None
+
+
+def installed_build_info() -> dict:
+    """What the llama_cpp importable here is: its version, our build record, and the patched marker."""
+    try:
+        import llama_cpp
+        from llama_cpp import llama_cpp as low_level
+    except ImportError as exc:
+        raise PyorthrusError(f"llama_cpp is not importable ({exc}); run `pyorthrus build`") from exc
+    record_path = Path(llama_cpp.__file__).parent / BUILD_INFO_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    lib = low_level._lib
+    api_version = lib.llama_orthrus_api_version() if hasattr(lib, "llama_orthrus_api_version") else None
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "library": getattr(lib, "_name", None),
+        "patched": api_version is not None,
+        "orthrus_api_version": api_version,
+        "build": record,
+        "system_info": low_level.llama_print_system_info().decode(),
+    }
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Build llama-cpp-python 0.3.36 with the pyorthrus patch series applied to its llama.cpp and install it "
+        "into this Python environment. Wheels are cached (key: sdist hash, patch series, backend, flags, CPU), "
+        "so a second run installs in seconds.")
+    parser.add_argument("--backend", default="auto",
+                        help="auto (Metal on Apple Silicon, CUDA when nvcc and a GPU are present, else CPU), cpu, "
+                             "cuda or metal")
+    parser.add_argument("--flavour", default="strict",
+                        help="strict (default: batch-invariant CPU matmuls, so Orthrus output equals AR output "
+                             "bit for bit) or fast (llamafile sgemm: 5-13%% faster K-token passes on CPU)")
+    parser.add_argument("--cmake-args", default="", help="extra CMake flags, e.g. \"-DGGML_NATIVE=OFF\"")
+    parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2, help="parallel compile jobs")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cached wheel exists, and "
+                                                             "download the sdist again")
+    parser.add_argument("--check", action="store_true",
+                        help="build nothing: report the installed llama.cpp, its backend and the Orthrus patch")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $PYORTHRUS_CACHE or "
+                                                                     "~/.cache/pyorthrus")
+    parser.add_argument("--patches", type=Path, default=REPO_PATCHES, help="patch series directory")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check:
+        info = installed_build_info()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            build = info["build"] or {}
+            print(f"llama-cpp-python {info['llama_cpp_python']}  ({info['library']})")
+            print(f"backend: {build.get('backend', 'unknown (not built by pyorthrus)')}  "
+                  f"flavour: {build.get('flavour', '-')}  flags: {' '.join(build.get('cmake_args', []))}")
+            print(f"orthrus patch: {'present, API v%d' % info['orthrus_api_version'] if info['patched'] else 'MISSING'}")
+            print(f"system: {info['system_info']}")
+        return 0 if info["patched"] else 1
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    config = make_config(args.backend, args.flavour, shlex.split(args.cmake_args), args.patches)
+    if args.force:
+        ensure_sdist(cache_dir, redownload=True)
+    wheel = None if args.force else cached_wheel(config, cache_dir)
+    if wheel is not None and installed_build_key() == config.key:
+        action = "already installed"
+    elif wheel is not None:
+        action = "installed from cache"
+    else:
+        wheel = build_wheel(config, cache_dir, args.jobs)
+        action = "built and installed"
+    if action != "already installed":
+        install_wheel(wheel)
+    result = {"action": action, "wheel": str(wheel), **config.info()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"llama-cpp-python with Orthrus patches: {action} (backend {config.backend}, {config.flavour}, "
+              f"key {config.key})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyorthrus build")
+    configure(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except PyorthrusError as exc:
+        print(f"pyorthrus build: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

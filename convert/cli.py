@@ -1,0 +1,62 @@
+"""`pyorthrus convert`: an Orthrus HF checkpoint -> adapter and/or merged GGUF.
+
+Also runs as a script: `python convert/cli.py CKPT_DIR --adapter-out adapter.gguf`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script from a checkout: import this directory as the package `convert`
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    from convert import OUTTYPES, convert_checkpoint
+else:
+    from . import OUTTYPES, convert_checkpoint
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ckpt_dir", metavar="CKPT_DIR",
+                        help="Orthrus checkpoint directory (config.json with model_type orthrus, safetensors)")
+    parser.add_argument("--adapter-out", metavar="FILE.gguf",
+                        help="write an adapter GGUF (diff tensors only) to use beside any GGUF of the base model")
+    parser.add_argument("--merged-out", metavar="FILE.gguf", help="write a merged GGUF (base model + diff tensors)")
+    parser.add_argument("--base", metavar="BASE.gguf",
+                        help="for --merged-out: copy this base GGUF as it is (any quantization) instead of "
+                             "converting the checkpoint's base weights with llama.cpp's converter")
+    parser.add_argument("--outtype", choices=list(OUTTYPES), default="f32",
+                        help="type of the diff matrices (norms stay f32); without --base also the base weights")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary; no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = convert_checkpoint(args.ckpt_dir, adapter_out=args.adapter_out, merged_out=args.merged_out,
+                                 base=args.base, outtype=args.outtype, force=args.force,
+                                 progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for kind in ("adapter", "merged"):
+            if summary[kind]:
+                print(f"wrote {kind} {summary[kind]} ({summary['diff_tensors']} diff tensors, "
+                      f"{summary['layers']} layers, {summary['outtype']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    from pyorthrus.errors import PyorthrusError
+
+    parser = argparse.ArgumentParser(prog="convert", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except PyorthrusError as exc:
+        print(f"convert: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

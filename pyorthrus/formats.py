@@ -1,0 +1,98 @@
+"""Orthrus checkpoint facts shared by the PyTorch reference and the converter, with no torch dependency.
+
+The configuration of an Orthrus model (from an HF config.json) and the Q/K row layout llama.cpp uses for Llama
+bases. `pyorthrus convert` (adapter and --base merged files) and `pyorthrus inspect` need only numpy and gguf.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import PyorthrusError
+
+QWEN3 = "qwen3"
+LLAMA = "llama"
+SUPPORTED_BASES = (QWEN3, LLAMA)
+# GGUF architecture names that mean "a Qwen3 base": the community merged format calls it `orthrus`.
+GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "llama": LLAMA}
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+QK_NORMS = ("q_norm", "k_norm")
+
+
+@dataclass(frozen=True)
+class OrthrusConfig:
+    base: str  # "qwen3" or "llama"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    attention_bias: bool = False
+    block_size: int = 32
+    mask_token_id: int | None = None
+
+    @property
+    def has_qk_norm(self) -> bool:
+        return self.base == QWEN3
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
+    """OrthrusConfig from an Orthrus (or plain Qwen3/Llama) config.json. Upstream Orthrus configs are Qwen3 configs
+    with model_type "orthrus"; our Llama-based checkpoints add `base_model_type: "llama"`."""
+    model_type = hf.get("model_type")
+    base = hf.get("base_model_type", QWEN3) if model_type == "orthrus" else model_type
+    if base not in SUPPORTED_BASES:
+        raise PyorthrusError(f"{source}: unsupported base model type {base!r} (supported: {', '.join(SUPPORTED_BASES)})")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise PyorthrusError(f"{source}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
+    try:
+        heads = hf["num_attention_heads"]
+        return OrthrusConfig(
+            base=base,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads", heads),
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            attention_bias=hf.get("attention_bias", False),
+            block_size=hf.get("block_size", 32),
+            mask_token_id=hf.get("mask_token_id"),
+        )
+    except KeyError as exc:
+        raise PyorthrusError(f"{source}: missing field {exc.args[0]!r}") from None
+
+
+def permute_qk_rows(weight, n_head: int):
+    """llama.cpp's Llama converter layout: within each head, interleave the two RoPE halves (HF -> GGUF).
+    Works on numpy arrays and torch tensors alike."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def unpermute_qk_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of `permute_qk_rows` (GGUF -> HF)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def llama_qk_permute_heads(cfg: OrthrusConfig, gguf_name: str) -> int:
+    """Head count of the row permutation llama.cpp's Llama converter applies to this tensor (0: not permuted): Q and
+    K weights and biases, the `_diff` ones alike."""
+    if cfg.base != LLAMA:
+        return 0
+    tensor = gguf_name.split(".")[-2]
+    if tensor in ("attn_q", "attn_q_diff"):
+        return cfg.num_heads
+    if tensor in ("attn_k", "attn_k_diff"):
+        return cfg.num_kv_heads
+    return 0

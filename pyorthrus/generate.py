@@ -1,0 +1,85 @@
+"""`pyorthrus generate`: one prompt, streamed to the terminal, with a one-line stats footer (or --json).
+
+Also home of the model and sampling options every running verb shares (`add_model_arguments`, `open_model`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import assets
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("-m", "--model", type=Path, default=None,
+                       help="base or merged GGUF (default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    group.add_argument("-a", "--adapter", type=Path, default=None, help="Orthrus adapter GGUF for the base model")
+    group.add_argument("-k", "--block-size", type=int, default=None,
+                       help="draft block size K at run time (2 ... trained K; default: trained K)")
+    group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
+    group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
+    group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
+    group.add_argument("--flash-attn", action="store_true", help="use flash attention")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("orthrus", "ar"), default="orthrus",
+                        help="orthrus (draft/verify) or ar (the same model, one token per step)")
+    sampling = parser.add_argument_group("sampling (temperature 0 = greedy)")
+    sampling.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sampling.add_argument("--temp", type=float, default=0.0, help="temperature")
+    sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
+    sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
+
+
+def open_model(args: argparse.Namespace):
+    from .model import Orthrus
+
+    return Orthrus(args.model or assets.smollm2_gguf(), args.adapter, block_size=args.block_size,
+                   mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
+                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn, seed=getattr(args, "seed", 0))
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+
+
+def stats_footer(stats) -> str:
+    line = (f"[{stats.n_generated} tokens, {stats.tokens_per_second:.1f} tok/s, mode {stats.mode}")
+    if stats.mode == "orthrus":
+        line += (f", K={stats.block_size}, {stats.tokens_per_cycle:.2f} tokens/cycle over {stats.n_cycles} cycles, "
+                 f"draft {stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
+    return line + "]"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Generate a continuation of one prompt with Orthrus decoding (or plain AR with --mode ar)."
+    parser.add_argument("-p", "--prompt", required=True, help="prompt text")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    add_model_arguments(parser)
+    add_decoding_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_model(args) as model:
+        prompt = model.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+        pieces = model.generate(prompt, max_tokens=args.max_tokens, stop=args.stop, stream=True,
+                                **sampling_options(args))
+        for piece in pieces:
+            if not args.json:
+                print(piece, end="", flush=True)
+        result = pieces.result
+    if args.json:
+        print(json.dumps({"text": result.text, "tokens": result.tokens, "finish_reason": result.finish_reason,
+                          "stats": result.stats.as_dict()}, indent=2))
+    else:
+        print()
+        print(stats_footer(result.stats), file=sys.stderr)
+    return 0

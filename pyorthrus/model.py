@@ -1,0 +1,385 @@
+"""`pyorthrus.Orthrus`: a llama_cpp.Llama whose generation runs Orthrus draft/verify cycles in C.
+
+The wrapped `llama_cpp.Llama` supplies the model, context, tokenizer and chat template; this class adds the
+adapter, the decode loop (one `llama_orthrus_cycle` call per cycle) and the statistics. `mode="ar"` runs the very
+same model and context one token per step, which is what Orthrus output is compared against.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import PyorthrusError
+
+MODES = ("orthrus", "ar")
+
+
+@dataclass
+class GenerationStats:
+    mode: str
+    block_size: int
+    n_prompt: int = 0
+    n_generated: int = 0
+    n_cycles: int = 0  # Orthrus cycles, or AR steps
+    accepted: Counter = field(default_factory=Counter)  # accepted drafts per cycle -> count
+    t_prefill_s: float = 0.0
+    t_draft_s: float = 0.0
+    t_verify_s: float = 0.0
+    t_total_s: float = 0.0  # prefill excluded
+
+    @property
+    def tokens_per_cycle(self) -> float:
+        return self.n_generated / self.n_cycles if self.n_cycles else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_generated / self.t_total_s if self.t_total_s else 0.0
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "block_size": self.block_size, "n_prompt": self.n_prompt,
+                "n_generated": self.n_generated, "n_cycles": self.n_cycles,
+                "tokens_per_cycle": self.tokens_per_cycle, "tokens_per_second": self.tokens_per_second,
+                "accepted_histogram": {int(k): v for k, v in sorted(self.accepted.items())},
+                "t_prefill_s": self.t_prefill_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
+                "t_total_s": self.t_total_s}
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOG token or stop string/token) or "length"
+    stats: GenerationStats
+
+
+@dataclass
+class _Chunk:
+    """What the decode loop yields: newly committed tokens and whether generation ended."""
+    tokens: list[int]
+    finish_reason: str | None
+
+
+class Orthrus:
+    """Orthrus parallel decoding on a GGUF model (+ an adapter-only GGUF, unless the model is a merged file).
+
+    >>> llm = Orthrus("SmolLM2-135M-Instruct.Q4_1.gguf", adapter_path="smollm2-orthrus.gguf")
+    >>> out = llm.generate("The capital of France is", max_tokens=32)
+    >>> out.text, out.stats.tokens_per_cycle
+    """
+
+    def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
+                 block_size: int | None = None, mode: str = "orthrus", n_ctx: int = 2048,
+                 n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
+                 verbose: bool = False, **llama_kwargs):
+        import llama_cpp
+
+        from . import _lib
+
+        if mode not in MODES:
+            raise PyorthrusError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        for label, path in (("model", model_path), ("adapter", adapter_path)):
+            if path is not None and not Path(path).is_file():
+                raise PyorthrusError(f"{path}: {label} file not found")
+        self._lib = _lib
+        self._lock = threading.Lock()
+        self._owner = True  # False for ar_view(): it shares this instance's model, context and adapter
+        self._perturb_at: int | None = None  # test-only: replace the generated token at this index
+        self.mode = mode
+        self.seed = seed
+        self.adapter = None
+        try:
+            self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
+                                       n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
+                                       verbose=verbose, **llama_kwargs)
+        except ValueError as exc:
+            raise PyorthrusError(f"{model_path}: llama.cpp could not load it ({exc})") from exc
+        self._ctx = self.llm._ctx.ctx
+        model = self.llm._model.model
+        if adapter_path is not None:
+            self.adapter = _lib.llama_orthrus_adapter_init(model, str(adapter_path).encode())
+            if not self.adapter:
+                raise PyorthrusError(f"{adapter_path}: {_lib.last_error() or 'not a valid Orthrus adapter'}")
+            _lib.llama_orthrus_set_adapter(self._ctx, self.adapter)
+            trained_k = _lib.llama_orthrus_adapter_block_size(self.adapter)
+        else:
+            trained_k = _lib.llama_orthrus_model_block_size(model) if _lib.llama_orthrus_model_has_diff(model) else 0
+        if mode == "orthrus" and trained_k == 0:
+            raise PyorthrusError(f"{model_path}: has no Orthrus diffusion weights; pass adapter_path= (an adapter "
+                                 "GGUF) or use mode='ar'")
+        self.trained_block_size = trained_k
+        self.block_size = block_size or trained_k
+        if mode == "orthrus" and not 2 <= self.block_size <= trained_k:
+            raise PyorthrusError(f"block_size {self.block_size} out of range: 2 ... {trained_k} (trained K)")
+        if self.block_size > self.llm.n_batch:
+            raise PyorthrusError(f"block_size {self.block_size} exceeds n_batch {self.llm.n_batch}")
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def ar_view(self) -> "Orthrus":
+        """The same model, context and build decoding one token per step: what Orthrus must reproduce."""
+        view = copy.copy(self)
+        view.mode, view._owner, view._perturb_at = "ar", False, None
+        return view
+
+    def close(self) -> None:
+        """Detach and free the adapter, then the model (the adapter must go first)."""
+        if not getattr(self, "_owner", False):
+            return
+        if getattr(self, "adapter", None):
+            self._lib.llama_orthrus_set_adapter(self._ctx, None)
+            self._lib.llama_orthrus_adapter_free(self.adapter)
+            self.adapter = None
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self) -> "Orthrus":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- tokens ----------------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=self.llm._model.add_bos_token(), special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    def _is_eog(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+
+    # -- the decode loops ------------------------------------------------------------------------------------------
+    def _prefill(self, prompt: list[int]) -> None:
+        """Clear the cache and decode all but the last prompt token: the last one is x_s, known but not cached."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        head = prompt[:-1]
+        for start in range(0, len(head), self.llm.n_batch):
+            chunk = head[start:start + self.llm.n_batch]
+            ids = (llama_cpp.llama_token * len(chunk))(*chunk)  # the batch only points at it: keep it alive
+            batch = llama_cpp.llama_batch_get_one(ids, len(chunk))
+            if llama_cpp.llama_decode(self._ctx, batch) != 0:
+                raise PyorthrusError("llama_decode failed on the prompt")
+
+    def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """AR logits for the token after `tokens` (one-token decode of the last one, as AR generation does)."""
+        with self._lock:
+            self._prefill(list(tokens))
+            return self._decode_one(tokens[-1]).copy()
+
+    def _decode_one(self, token: int) -> np.ndarray:
+        """Decode one token at the next position; a view of its logits (valid until the next decode)."""
+        import llama_cpp
+
+        ids = (llama_cpp.llama_token * 1)(token)
+        batch = llama_cpp.llama_batch_get_one(ids, 1)
+        if llama_cpp.llama_decode(self._ctx, batch) != 0:
+            raise PyorthrusError("llama_decode failed")
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.llm.n_vocab(),))
+
+    def _orthrus_chunks(self, prompt, max_tokens, params, stop_tokens, stats) -> Iterator[_Chunk]:
+        lib = self._lib
+        stop_array = (lib.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
+        params.stop_tokens = stop_array
+        params.n_stop_tokens = len(stop_tokens)
+        out = (lib.llama_token * self.block_size)()
+        cycle = lib.llama_orthrus_stats()
+        last, produced = prompt[-1], 0
+        while produced < max_tokens:
+            n = lib.llama_orthrus_cycle(self._ctx, 0, last, ctypes.byref(params), out,
+                                        min(self.block_size, max_tokens - produced), ctypes.byref(cycle))
+            if n < 0:
+                raise PyorthrusError(f"llama_orthrus_cycle failed: {lib.last_error()}")
+            stats.n_cycles += 1
+            stats.accepted[cycle.n_accepted] += 1
+            stats.t_draft_s += cycle.t_draft_us / 1e6
+            stats.t_verify_s += cycle.t_verify_us / 1e6
+            tokens = list(out[:n])
+            if self._perturb_at is not None and produced <= self._perturb_at < produced + n:
+                tokens[self._perturb_at - produced] = (tokens[self._perturb_at - produced] + 1) % self.llm.n_vocab()
+            produced += n
+            last = tokens[-1]
+            if cycle.stopped:
+                yield _Chunk(tokens, "stop")
+                return
+            yield _Chunk(tokens, "length" if produced >= max_tokens else None)
+
+    def _ar_chunks(self, prompt, max_tokens, sampling, stop_tokens, stats) -> Iterator[_Chunk]:
+        rng = np.random.default_rng(self.seed)
+        last = prompt[-1]
+        for produced in range(1, max_tokens + 1):
+            start = time.perf_counter()
+            logits = self._decode_one(last)
+            stats.t_verify_s += time.perf_counter() - start
+            last = int(np.argmax(logits)) if sampling is None else _sample(logits, rng, **sampling)
+            stats.n_cycles += 1
+            if self._is_eog(last) or last in stop_tokens:
+                yield _Chunk([last], "stop")
+                return
+            yield _Chunk([last], "length" if produced == max_tokens else None)
+
+    def _chunks(self, prompt: list[int], max_tokens: int, temperature: float, top_k: int, top_p: float,
+                min_p: float, stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[_Chunk]:
+        if not prompt:
+            raise PyorthrusError("empty prompt")
+        if len(prompt) + max_tokens + self.block_size > self.llm.n_ctx():
+            raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + block size "
+                                 f"({self.block_size}) exceeds n_ctx ({self.llm.n_ctx()})")
+        start = time.perf_counter()
+        self._prefill(prompt)
+        stats.t_prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.mode == "orthrus":
+            params = self._lib.llama_orthrus_default_params()
+            params.block_size, params.temperature = self.block_size, temperature
+            params.top_k, params.top_p, params.min_p, params.seed = top_k, top_p, min_p, self.seed
+            chunks = self._orthrus_chunks(prompt, max_tokens, params, list(stop_tokens), stats)
+        else:
+            sampling = None if temperature <= 0 else dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                                          min_p=min_p)
+            chunks = self._ar_chunks(prompt, max_tokens, sampling, set(stop_tokens), stats)
+        for chunk in chunks:
+            stats.n_generated += len(chunk.tokens)
+            stats.t_total_s = time.perf_counter() - start
+            yield chunk
+
+    # -- public API ------------------------------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
+                 stop_tokens: Sequence[int] = (), stream: bool = False):
+        """Generate a continuation. Returns a `Generation`, or with stream=True an iterator of text pieces whose
+        `.result` is set to the `Generation` once exhausted. temperature <= 0 is greedy."""
+        it = _Stream(self, prompt, max_tokens, temperature, top_k, top_p, min_p, list(stop), list(stop_tokens))
+        if stream:
+            return it
+        for _ in it:
+            pass
+        return it.result
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0,
+                               top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
+                               stream: bool = False):
+        """OpenAI-style chat completion (the shape llama_cpp.Llama returns), using the GGUF's chat template."""
+        prompt = self.chat_prompt(messages)
+        created, model_name = int(time.time()), self.llm.model_path
+        completion_id = f"chatcmpl-orthrus-{created}"
+        it = self.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           min_p=min_p, stop=stop, stream=True)
+        if stream:
+            return _chat_chunks(it, completion_id, created, model_name)
+        text = "".join(it)
+        result = it.result
+        return {"id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": result.finish_reason}],
+                "usage": {"prompt_tokens": result.stats.n_prompt, "completion_tokens": result.stats.n_generated,
+                          "total_tokens": result.stats.n_prompt + result.stats.n_generated},
+                "orthrus": result.stats.as_dict()}
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt text the GGUF's chat template makes of `messages` (generation prompt appended)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise PyorthrusError(f"{self.llm.model_path}: no chat template in the GGUF")
+        vocab = self.llm._model
+        formatter = Jinja2ChatFormatter(template, eos_token=vocab.token_get_text(vocab.token_eos()),
+                                        bos_token=vocab.token_get_text(vocab.token_bos()),
+                                        add_generation_prompt=True)
+        return formatter(messages=messages).prompt
+
+
+class _Stream:
+    """Iterator of text pieces; holds back text that could still become a stop string."""
+
+    def __init__(self, owner: Orthrus, prompt, max_tokens, temperature, top_k, top_p, min_p, stop, stop_tokens):
+        self.owner, self.stop = owner, [s for s in stop if s]
+        self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self.args = (max_tokens, temperature, top_k, top_p, min_p, stop_tokens)
+        self.result: Generation | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        owner = self.owner
+        stats = GenerationStats(owner.mode, owner.block_size if owner.mode == "orthrus" else 1,
+                                n_prompt=len(self.prompt))
+        tokens: list[int] = []
+        emitted = 0  # characters of text already yielded
+        text, finish = "", "length"
+        with owner._lock:
+            for chunk in owner._chunks(self.prompt, *self.args[:5], self.args[5], stats):
+                tokens += chunk.tokens
+                visible = [t for t in tokens if not owner._is_eog(t)]
+                text = owner.detokenize(visible)
+                cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                elif chunk.finish_reason:
+                    finish = chunk.finish_reason
+                done = cut >= 0 or chunk.finish_reason is not None
+                # Hold back a tail that is a prefix of a stop string, and an incomplete UTF-8 character.
+                safe = len(text) if done else len(text) - _held_back(text, self.stop)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+                if done:
+                    break
+        self.result = Generation(text=text, tokens=tokens, finish_reason=finish, stats=stats)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    hold = 1 if text.endswith("\ufffd") else 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def _chat_chunks(pieces: _Stream, completion_id: str, created: int, model_name: str) -> Iterator[dict]:
+    def chunk(delta: dict, finish: str | None) -> dict:
+        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    yield chunk({"role": "assistant"}, None)
+    for piece in pieces:
+        yield chunk({"content": piece}, None)
+    yield chunk({}, pieces.result.finish_reason)
+
+
+def _sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int, top_p: float,
+            min_p: float) -> int:
+    """AR sampling with the filters the C sampler applies: temperature, then top-k, top-p and min-p."""
+    z = logits.astype(np.float64) / temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep = np.ones(len(order), dtype=bool)
+    if top_k > 0:
+        keep[top_k:] = False
+    if top_p < 1.0:
+        cumulative = np.cumsum(probs[order])
+        keep &= np.concatenate(([True], cumulative[:-1] < top_p))
+    if min_p > 0:
+        keep &= probs[order] >= min_p * probs[order[0]]
+    kept = order[keep]
+    p = probs[kept] / probs[kept].sum()
+    return int(kept[rng.choice(len(kept), p=p)])

@@ -1,0 +1,107 @@
+"""Build Orthrus adapter GGUFs for tests and benchmarks with gguf-py (no PyTorch).
+
+An "identity" adapter copies each layer's AR attention weights (the very quantized bytes) into the diff slots:
+attn_q -> attn_q_diff, attn_k -> attn_k_diff, ... It is a valid adapter before any trained one exists (upstream
+initialises the diff weights from the AR weights). The draft it gives is NOT the AR model (it is bidirectional over
+MASK tokens), so drafts are often rejected: fine for losslessness tests.
+
+`write_adapter(..., **faults)` also makes deliberately broken adapters for the validation tests.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import gguf
+import numpy as np
+
+# SmolLM2 has no mask token; <empty_output> (id 16) is a special token of its code-data vocabulary that chat text
+# never produces, so it serves as MASK for identity adapters of SmolLM2.
+SMOLLM2_MASK_TOKEN_ID = 16
+
+_DIFF = {
+    "attn_q": "attn_q_diff",
+    "attn_k": "attn_k_diff",
+    "attn_v": "attn_v_diff",
+    "attn_output": "attn_output_diff",
+    "attn_q_norm": "attn_q_norm_diff",
+    "attn_k_norm": "attn_k_norm_diff",
+}
+
+
+def _field_value(reader: gguf.GGUFReader, key: str):
+    f = reader.fields[key]
+    if f.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode()
+    return f.parts[f.data[0]][0].item()
+
+
+def write_adapter(
+    base: Path,
+    out: Path,
+    *,
+    block_size: int = 32,
+    mask_token_id: int = SMOLLM2_MASK_TOKEN_ID,
+    arch: Optional[str] = None,
+    n_layers: Optional[int] = None,
+    embedding_length: Optional[int] = None,
+    head_count: Optional[int] = None,
+    head_count_kv: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    swap_qk_shapes: bool = False,
+    truncate_bytes: int = 0,
+    extra_tensor: bool = False,
+    general_type: str = "adapter",
+) -> Path:
+    """Identity adapter of the GGUF `base`; the keyword arguments inject faults (None/False: correct value)."""
+    reader = gguf.GGUFReader(str(base))
+    base_arch = _field_value(reader, "general.architecture")
+    n_layer = int(_field_value(reader, f"{base_arch}.block_count"))
+    n_embd = int(_field_value(reader, f"{base_arch}.embedding_length"))
+    n_head = int(_field_value(reader, f"{base_arch}.attention.head_count"))
+    n_head_kv = int(_field_value(reader, f"{base_arch}.attention.head_count_kv"))
+    tok = reader.fields["tokenizer.ggml.tokens"]
+    n_vocab = len(tok.data)
+
+    w = gguf.GGUFWriter(str(out), arch=arch or base_arch)
+    w.add_type(general_type)
+    w.add_string("adapter.type", "orthrus")
+    w.add_uint32("orthrus.diffusion.block_size", block_size)
+    w.add_uint32("tokenizer.ggml.mask_token_id", mask_token_id)
+    w.add_uint32("orthrus.base.block_count", n_layer if n_layers is None else n_layers)
+    w.add_uint32("orthrus.base.embedding_length", n_embd if embedding_length is None else embedding_length)
+    w.add_uint32("orthrus.base.head_count", n_head if head_count is None else head_count)
+    w.add_uint32("orthrus.base.head_count_kv", n_head_kv if head_count_kv is None else head_count_kv)
+    w.add_uint32("orthrus.base.vocab_size", n_vocab if vocab_size is None else vocab_size)
+
+    keep_layers = n_layer if n_layers is None else min(n_layer, n_layers)
+    tensors = {t.name: t for t in reader.tensors}
+    for il in range(keep_layers):
+        for src, dst in _DIFF.items():
+            for suffix in ("weight", "bias"):
+                name = f"blk.{il}.{src}.{suffix}"
+                if swap_qk_shapes and src in ("attn_q", "attn_k") and suffix == "weight":
+                    name = f"blk.{il}.{'attn_k' if src == 'attn_q' else 'attn_q'}.weight"
+                t = tensors.get(name)
+                if t is None:
+                    continue
+                data = np.array(t.data)
+                w.add_tensor(f"blk.{il}.{dst}.{suffix}", data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+    if extra_tensor:
+        w.add_tensor("blk.0.ffn_up_diff.weight", np.zeros((4, n_embd), dtype=np.float32))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    if truncate_bytes:
+        size = out.stat().st_size
+        with open(out, "r+b") as f:
+            f.truncate(max(0, size - truncate_bytes))
+    return out
+
+
+def write_identity_adapter(base: Path, out: Path, *, block_size: int = 32,
+                           mask_token_id: int = SMOLLM2_MASK_TOKEN_ID) -> Path:
+    return write_adapter(base, out, block_size=block_size, mask_token_id=mask_token_id)

@@ -1,0 +1,103 @@
+"""The high-level `pyorthrus.Orthrus` class on the real patched build and SmolLM2 Q4_1 (+ an identity adapter)."""
+from __future__ import annotations
+
+import pytest
+
+from pyorthrus import Orthrus, PyorthrusError
+
+from orthrus_adapters import write_adapter, write_identity_adapter
+
+PROMPTS = [
+    "The three primary colours are",
+    "def fibonacci(n):\n",
+]
+
+
+@pytest.fixture(scope="module")
+def identity_adapter(tmp_path_factory, smollm2_path):
+    return write_identity_adapter(smollm2_path, tmp_path_factory.mktemp("adapter") / "identity.gguf", block_size=16)
+
+
+@pytest.fixture(scope="module")
+def orthrus(smollm2_path, identity_adapter):
+    with Orthrus(smollm2_path, identity_adapter, block_size=8, n_ctx=512, n_threads=2) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def ar(smollm2_path):
+    with Orthrus(smollm2_path, mode="ar", n_ctx=512, n_threads=2) as model:
+        yield model
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ar_mode_equals_llama_cpp_python_greedy(ar, smollm2, prompt):
+    ours = ar.generate(prompt, max_tokens=40)
+    theirs = smollm2.create_completion(prompt, max_tokens=40, temperature=0.0)
+    assert ours.text == theirs["choices"][0]["text"]
+    assert ours.stats.n_cycles == ours.stats.n_generated  # one token per step
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_orthrus_greedy_equals_ar_greedy(orthrus, ar, prompt):
+    expected = ar.generate(prompt, max_tokens=48)
+    got = orthrus.generate(prompt, max_tokens=48)
+    assert got.tokens == expected.tokens
+    assert got.text == expected.text
+    stats = got.stats
+    assert stats.n_generated == len(got.tokens)
+    assert sum(stats.accepted.values()) == stats.n_cycles
+    # every cycle commits its accepted drafts plus one bonus token (the last cycle may be cut by max_tokens)
+    assert sum(k * v for k, v in stats.accepted.items()) + stats.n_cycles >= stats.n_generated
+
+
+def test_stream_yields_the_same_text(orthrus):
+    whole = orthrus.generate(PROMPTS[1], max_tokens=40)
+    pieces = orthrus.generate(PROMPTS[1], max_tokens=40, stream=True)
+    assert "".join(pieces) == whole.text
+    assert pieces.result.tokens == whole.tokens
+
+
+def test_stop_string_cuts_exactly(orthrus):
+    full = orthrus.generate(PROMPTS[1], max_tokens=48).text
+    middle = len(full) // 2 + (len(full[len(full) // 2:]) - len(full[len(full) // 2:].lstrip()))
+    stop = full[middle:middle + 3]  # three visible characters from the middle, wherever tokens split them
+    assert len(stop) == 3 and stop.strip(), full
+    cut = orthrus.generate(PROMPTS[1], max_tokens=48, stop=[stop])
+    assert cut.text == full[:full.find(stop)]
+    assert cut.finish_reason == "stop"
+    streamed = orthrus.generate(PROMPTS[1], max_tokens=48, stop=[stop], stream=True)
+    assert "".join(streamed) == cut.text
+
+
+def test_chat_completion_has_llama_cpp_python_shape(orthrus):
+    reply = orthrus.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=16)
+    assert reply["object"] == "chat.completion"
+    message = reply["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    assert reply["usage"]["completion_tokens"] == reply["orthrus"]["n_generated"] > 0
+    chunks = list(orthrus.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=16,
+                                                 stream=True))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == message["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == reply["choices"][0]["finish_reason"]
+
+
+def test_context_overflow_is_refused_before_decoding(orthrus):
+    with pytest.raises(PyorthrusError, match="exceeds n_ctx"):
+        orthrus.generate("hello", max_tokens=1000)
+
+
+def test_adapter_for_another_base_is_rejected(smollm2_path, tmp_path):
+    wrong = write_adapter(smollm2_path, tmp_path / "wrong.gguf", n_layers=12)
+    with pytest.raises(PyorthrusError, match="wrong.gguf"):
+        Orthrus(smollm2_path, wrong, n_ctx=256)
+
+
+def test_missing_files_and_bad_modes_are_clear_errors(smollm2_path, tmp_path):
+    with pytest.raises(PyorthrusError, match="model file not found"):
+        Orthrus(tmp_path / "nope.gguf")
+    with pytest.raises(PyorthrusError, match="no Orthrus diffusion weights"):
+        Orthrus(smollm2_path, n_ctx=256)
+    with pytest.raises(PyorthrusError, match="unknown mode"):
+        Orthrus(smollm2_path, mode="fast", n_ctx=256)

@@ -1,0 +1,276 @@
+"""Small ctypes harness over llama-cpp-python's low-level API and pyorthrus._lib, shared by the tests and
+bench/fidelity.py: load a model, make contexts, decode batches, run greedy AR and greedy/sampled Orthrus.
+
+Everything runs in the batch-invariant CPU configuration (use_extra_bufts=False; the build is expected to use
+-DGGML_LLAMAFILE=OFF; K-quants also need GGML_CPU_TILED_MM=0 in the environment before ggml is loaded).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+# ggml's OpenMP workers spin while waiting; on a shared 2-core machine that stalls every pass by up to seconds.
+# Must be set before libgomp is loaded (i.e. before llama_cpp is imported) to take effect.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import llama_cpp.llama_cpp as L  # noqa: E402
+from pyorthrus import _lib as O  # noqa: E402
+
+_LOG_LEVEL = 4  # GGML_LOG_LEVEL_ERROR and above
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _log_cb(level, text, user):  # pragma: no cover - diagnostics only
+    if level >= _LOG_LEVEL and level != 5 and text:
+        sys.stderr.write(text.decode("utf-8", "replace"))
+
+
+_initialised = False
+
+
+def init_backend(quiet: bool = True) -> None:
+    global _initialised
+    if _initialised:
+        return
+    if quiet:
+        L.llama_log_set(_log_cb, None)
+    L.llama_backend_init()
+    _initialised = True
+
+
+class Model:
+    def __init__(self, path, *, use_extra_bufts: bool = False):
+        init_backend()
+        mp = L.llama_model_default_params()
+        mp.use_extra_bufts = use_extra_bufts
+        mp.n_gpu_layers = 0
+        self.path = str(path)
+        self.ptr = L.llama_model_load_from_file(self.path.encode(), mp)
+        if not self.ptr:
+            raise RuntimeError(f"cannot load {path}")
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+
+    def tokenize(self, text: str, add_special: bool = True) -> List[int]:
+        raw = text.encode()
+        buf = (L.llama_token * (len(raw) + 16))()
+        n = L.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), add_special, True)
+        assert n >= 0
+        return list(buf[:n])
+
+    def chat_prompt(self, user: str) -> List[int]:
+        return self.tokenize(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+
+    def is_eog(self, t: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, t))
+
+    def load_adapter(self, path) -> Optional[int]:
+        return O.llama_orthrus_adapter_init(self.ptr, str(path).encode())
+
+    def close(self):
+        if self.ptr:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Context:
+    def __init__(self, model: Model, *, n_ctx: int = 512, n_batch: int = 512, n_ubatch: Optional[int] = None,
+                 flash_attn: bool = False, n_threads: int = 2, kv_f32: bool = False):
+        self.model = model
+        self.flash_attn = flash_attn
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_ubatch or n_batch
+        cp.n_seq_max = 1
+        cp.n_threads = n_threads
+        cp.n_threads_batch = n_threads
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.no_perf = True
+        if kv_f32:
+            cp.type_k = 0  # GGML_TYPE_F32 (default F16)
+            cp.type_v = 0
+        self.ptr = L.llama_init_from_model(model.ptr, cp)
+        if not self.ptr:
+            raise RuntimeError("cannot create context")
+        self.mem = L.llama_get_memory(self.ptr)
+        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self.n_batch = n_batch
+
+    def close(self):
+        if self.ptr:
+            L.llama_batch_free(self._batch)
+            L.llama_free(self.ptr)
+            self.ptr = None
+
+    # --- cache
+    def clear(self):
+        L.llama_memory_clear(self.mem, True)
+
+    def pos_max(self, seq: int = 0) -> int:
+        return L.llama_memory_seq_pos_max(self.mem, seq)
+
+    def pos_min(self, seq: int = 0) -> int:
+        return L.llama_memory_seq_pos_min(self.mem, seq)
+
+    def seq_rm(self, p0: int, p1: int = -1, seq: int = 0) -> bool:
+        return L.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    # --- decoding
+    def decode(self, tokens: Sequence[int], pos0: int, *, all_logits: bool = False, seq: int = 0) -> int:
+        b = self._batch
+        b.n_tokens = len(tokens)
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = 1 if (all_logits or i == len(tokens) - 1) else 0
+        return L.llama_decode(self.ptr, b)
+
+    def logits(self, i: int) -> np.ndarray:
+        p = L.llama_get_logits_ith(self.ptr, i)
+        return np.ctypeslib.as_array(p, (self.model.n_vocab,)).copy()
+
+    def logits_rows(self, n: int) -> np.ndarray:
+        return np.stack([self.logits(i) for i in range(n)])
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Decode all prompt tokens but the last (Orthrus convention); returns the last prompt token."""
+        self.clear()
+        head = list(prompt[:-1])
+        for i in range(0, len(head), self.n_batch):
+            rc = self.decode(head[i:i + self.n_batch], i)
+            assert rc == 0, rc
+        return prompt[-1]
+
+
+def greedy_ar(ctx: Context, prompt: Sequence[int], n_tokens: int, stop_at_eog: bool = True) -> List[int]:
+    """Plain one-token-at-a-time greedy decoding (argmax, lowest id on ties)."""
+    last = ctx.prefill(prompt)
+    pos = len(prompt) - 1
+    out: List[int] = []
+    while len(out) < n_tokens:
+        rc = ctx.decode([last], pos)
+        assert rc == 0, rc
+        last = int(np.argmax(ctx.logits(-1)))
+        out.append(last)
+        pos += 1
+        if stop_at_eog and ctx.model.is_eog(last):
+            break
+    return out
+
+
+@dataclass
+class OrthrusRun:
+    tokens: List[int] = field(default_factory=list)
+    cycles: int = 0
+    accepted: int = 0
+    drafted: int = 0
+    t_draft_us: int = 0
+    t_verify_us: int = 0
+    stopped: bool = False
+
+
+def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, block_size: int = 0,
+                     verify_len: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                     min_p: float = 0.0, seed: int = 0, stop_tokens: Sequence[int] = (),
+                     check_cache: bool = True) -> OrthrusRun:
+    last = ctx.prefill(prompt)
+    p = O.llama_orthrus_default_params()
+    p.block_size = block_size
+    p.verify_len = verify_len
+    p.temperature = temperature
+    p.top_k = top_k
+    p.top_p = top_p
+    p.min_p = min_p
+    p.seed = seed
+    stops = (L.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
+    p.stop_tokens = ctypes.cast(stops, L.llama_token_p)
+    p.n_stop_tokens = len(stop_tokens)
+    out = (L.llama_token * 64)()
+    st = O.llama_orthrus_stats()
+    run = OrthrusRun()
+    while len(run.tokens) < n_tokens:
+        n = O.llama_orthrus_cycle(ctx.ptr, 0, last, ctypes.byref(p), out, min(64, n_tokens - len(run.tokens)),
+                                  ctypes.byref(st))
+        if n <= 0:
+            raise RuntimeError(O.last_error())
+        run.tokens += list(out[:n])
+        run.cycles += 1
+        run.accepted += st.n_accepted
+        run.drafted += st.n_drafted
+        run.t_draft_us += st.t_draft_us
+        run.t_verify_us += st.t_verify_us
+        last = run.tokens[-1]
+        if check_cache:
+            committed = len(prompt) + len(run.tokens)
+            assert ctx.pos_max() == committed - 2, (ctx.pos_max(), committed)
+            assert ctx.pos_min() == 0 or committed - 2 < 0
+        if st.stopped:
+            run.stopped = True
+            break
+    return run
+
+
+def processed_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                    min_p: float = 0.0) -> np.ndarray:
+    """The distribution llama_orthrus_cycle samples from: temperature, softmax, top-k, top-p, min-p, renorm."""
+    z = (logits.astype(np.float64) - logits.max()) / temperature
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.lexsort((np.arange(len(p)), -p))  # descending prob, lower id first on ties
+    keep = len(p)
+    if 0 < top_k < len(p):
+        keep = top_k
+    if top_p < 1.0:
+        c = np.cumsum(p[order[:keep]])
+        keep = min(keep, int(np.searchsorted(c, top_p)) + 1)
+    if min_p > 0.0:
+        thr = p[order[0]] * min_p
+        keep = max(1, int(np.sum(p[order[:keep]] >= thr)))
+    q = np.zeros_like(p)
+    q[order[:keep]] = p[order[:keep]]
+    return q / q.sum()
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """Survival function of the chi-square distribution (regularised upper incomplete gamma Q(dof/2, x/2))."""
+    import math
+    a, x = dof / 2.0, x / 2.0
+    if x <= 0:
+        return 1.0
+    if x < a + 1:  # series for P, return 1-P
+        term = s = 1.0 / a
+        n = a
+        for _ in range(10000):
+            n += 1
+            term *= x / n
+            s += term
+            if abs(term) < abs(s) * 1e-15:
+                break
+        return max(0.0, 1.0 - s * math.exp(-x + a * math.log(x) - math.lgamma(a)))
+    # continued fraction for Q (Lentz)
+    tiny = 1e-300
+    b = x + 1 - a
+    c = 1 / tiny
+    d = 1 / b
+    h = d
+    for i in range(1, 10000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h

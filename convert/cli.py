@@ -46,16 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    from pyorthrus.errors import PyorthrusError
+    from pyorthrus.cli import main as pyorthrus_main
 
-    parser = argparse.ArgumentParser(prog="convert", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except PyorthrusError as exc:
-        print(f"convert: error: {exc}", file=sys.stderr)
-        return 1
+    return pyorthrus_main(["convert", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -346,13 +346,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyorthrus build")
-    configure(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except PyorthrusError as exc:
-        print(f"pyorthrus build: error: {exc}", file=sys.stderr)
-        return 1
+    from .cli import main as pyorthrus_main
+
+    return pyorthrus_main(["build", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

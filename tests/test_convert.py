@@ -497,7 +497,7 @@ def test_convert_script_reports_one_line_error(small_ckpt, tmp_path):
     result = subprocess.run([sys.executable, str(script), str(small_ckpt), "--adapter-out", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"convert: error: {out}: output exists (use --force to overwrite)"]
+    assert result.stderr.strip().splitlines() == [f"pyorthrus convert: error: {out}: output exists (use --force to overwrite)"]
 
 
 def test_inspect_adapter_merged_and_model(smollm2_outputs, capsys):

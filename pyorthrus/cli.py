@@ -20,6 +20,7 @@ VERBS = {
     "chat": ("pyorthrus.chat", "chat interactively using the model's chat template"),
     "check": ("pyorthrus.check", "check that Orthrus output equals plain AR output of the same model"),
     "bench": ("pyorthrus.bench", "benchmark AR vs Orthrus vs prompt lookup side by side, with the device profile"),
+    "train": ("pyorthrus.train.cli", "train an Orthrus adapter for a base model (self-distillation, forward KL)"),
     "demo": ("pyorthrus.demo", "run the embedded default model (SmolLM2-135M) in AR and Orthrus mode side by side"),
 }
 

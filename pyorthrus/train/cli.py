@@ -1,0 +1,84 @@
+"""`pyorthrus train`: train the Orthrus diffusion attention weights of a frozen base (forward-KL self-distillation).
+
+Writes a diff-only Orthrus checkpoint (upstream HF layout) that `pyorthrus convert CKPT --adapter-out A.gguf`
+turns into an adapter GGUF. Also runs as `python -m pyorthrus.train.cli ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, metavar="BASE",
+                        help="base model: a GGUF file (any quantization; dequantized to float) or an HF directory")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                        help="training data: .jsonl ({\"ids\": [...]} or {\"text\": ...}, optional \"n_prompt\") "
+                             "or plain text files")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--block-size", "-K", type=int, default=16, help="diffusion block size K (default 16)")
+    parser.add_argument("--tokens", type=int, default=200_000, help="token budget; sets the step count (default 200k)")
+    parser.add_argument("--max-steps", type=int, default=None, help="number of steps (overrides --tokens)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (and checkpoint) after this much wall time; --resume continues")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW; default 5e-4)")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=4, help="packed sequences per step (default 4)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence (default 512)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="auto: bf16 on CUDA/MPS and on CPUs with AMX/AVX512-BF16 (frozen weights stored in "
+                             "bf16, trained weights fp32 under autocast), else fp32")
+    parser.add_argument("--mask-token-id", type=int, default=None,
+                        help="mask token (default: the base's, else a reserved special token such as <empty_output>)")
+    parser.add_argument("--init-from", metavar="CKPT", default=None,
+                        help="start from this diff-only checkpoint's weights instead of the AR weights (new schedule)")
+    parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--eval-data", nargs="*", default=[], metavar="FILE",
+                        help="held-out data for the periodic acceptance estimate")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary; no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .loop import TrainConfig, train
+
+    cfg = TrainConfig(base=str(args.base), data=[str(p) for p in args.data], out=str(args.out),
+                      block_size=args.block_size, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=args.warmup_steps, tokens=args.tokens, max_steps=args.max_steps, seed=args.seed,
+                      device=args.device, precision=args.precision, save_every=args.save_every,
+                      log_every=args.log_every, eval_data=[str(p) for p in args.eval_data],
+                      eval_every=args.eval_every, max_minutes=args.max_minutes, mask_token_id=args.mask_token_id,
+                      init_from=args.init_from,
+                      threads=args.threads, progress=not args.json)
+    summary = train(cfg, resume=args.resume)
+    if args.json:
+        summary = {k: v for k, v in summary.items() if k != "history"}
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['stopped']}: {summary['steps']}/{summary['total_steps']} steps, {summary['tokens']} tokens, "
+              f"{summary['wall_s']:.0f} s; loss {summary['loss']:.4f}, accepted drafts/block "
+              f"{summary['accepted']:.2f}; checkpoint {summary['out']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from ..errors import PyorthrusError
+
+    parser = argparse.ArgumentParser(prog="pyorthrus train", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except PyorthrusError as exc:
+        print(f"pyorthrus train: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The trainer (pyorthrus/train): packed training forward == reference draft view, loss goes down, resume is exact,
+the checkpoint is in the upstream diff-only format and converts to an adapter GGUF."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyorthrus import fixtures, reference
+from pyorthrus.errors import PyorthrusError
+from pyorthrus.train import model as tmodel
+from pyorthrus.train.loop import TrainConfig, train
+
+K = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _docs(seed: int, lengths) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 2000, (n,), generator=gen).tolist() for n in lengths]
+
+
+def _check_against_reference(model, sequences, block_size):
+    mask_id = model.cfg.mask_token_id
+    batch = tmodel.pack_batch(sequences, block_size, mask_id)
+    with torch.no_grad():
+        kv, teacher = tmodel.ar_pass(model, batch)
+        student = tmodel.diffusion_pass(model, batch, kv)
+    row, worst_draft, worst_ar = 0, 0.0, 0.0
+    for seq in sequences:
+        for tokens, starts in seq:
+            ar_logits = model.forward_ar(tokens, model.new_cache()).detach()
+            for s in starts:
+                cache = model.new_cache()
+                if s:
+                    model.forward_ar(tokens[:s], cache)
+                draft = model.forward_draft([tokens[s]] + [mask_id] * (block_size - 1), cache)
+                valid = min(block_size - 1, len(tokens) - 1 - s)
+                draft = draft.detach()
+                worst_draft = max(worst_draft, float((draft[:valid] - student[row:row + valid]).abs().max()))
+                worst_ar = max(worst_ar, float((ar_logits[s:s + valid] - teacher[row:row + valid]).abs().max()))
+                row += valid
+    assert row == student.shape[0] == teacher.shape[0]
+    assert worst_draft < 1e-4, worst_draft
+    assert worst_ar < 1e-4, worst_ar
+
+
+@pytest.mark.parametrize("writer", [fixtures.write_tiny_orthrus_llama, fixtures.write_tiny_orthrus_qwen3])
+def test_packed_forward_equals_reference_draft(tmp_path, writer):
+    """Several documents per packed sequence, blocks at arbitrary phases, a block cut by the document end: every
+    diffusion row equals the reference's forward_draft of that block with the document prefix cached."""
+    model = reference.load_hf(writer(tmp_path / "ckpt")).float()  # distinct random AR and diff weights
+    d1, d2, d3 = _docs(1, (30, 25, 12))
+    _check_against_reference(model, [[(d1, [0, 5, 13, 27]), (d2, [3, 20])], [(d3, [1, 9]), (d2, [10])]], K)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from pyorthrus.assets import smollm2_gguf
+
+    try:
+        path = smollm2_gguf()
+    except PyorthrusError as exc:
+        pytest.skip(str(exc))
+    model = reference.load_gguf(path)
+    with torch.no_grad():  # make the diff weights differ from the AR ones
+        gen = torch.Generator().manual_seed(0)
+        for layer in model.layers:
+            for p in layer.attn_diff.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    model.cfg = reference.replace(model.cfg, mask_token_id=16)
+    return model
+
+
+def test_packed_forward_equals_reference_on_smollm2(smollm2):
+    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 11173, 30, 2, 198, 1, 4093, 198, 504, 36247, 5251, 282, 260, 45520]
+    _check_against_reference(smollm2, [[(prompt, [len(prompt) - 17, 7])]], 16)
+
+
+def _tiny_data(path: Path, n_docs: int = 6, seed: int = 0) -> Path:
+    gen = torch.Generator().manual_seed(seed)
+    with path.open("w") as fh:
+        for _ in range(n_docs):
+            n = int(torch.randint(20, 40, (1,), generator=gen))
+            ids = torch.randint(0, 3000, (n,), generator=gen).tolist()
+            fh.write(json.dumps({"ids": ids, "n_prompt": 4}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    base = fixtures.write_tiny_orthrus_llama(root / "base", seed=3)
+    data = _tiny_data(root / "data.jsonl")
+    return root, base, data
+
+
+def _cfg(tiny, out, **kw) -> TrainConfig:
+    root, base, data = tiny
+    args = dict(base=str(base), data=[str(data)], out=str(out), block_size=K, seq_len=80, batch_size=2, lr=1e-2,
+                warmup_steps=2, max_steps=6, seed=0, save_every=2, log_every=1, progress=False)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lowers_loss(tiny, tmp_path, precision):
+    cfg = _cfg(tiny, tmp_path / "run", max_steps=8, eval_data=[str(tiny[2])], eval_every=8, precision=precision)
+    summary = train(cfg)
+    assert summary["precision"] == precision
+    evals = [h for h in summary["history"] if "eval_loss" in h]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 8
+    assert evals[-1]["eval_loss"] < 0.85 * evals[0]["eval_loss"], evals
+    # Only the diff weights changed.
+    trained = reference.load_hf(cfg.out, base=tiny[1])
+    base = reference.load_hf(tiny[1])
+    for (name, p), (_, q) in zip(trained.named_parameters(), base.named_parameters()):
+        if ".attn_diff." not in name:
+            assert torch.equal(p, q), name
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    straight = train(_cfg(tiny, tmp_path / "straight"))
+
+    def interrupt(rec):
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    first = train(_cfg(tiny, tmp_path / "resumed"), on_log=interrupt)
+    assert first["stopped"] == "interrupted" and first["steps"] == 3
+    state = torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 3
+    with pytest.raises(PyorthrusError, match="already holds a training run"):
+        train(_cfg(tiny, tmp_path / "resumed"))
+    second = train(_cfg(tiny, tmp_path / "resumed"), resume=True)
+    assert second["steps"] == straight["steps"] == 6
+    assert second["tokens"] == straight["tokens"]
+    a = reference.read_hf_tensors(tmp_path / "straight")
+    b = reference.read_hf_tensors(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_checkpoint_format_and_conversion(tiny, tmp_path):
+    import gguf
+
+    from pyorthrus.convert import convert_checkpoint
+
+    out = tmp_path / "run"
+    train(_cfg(tiny, out, max_steps=2))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "orthrus" and config["architectures"] == ["OrthrusLM"]
+    assert config["block_size"] == K and config["mask_token_id"] == fixtures.QWEN3_MASK_TOKEN_ID
+    assert config["base_model_type"] == "llama"
+    tensors = reference.read_hf_tensors(out)
+    n_layers = config["num_hidden_layers"]
+    expected = {f"model.layers.{i}.self_attn.{p}_diff.weight" for i in range(n_layers)
+                for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert set(tensors) == expected
+
+    adapter = tmp_path / "adapter.gguf"
+    convert_checkpoint(out, adapter_out=adapter, outtype="f32", progress=False)
+    reader = gguf.GGUFReader(str(adapter))
+    assert reference.gguf_field(reader, "adapter.type") == "orthrus"
+    assert reference.gguf_field(reader, "orthrus.diffusion.block_size") == K
+    cfg = reference.config_from_hf(config)
+    got = {t.name: t for t in reader.tensors}
+    assert len(got) == len(expected)
+    for i in range(n_layers):
+        for proj, gname in (("q_proj", "attn_q_diff"), ("k_proj", "attn_k_diff"), ("o_proj", "attn_output_diff")):
+            name = f"blk.{i}.{gname}.weight"
+            value = reference.gguf_tensor_f32(got[name])
+            heads = reference.llama_qk_permute_heads(cfg, name)
+            if heads:
+                value = reference.unpermute_qk_rows(value, heads)
+            np.testing.assert_array_equal(value, tensors[f"model.layers.{i}.self_attn.{proj}_diff.weight"].numpy())
+
+
+def test_qwen3_base_trains_norms(tmp_path):
+    base = fixtures.write_tiny_orthrus_qwen3(tmp_path / "base", seed=1)
+    data = _tiny_data(tmp_path / "d.jsonl", n_docs=2)
+    out = tmp_path / "run"
+    train(TrainConfig(base=str(base), data=[str(data)], out=str(out), block_size=K, seq_len=64, batch_size=1,
+                      max_steps=1, progress=False))
+    names = set(reference.read_hf_tensors(out))
+    assert "model.layers.0.self_attn.q_norm_diff.weight" in names and "model.layers.1.self_attn.k_norm_diff.weight" in names
+
+
+def test_user_errors(tiny, tmp_path):
+    with pytest.raises(PyorthrusError, match="does not exist"):
+        train(_cfg(tiny, tmp_path / "a", base=str(tmp_path / "nope.gguf")))
+    with pytest.raises(PyorthrusError, match="nothing to resume"):
+        train(_cfg(tiny, tmp_path / "b"), resume=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n')
+    with pytest.raises(PyorthrusError, match="bad.jsonl:1"):
+        train(_cfg(tiny, tmp_path / "c", data=[str(bad)]))
+
+
+def test_cli_parses_and_runs(tiny, tmp_path, capsys):
+    from pyorthrus.train import cli
+
+    root, base, data = tiny
+    rc = cli.main(["--base", str(base), "--data", str(data), "--out", str(tmp_path / "o"), "-K", "4",
+                   "--max-steps", "1", "--seq-len", "64", "--batch-size", "1", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 1 and summary["mask_token_id"] == fixtures.QWEN3_MASK_TOKEN_ID
+
+
+def test_init_from_checkpoint(tiny, tmp_path):
+    first = tmp_path / "first"
+    train(_cfg(tiny, first, max_steps=2))
+    second = tmp_path / "second"
+    train(_cfg(tiny, second, max_steps=1, lr=0.0, warmup_steps=1, init_from=str(first)))  # lr 0: weights unchanged
+    a, b = reference.read_hf_tensors(first), reference.read_hf_tensors(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((second / "config.json").read_text())
+    assert config["orthrus_training"]["init"]["steps"] == 2

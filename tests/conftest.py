@@ -17,3 +17,15 @@ def smollm2(smollm2_path):
     import llama_cpp
 
     return llama_cpp.Llama(str(smollm2_path), n_ctx=512, n_threads=2, seed=0, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For the PyTorch test modules: their matrices are tiny, so OpenMP hand-offs cost more than the work (and
+    2-core CI machines are shared); run single-threaded and restore the setting afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,12 +33,7 @@ SMOLLM2_MASK_TOKEN_ID = 0  # SmolLM2 has no mask token; the tests only need a va
 # -- fixtures ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,7 @@ ORTHRUS_KEYS = ("model_type", "architectures", "block_size", "mask_token_id", "b
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices: OpenMP hand-offs cost more than the work (and 2-core CI machines are shared), so run these
-    tests single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

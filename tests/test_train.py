@@ -17,12 +17,7 @@ from pyorthrus.train.loop import TrainConfig, train
 K = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _docs(seed: int, lengths) -> list[list[int]]:

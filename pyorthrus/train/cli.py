@@ -68,16 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    from ..errors import PyorthrusError
+    from ..cli import main as pyorthrus_main
 
-    parser = argparse.ArgumentParser(prog="pyorthrus train", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except PyorthrusError as exc:
-        print(f"pyorthrus train: error: {exc}", file=sys.stderr)
-        return 1
+    return pyorthrus_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -321,12 +321,13 @@ class _Stream:
         stats = GenerationStats(owner.mode, owner.block_size if owner.mode == "orthrus" else 1,
                                 n_prompt=len(self.prompt))
         tokens: list[int] = []
+        visible: list[int] = []  # tokens without EOG ones: what the text is made of
         emitted = 0  # characters of text already yielded
         text, finish = "", "length"
         with owner._lock:
-            for chunk in owner._chunks(self.prompt, *self.args[:5], self.args[5], stats):
+            for chunk in owner._chunks(self.prompt, *self.args, stats):
                 tokens += chunk.tokens
-                visible = [t for t in tokens if not owner._is_eog(t)]
+                visible += [t for t in chunk.tokens if not owner._is_eog(t)]
                 text = owner.detokenize(visible)
                 cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
                 if cut >= 0:

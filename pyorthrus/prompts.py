@@ -1,7 +1,7 @@
 """Prompt sets for `check` and `bench`: built-ins from the PyPI data packages, or a JSONL file.
 
 Split: GSM8K test problems 0-199 are the benchmark/held-out set (`gsm8k`); the trainer draws only from problems
-200 and up (GSM8K_TRAIN_START). HumanEval is benchmark-only.
+200 and up (bench/train_data.py). HumanEval is benchmark-only.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from . import assets
 from .errors import PyorthrusError
 
 GSM8K_BENCH_SIZE = 200
-GSM8K_TRAIN_START = GSM8K_BENCH_SIZE
 
 CHAT_PROMPTS = [
     "Give me three tips for keeping houseplants alive.",

@@ -79,14 +79,79 @@ def chat_text(llm, question: str) -> str:
     return formatter(messages=messages).prompt
 
 
+def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int, eos: set[int], n_parallel: int,
+                      n_threads: int, n_ctx_seq: int = 1024):
+    """Greedy answers for many prompts at once: one llama.cpp context holding n_parallel sequences, one decode per
+    step with a token from every live sequence. On a CPU this is several times the throughput of one sequence at a
+    time (matrix-matrix instead of matrix-vector products). Yields (job, generated ids, finish) as answers end."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx_seq * n_parallel, n_ctx_seq, n_ctx_seq
+    params.n_seq_max, params.kv_unified = n_parallel, False
+    params.n_threads = params.n_threads_batch = n_threads
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        raise RuntimeError("could not create a parallel llama.cpp context")
+    n_vocab = llm.n_vocab()
+    batch = llama_cpp.llama_batch_init(n_ctx_seq, 0, 1)
+    memory = llama_cpp.llama_get_memory(ctx)
+
+    def decode(rows: list[tuple[int, int, int, bool]]) -> None:  # (token, pos, seq, want logits)
+        for i, (token, pos, seq, logits) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(rows)
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(row: int) -> int:
+        ptr = llama_cpp.llama_get_logits_ith(ctx, row)
+        return int(np.argmax(np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n_vocab,))))
+
+    pending = list(jobs)
+    slots: dict[int, dict] = {}  # seq id -> {"job", "pos", "next", "out"}
+    try:
+        while pending or slots:
+            for seq in range(n_parallel):  # refill free sequences, one prompt prefill each
+                if seq in slots or not pending:
+                    continue
+                job, ids = pending.pop(0)
+                llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+                decode([(t, i, seq, i == len(ids) - 1) for i, t in enumerate(ids)])
+                slots[seq] = {"job": job, "pos": len(ids), "next": argmax(len(ids) - 1), "out": []}
+            live = sorted(slots)
+            for seq in live:
+                slot = slots[seq]
+                slot["out"].append(slot["next"])
+            done = [s for s in live if slots[s]["next"] in eos or len(slots[s]["out"]) >= max_tokens]
+            for seq in done:
+                slot = slots.pop(seq)
+                yield slot["job"], slot["out"], "stop" if slot["next"] in eos else "length"
+            live = sorted(slots)
+            if not live:
+                continue
+            decode([(slots[s]["next"], slots[s]["pos"], s, True) for s in live])
+            for row, seq in enumerate(live):
+                slots[seq]["pos"] += 1
+                slots[seq]["next"] = argmax(row)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/pyorthrus/train/smollm2_selfdistill.jsonl")
     parser.add_argument("--model", type=Path, default=None, help="base GGUF (default: SmolLM2-135M-Instruct Q4_1)")
     parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--max-prompts", type=int, default=400)
+    parser.add_argument("--max-prompts", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=15.0, help="stop after this much generation time")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=16, help="sequences generated at once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", type=int, default=0, metavar="N",
                         help="instead: answers to the first N reserved GSM8K problems (evaluation only, never train)")
@@ -95,10 +160,8 @@ def main(argv=None) -> int:
     import llama_cpp
 
     if args.model is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from pyorthrus.assets import smollm2_gguf
-        args.model = smollm2_gguf()
-    llm = llama_cpp.Llama(str(args.model), n_ctx=1024, n_threads=args.threads, verbose=False)
+        args.model = assets.smollm2_gguf()
+    llm = llama_cpp.Llama(str(args.model), n_ctx=256, n_threads=args.threads, verbose=False)
     eos = {llm.token_eos()}
     for name in ("<|im_end|>", "<|endoftext|>"):
         ids = llm.tokenize(name.encode(), add_bos=False, special=True)
@@ -114,36 +177,32 @@ def main(argv=None) -> int:
                 done.add((rec["source"], rec["index"]))
     prompts = ([("gsm8k-heldout", i, q) for i, q in enumerate(heldout_gsm8k(min(args.heldout, HELDOUT_GSM8K)))]
                if args.heldout else training_prompts(args.seed))
-    todo = [p for p in prompts if (p[0], p[1]) not in done][: max(0, args.max_prompts - len(done))]
-    t0, n_tok = time.time(), 0
+    todo = []
+    for source, index, question in prompts:
+        if (source, index) in done or len(done) + len(todo) >= args.max_prompts:
+            continue
+        prompt = chat_text(llm, question)
+        prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        if len(prompt_ids) + args.max_tokens <= 1000:
+            todo.append(((source, index, question, prompt), prompt_ids))
+    jobs = dict((job[:2], ids) for job, ids in todo)
+    t0, n_tok, n_done = time.time(), 0, 0
     with args.out.open("a") as fh:
-        for k, (source, index, question) in enumerate(todo):
-            if time.time() - t0 > args.minutes * 60:
-                break
-            prompt = chat_text(llm, question)
-            prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-            if len(prompt_ids) + args.max_tokens > 1000:
-                continue
-            llm.reset()
-            out, finish = [], "length"
-            for tok in llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True):
-                out.append(int(tok))
-                if tok in eos:
-                    finish = "stop"
-                    break
-                if len(out) >= args.max_tokens:
-                    break
+        for (source, index, question, prompt), out, finish in generate_parallel(
+                llm, todo, args.max_tokens, eos, args.parallel, args.threads):
             completion = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
             rec = {"source": source, "index": index, "system": SYSTEM, "prompt": question, "text": prompt + completion,
-                   "ids": [int(t) for t in prompt_ids] + out, "n_prompt": len(prompt_ids), "n_completion": len(out),
-                   "finish": finish}
+                   "ids": list(jobs[(source, index)]) + out, "n_prompt": len(jobs[(source, index)]),
+                   "n_completion": len(out), "finish": finish}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
-            n_tok += len(out)
+            n_tok, n_done = n_tok + len(out), n_done + 1
             el = time.time() - t0
-            print(f"[{k + 1}/{len(todo)}] {source}:{index} {len(out)} tok  total {n_tok} tok  {n_tok / el:.1f} tok/s",
+            print(f"[{n_done}/{len(todo)}] {source}:{index} {len(out)} tok  total {n_tok} tok  {n_tok / el:.1f} tok/s",
                   flush=True)
-    print(f"done: {len(done) + k + 1 if todo else len(done)} prompts in {args.out}", flush=True)
+            if el > args.minutes * 60:
+                break
+    print(f"done: {len(done) + n_done} prompts in {args.out}", flush=True)
     return 0
 
 

@@ -23,6 +23,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
     group.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                       help="batch-invariant CPU settings, so greedy Orthrus reproduces AR bit for bit (default: on "
+                            "when no layer is offloaded; --no-strict trades that for faster K-quant passes)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +44,8 @@ def open_model(args: argparse.Namespace):
 
     return Orthrus(args.model or assets.smollm2_gguf(), args.adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
-                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn, seed=getattr(args, "seed", 0))
+                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn, seed=getattr(args, "seed", 0),
+                   strict=args.strict)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

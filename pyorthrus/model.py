@@ -6,8 +6,10 @@ same model and context one token per step, which is what Orthrus output is compa
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
+import os
 import threading
 import time
 from collections import Counter
@@ -20,6 +22,32 @@ import numpy as np
 from .errors import PyorthrusError
 
 MODES = ("orthrus", "ar")
+_model_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _strict_cpu_model_params():
+    """Batch-invariant CPU run settings (DESIGN.md section 4): a K-token verify must give the very logits K single
+    steps give, or greedy Orthrus and AR can part on near-ties. ggml-cpu's tiled K-quant matmul is switched off
+    through GGML_CPU_TILED_MM=0 (read once, at the first such matmul in the process) and weight repacking through
+    use_extra_bufts=False, which llama_cpp.Llama does not expose: its call to llama_model_default_params is
+    wrapped for the duration of the load."""
+    import llama_cpp.llama_cpp as lowlevel
+
+    os.environ["GGML_CPU_TILED_MM"] = "0"
+    with _model_params_lock:
+        default = lowlevel.llama_model_default_params
+
+        def strict_default():
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        lowlevel.llama_model_default_params = strict_default
+        try:
+            yield
+        finally:
+            lowlevel.llama_model_default_params = default
 
 
 @dataclass
@@ -78,7 +106,7 @@ class Orthrus:
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
                  block_size: int | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
-                 verbose: bool = False, **llama_kwargs):
+                 strict: bool | None = None, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -95,10 +123,13 @@ class Orthrus:
         self.mode = mode
         self.seed = seed
         self.adapter = None
+        # strict (batch-invariant) by default when every layer runs on the CPU
+        self.strict = n_gpu_layers == 0 if strict is None else strict
         try:
-            self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
-                                       n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
-                                       verbose=verbose, **llama_kwargs)
+            with _strict_cpu_model_params() if self.strict else contextlib.nullcontext():
+                self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
+                                           n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
+                                           verbose=verbose, **llama_kwargs)
         except ValueError as exc:
             raise PyorthrusError(f"{model_path}: llama.cpp could not load it ({exc})") from exc
         self._ctx = self.llm._ctx.ctx

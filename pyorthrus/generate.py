@@ -12,13 +12,23 @@ from pathlib import Path
 from . import assets
 
 
+def block_size_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an integer K nor 'auto'") from None
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", type=Path, default=None,
                        help="base or merged GGUF (default: the embedded SmolLM2-135M-Instruct Q4_1)")
     group.add_argument("-a", "--adapter", type=Path, default=None, help="Orthrus adapter GGUF for the base model")
-    group.add_argument("-k", "--block-size", type=int, default=None,
-                       help="draft block size K at run time (2 ... trained K; default: trained K)")
+    group.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
+                       help="draft block size K at run time (2 ... trained K; default: trained K), or 'auto': per "
+                            "cycle the K, or plain AR steps, that the measured pass costs and acceptance favour")
     group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
     group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
@@ -42,10 +52,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 def open_model(args: argparse.Namespace):
     from .model import Orthrus
 
-    return Orthrus(args.model or assets.smollm2_gguf(), args.adapter, block_size=args.block_size,
+    adapter = args.adapter
+    if args.model is None and adapter is None:  # the embedded default comes with its shipped adapter
+        adapter = assets.default_adapter()
+    # -t sets the batch threads too: llama.cpp's default of every core makes K-token passes crawl on a busy machine
+    return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
-                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn, seed=getattr(args, "seed", 0),
-                   strict=args.strict)
+                   n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
+                   seed=getattr(args, "seed", 0), strict=args.strict)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

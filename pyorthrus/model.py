@@ -2,13 +2,15 @@
 
 The wrapped `llama_cpp.Llama` supplies the model, context, tokenizer and chat template; this class adds the
 adapter, the decode loop (one `llama_orthrus_cycle` call per cycle) and the statistics. `mode="ar"` runs the very
-same model and context one token per step, which is what Orthrus output is compared against.
+same model and context one token per step, which is what Orthrus output is compared against. `block_size="auto"`
+chooses the block size, or a plain AR step, before every round (pyorthrus.auto).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import ctypes
+import numbers
 import os
 import threading
 import time
@@ -22,6 +24,7 @@ import numpy as np
 from .errors import PyorthrusError
 
 MODES = ("orthrus", "ar")
+AUTO = "auto"
 _model_params_lock = threading.Lock()
 
 
@@ -53,19 +56,25 @@ def _strict_cpu_model_params():
 @dataclass
 class GenerationStats:
     mode: str
-    block_size: int
+    block_size: int | str  # K, or "auto"
     n_prompt: int = 0
     n_generated: int = 0
-    n_cycles: int = 0  # Orthrus cycles, or AR steps
+    n_cycles: int = 0  # Orthrus cycles (mode "ar": AR steps)
+    n_ar_steps: int = 0  # plain AR steps that block_size="auto" chose instead of a cycle
+    cycles: list[tuple[int, int]] = field(default_factory=list)  # (K, committed tokens) per Orthrus cycle, in order
     accepted: Counter = field(default_factory=Counter)  # accepted drafts per cycle -> count
+    t_profile_s: float = 0.0  # block_size="auto" measuring the pass costs (first generation only); not in t_total_s
     t_prefill_s: float = 0.0
+    t_first_token_s: float = 0.0  # prefill + the first decode round
     t_draft_s: float = 0.0
     t_verify_s: float = 0.0
+    t_ar_s: float = 0.0  # one-token AR steps (mode "ar", or chosen by block_size="auto")
     t_total_s: float = 0.0  # prefill excluded
 
     @property
     def tokens_per_cycle(self) -> float:
-        return self.n_generated / self.n_cycles if self.n_cycles else 0.0
+        """Tokens committed per Orthrus cycle (AR steps taken by block_size="auto" left out)."""
+        return (self.n_generated - self.n_ar_steps) / self.n_cycles if self.n_cycles else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,11 +82,13 @@ class GenerationStats:
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "block_size": self.block_size, "n_prompt": self.n_prompt,
-                "n_generated": self.n_generated, "n_cycles": self.n_cycles,
+                "n_generated": self.n_generated, "n_cycles": self.n_cycles, "n_ar_steps": self.n_ar_steps,
                 "tokens_per_cycle": self.tokens_per_cycle, "tokens_per_second": self.tokens_per_second,
                 "accepted_histogram": {int(k): v for k, v in sorted(self.accepted.items())},
-                "t_prefill_s": self.t_prefill_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
-                "t_total_s": self.t_total_s}
+                "block_size_histogram": dict(sorted(Counter(k for k, _ in self.cycles).items())),
+                "t_profile_s": self.t_profile_s, "t_prefill_s": self.t_prefill_s,
+                "t_first_token_s": self.t_first_token_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
+                "t_ar_s": self.t_ar_s, "t_total_s": self.t_total_s}
 
 
 @dataclass
@@ -101,10 +112,13 @@ class Orthrus:
     >>> llm = Orthrus("SmolLM2-135M-Instruct.Q4_1.gguf", adapter_path="smollm2-orthrus.gguf")
     >>> out = llm.generate("The capital of France is", max_tokens=32)
     >>> out.text, out.stats.tokens_per_cycle
+
+    block_size: K (2 ... trained K; default trained K), or "auto": per round, the K with the best expected tokens
+    per second from the measured pass costs and the acceptance seen so far, or a plain AR step when that is faster.
     """
 
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
-                 block_size: int | None = None, mode: str = "orthrus", n_ctx: int = 2048,
+                 block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
                  strict: bool | None = None, verbose: bool = False, **llama_kwargs):
         import llama_cpp
@@ -123,6 +137,7 @@ class Orthrus:
         self.mode = mode
         self.seed = seed
         self.adapter = None
+        self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
         self.strict = n_gpu_layers == 0 if strict is None else strict
         try:
@@ -146,11 +161,21 @@ class Orthrus:
             raise PyorthrusError(f"{model_path}: has no Orthrus diffusion weights; pass adapter_path= (an adapter "
                                  "GGUF) or use mode='ar'")
         self.trained_block_size = trained_k
-        self.block_size = block_size or trained_k
-        if mode == "orthrus" and not 2 <= self.block_size <= trained_k:
-            raise PyorthrusError(f"block_size {self.block_size} out of range: 2 ... {trained_k} (trained K)")
-        if self.block_size > self.llm.n_batch:
-            raise PyorthrusError(f"block_size {self.block_size} exceeds n_batch {self.llm.n_batch}")
+        self.block_size = self._checked_block_size(block_size or trained_k)
+
+    def _checked_block_size(self, block_size: int | str) -> int | str:
+        if block_size == AUTO:
+            largest = self.trained_block_size
+        elif isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
+            block_size = largest = int(block_size)
+            if self.mode == "orthrus" and not 2 <= block_size <= self.trained_block_size:
+                raise PyorthrusError(f"block_size {block_size} out of range: 2 ... {self.trained_block_size} "
+                                     "(trained K)")
+        else:
+            raise PyorthrusError(f"block_size {block_size!r}: give an integer K or 'auto'")
+        if largest > self.llm.n_batch:
+            raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}")
+        return block_size
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def ar_view(self) -> "Orthrus":
@@ -225,79 +250,105 @@ class Orthrus:
             raise PyorthrusError("llama_decode failed")
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.llm.n_vocab(),))
 
-    def _orthrus_chunks(self, prompt, max_tokens, params, stop_tokens, stats) -> Iterator[_Chunk]:
+    def _orthrus_cycle(self, last, block_size, params, out, n_max, cycle, stats) -> tuple[list[int], bool]:
         lib = self._lib
+        params.block_size = block_size
+        n = lib.llama_orthrus_cycle(self._ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(cycle))
+        if n < 0:
+            raise PyorthrusError(f"llama_orthrus_cycle failed: {lib.last_error()}")
+        stats.n_cycles += 1
+        stats.cycles.append((block_size, n))
+        stats.accepted[cycle.n_accepted] += 1
+        stats.t_draft_s += cycle.t_draft_us / 1e6
+        stats.t_verify_s += cycle.t_verify_us / 1e6
+        return list(out[:n]), bool(cycle.stopped)
+
+    def _ar_step(self, last, sampling, rng, stop_tokens) -> tuple[list[int], bool]:
+        logits = self._decode_one(last)
+        token = int(np.argmax(logits)) if sampling is None else _sample(logits, rng, **sampling)
+        return [token], self._is_eog(token) or token in stop_tokens
+
+    def _decode_rounds(self, prompt, max_tokens, block_size, params, sampling, stop_tokens,
+                       stats) -> Iterator[_Chunk]:
+        """One chunk per round: an Orthrus cycle at block_size, or a plain AR step (mode "ar", or when the auto
+        controller says so). Both leave the cache at the convention of llama_orthrus_cycle (the newest committed
+        token known but not cached), so either may follow the other."""
+        lib, auto = self._lib, self.auto_controller if block_size == AUTO else None
         stop_array = (lib.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
-        params.stop_tokens = stop_array
-        params.n_stop_tokens = len(stop_tokens)
-        out = (lib.llama_token * self.block_size)()
+        params.stop_tokens, params.n_stop_tokens = stop_array, len(stop_tokens)
+        out = (lib.llama_token * max(1, self.trained_block_size))()
         cycle = lib.llama_orthrus_stats()
+        rng = np.random.default_rng(self.seed)
+        stop_set = set(stop_tokens)
         last, produced = prompt[-1], 0
         while produced < max_tokens:
-            n = lib.llama_orthrus_cycle(self._ctx, 0, last, ctypes.byref(params), out,
-                                        min(self.block_size, max_tokens - produced), ctypes.byref(cycle))
-            if n < 0:
-                raise PyorthrusError(f"llama_orthrus_cycle failed: {lib.last_error()}")
-            stats.n_cycles += 1
-            stats.accepted[cycle.n_accepted] += 1
-            stats.t_draft_s += cycle.t_draft_us / 1e6
-            stats.t_verify_s += cycle.t_verify_us / 1e6
-            tokens = list(out[:n])
-            if self._perturb_at is not None and produced <= self._perturb_at < produced + n:
+            k = 1 if self.mode == "ar" else auto.choose(max_tokens - produced) if auto else block_size
+            start = time.perf_counter()
+            if k == 1:
+                tokens, stopped = self._ar_step(last, sampling, rng, stop_set)
+                elapsed = time.perf_counter() - start
+                stats.t_ar_s += elapsed
+                if auto:
+                    stats.n_ar_steps += 1
+                    auto.observe_step(elapsed)
+                else:
+                    stats.n_cycles += 1
+            else:
+                tokens, stopped = self._orthrus_cycle(last, k, params, out, min(k, max_tokens - produced), cycle,
+                                                      stats)
+                if auto:
+                    auto.observe_cycle(k, cycle.n_accepted, time.perf_counter() - start)
+            if self._perturb_at is not None and produced <= self._perturb_at < produced + len(tokens):
                 tokens[self._perturb_at - produced] = (tokens[self._perturb_at - produced] + 1) % self.llm.n_vocab()
-            produced += n
+            produced += len(tokens)
             last = tokens[-1]
-            if cycle.stopped:
+            if stopped:
                 yield _Chunk(tokens, "stop")
                 return
             yield _Chunk(tokens, "length" if produced >= max_tokens else None)
 
-    def _ar_chunks(self, prompt, max_tokens, sampling, stop_tokens, stats) -> Iterator[_Chunk]:
-        rng = np.random.default_rng(self.seed)
-        last = prompt[-1]
-        for produced in range(1, max_tokens + 1):
-            start = time.perf_counter()
-            logits = self._decode_one(last)
-            stats.t_verify_s += time.perf_counter() - start
-            last = int(np.argmax(logits)) if sampling is None else _sample(logits, rng, **sampling)
-            stats.n_cycles += 1
-            if self._is_eog(last) or last in stop_tokens:
-                yield _Chunk([last], "stop")
-                return
-            yield _Chunk([last], "length" if produced == max_tokens else None)
-
-    def _chunks(self, prompt: list[int], max_tokens: int, temperature: float, top_k: int, top_p: float,
-                min_p: float, stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[_Chunk]:
+    def _chunks(self, prompt: list[int], max_tokens: int, block_size: int | str, temperature: float, top_k: int,
+                top_p: float, min_p: float, stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[_Chunk]:
         if not prompt:
             raise PyorthrusError("empty prompt")
-        if len(prompt) + max_tokens + self.block_size > self.llm.n_ctx():
+        largest = self.trained_block_size if block_size == AUTO else block_size
+        if len(prompt) + max_tokens + largest > self.llm.n_ctx():
             raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + block size "
-                                 f"({self.block_size}) exceeds n_ctx ({self.llm.n_ctx()})")
+                                 f"({largest}) exceeds n_ctx ({self.llm.n_ctx()})")
+        if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
+            from .auto import AutoBlockSize
+            from .profile import auto_sizes, measure_pass_costs
+
+            start = time.perf_counter()
+            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size), statistic=min)
+            self.auto_controller = AutoBlockSize(costs, self.trained_block_size)
+            stats.t_profile_s = time.perf_counter() - start
         start = time.perf_counter()
         self._prefill(prompt)
         stats.t_prefill_s = time.perf_counter() - start
         start = time.perf_counter()
-        if self.mode == "orthrus":
-            params = self._lib.llama_orthrus_default_params()
-            params.block_size, params.temperature = self.block_size, temperature
-            params.top_k, params.top_p, params.min_p, params.seed = top_k, top_p, min_p, self.seed
-            chunks = self._orthrus_chunks(prompt, max_tokens, params, list(stop_tokens), stats)
-        else:
-            sampling = None if temperature <= 0 else dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                                                          min_p=min_p)
-            chunks = self._ar_chunks(prompt, max_tokens, sampling, set(stop_tokens), stats)
-        for chunk in chunks:
+        params = self._lib.llama_orthrus_default_params()
+        params.temperature, params.top_k, params.top_p, params.min_p = temperature, top_k, top_p, min_p
+        params.seed = self.seed
+        sampling = None if temperature <= 0 else dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                                      min_p=min_p)
+        for chunk in self._decode_rounds(prompt, max_tokens, block_size, params, sampling, list(stop_tokens), stats):
             stats.n_generated += len(chunk.tokens)
             stats.t_total_s = time.perf_counter() - start
+            if not stats.t_first_token_s:
+                stats.t_first_token_s = stats.t_prefill_s + stats.t_total_s
             yield chunk
 
     # -- public API ------------------------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
-                 stop_tokens: Sequence[int] = (), stream: bool = False):
+                 stop_tokens: Sequence[int] = (), stream: bool = False, block_size: int | str | None = None):
         """Generate a continuation. Returns a `Generation`, or with stream=True an iterator of text pieces whose
-        `.result` is set to the `Generation` once exhausted. temperature <= 0 is greedy."""
-        it = _Stream(self, prompt, max_tokens, temperature, top_k, top_p, min_p, list(stop), list(stop_tokens))
+        `.result` is set to the `Generation` once exhausted. temperature <= 0 is greedy. block_size overrides the
+        instance's block size (an integer K or "auto") for this call."""
+        block = self.block_size if block_size is None else self._checked_block_size(block_size)
+        it = _Stream(self, prompt, max_tokens, block, temperature, top_k, top_p, min_p, list(stop),
+                     list(stop_tokens))
         if stream:
             return it
         for _ in it:
@@ -341,15 +392,16 @@ class Orthrus:
 class _Stream:
     """Iterator of text pieces; holds back text that could still become a stop string."""
 
-    def __init__(self, owner: Orthrus, prompt, max_tokens, temperature, top_k, top_p, min_p, stop, stop_tokens):
-        self.owner, self.stop = owner, [s for s in stop if s]
+    def __init__(self, owner: Orthrus, prompt, max_tokens, block_size, temperature, top_k, top_p, min_p, stop,
+                 stop_tokens):
+        self.owner, self.stop, self.block_size = owner, [s for s in stop if s], block_size
         self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self.args = (max_tokens, temperature, top_k, top_p, min_p, stop_tokens)
+        self.args = (max_tokens, block_size, temperature, top_k, top_p, min_p, stop_tokens)
         self.result: Generation | None = None
 
     def __iter__(self) -> Iterator[str]:
         owner = self.owner
-        stats = GenerationStats(owner.mode, owner.block_size if owner.mode == "orthrus" else 1,
+        stats = GenerationStats(owner.mode, self.block_size if owner.mode == "orthrus" else 1,
                                 n_prompt=len(self.prompt))
         tokens: list[int] = []
         visible: list[int] = []  # tokens without EOG ones: what the text is made of

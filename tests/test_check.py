@@ -18,24 +18,6 @@ ADAPTER = str(assets.DEFAULT_ADAPTER)
 ONE_THREAD = ["-t", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def batch_threads_follow_t():
-    """open_model gives -t to one-token decodes only; batches (prefill, Orthrus draft and verify) keep
-    llama-cpp-python's default, every core, and crawl on busy shared cores. Until open_model also passes
-    n_threads_batch, give the opened context -t threads for both here."""
-    original = check.open_model
-
-    def open_model(args):
-        model = original(args)
-        if args.threads:
-            llama_cpp.llama_set_n_threads(model._ctx, args.threads, args.threads)
-        return model
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(check, "open_model", open_model)
-        yield
-
-
 def run_check(capsys, *argv: str) -> tuple[int, dict]:
     code = cli.main(["check", *argv, *ONE_THREAD, "--json"])
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ import json
 import sys
 
 from . import assets
+from .generate import block_size_argument
 
 DEMO_PROMPTS = [
     "What is the capital of France?",
@@ -23,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run SmolLM2-135M-Instruct with the shipped Orthrus adapter on a few prompts, AR and "
                           "Orthrus side by side; shows the text, token identity, tokens per cycle and speedup.")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate per prompt")
-    parser.add_argument("-k", "--block-size", type=int, default=None, help="Orthrus block size (default: trained K)")
+    parser.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
+                        help="Orthrus block size (default: trained K), or 'auto' (per cycle, from measured costs)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 

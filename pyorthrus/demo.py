@@ -45,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
             fast = llm.generate(tokens, max_tokens=args.max_tokens)
             row = {"prompt": prompt, "text": fast.text, "identical": fast.tokens == plain.tokens,
                    "tokens": len(fast.tokens), "tokens_per_cycle": fast.stats.tokens_per_cycle,
+                   "ar_steps": fast.stats.n_ar_steps,
                    "ar_tok_s": plain.stats.tokens_per_second, "orthrus_tok_s": fast.stats.tokens_per_second,
                    "speedup": fast.stats.tokens_per_second / plain.stats.tokens_per_second}
             rows.append(row)
+            ar_steps = f", {row['ar_steps']} AR steps" if row["ar_steps"] else ""  # chosen by -k auto
             say(f"\n>>> {prompt}\n{fast.text.strip()}\n"
                 f"[{row['tokens']} tokens | identical to AR: {'yes' if row['identical'] else 'NO'} | "
-                f"{row['tokens_per_cycle']:.2f} tokens/cycle (K={llm.block_size}) | AR {row['ar_tok_s']:.1f} tok/s, "
+                f"{row['tokens_per_cycle']:.2f} tokens/cycle (K={llm.block_size}){ar_steps} | "
+                f"AR {row['ar_tok_s']:.1f} tok/s, "
                 f"Orthrus {row['orthrus_tok_s']:.1f} tok/s, {row['speedup']:.2f}x]")
     total_ar = sum(r["tokens"] / r["ar_tok_s"] for r in rows)
     total_orthrus = sum(r["tokens"] / r["orthrus_tok_s"] for r in rows)

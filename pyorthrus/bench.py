@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import prompts as prompt_sets
 from .errors import PyorthrusError
-from .generate import add_model_arguments, open_model
+from .generate import adapter_path, add_model_arguments, open_model
 from .model import AUTO
 from .profile import BENCH_SIZES, PassCosts, measure_pass_costs
 
@@ -219,22 +219,21 @@ def _parse_block_sizes(text: str) -> list[int | str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import assets, bench_report
+    from . import bench_report
 
     if args.bench_command == "compare":
         return bench_report.run_compare(args.reports, args.compare_out)
     block_sizes = _parse_block_sizes(args.block_sizes)
     if args.profile_reps < 1:
         raise PyorthrusError(f"--profile-reps {args.profile_reps}: must be >= 1")
-    if args.adapter is None and args.model is None:
-        args.adapter = assets.default_adapter()
+    adapter = adapter_path(args)
     numeric = [k for k in block_sizes if k != AUTO]
     args.block_size = max(numeric) if numeric else AUTO
     with open_model(args) as llm:
         for k in block_sizes:  # refuse a bad K before minutes of profiling
             llm._checked_block_size(k)
         profile = device_profile(llm, args.profile_reps)
-        report = {"model": str(llm.llm.model_path), "adapter": str(args.adapter) if args.adapter else None,
+        report = {"model": str(llm.llm.model_path), "adapter": str(adapter) if adapter else None,
                   "device": device_info(llm, args.n_gpu_layers), "strict": llm.strict, "profile": profile,
                   "prompts": args.prompts, "n_prompts": args.n_prompts, "max_tokens": args.max_tokens,
                   "block_sizes": block_sizes}

@@ -49,12 +49,17 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
 
 
+def adapter_path(args: argparse.Namespace) -> Path | None:
+    """-a, or for the embedded default model (no -m) its shipped adapter."""
+    if args.model is None and args.adapter is None:
+        return assets.default_adapter()
+    return args.adapter
+
+
 def open_model(args: argparse.Namespace):
     from .model import Orthrus
 
-    adapter = args.adapter
-    if args.model is None and adapter is None:  # the embedded default comes with its shipped adapter
-        adapter = assets.default_adapter()
+    adapter = adapter_path(args)
     # -t sets the batch threads too: llama.cpp's default of every core makes K-token passes crawl on a busy machine
     return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,

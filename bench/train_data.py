@@ -184,15 +184,14 @@ def main(argv=None) -> int:
         prompt = chat_text(llm, question)
         prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         if len(prompt_ids) + args.max_tokens <= 1000:
-            todo.append(((source, index, question, prompt), prompt_ids))
-    jobs = dict((job[:2], ids) for job, ids in todo)
+            todo.append(((source, index, question, prompt, prompt_ids), prompt_ids))
     t0, n_tok, n_done = time.time(), 0, 0
     with args.out.open("a") as fh:
-        for (source, index, question, prompt), out, finish in generate_parallel(
+        for (source, index, question, prompt, prompt_ids), out, finish in generate_parallel(
                 llm, todo, args.max_tokens, eos, args.parallel, args.threads):
             completion = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
             rec = {"source": source, "index": index, "system": SYSTEM, "prompt": question, "text": prompt + completion,
-                   "ids": list(jobs[(source, index)]) + out, "n_prompt": len(jobs[(source, index)]),
+                   "ids": list(prompt_ids) + out, "n_prompt": len(prompt_ids),
                    "n_completion": len(out), "finish": finish}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()

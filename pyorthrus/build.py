@@ -255,6 +255,35 @@ def install_wheel(wheel: Path) -> None:
             raise PyorthrusError(f"pip could not install {wheel}")
 
 
+def build_example_binary(out_dir: Path, cache_dir: Path, patches_dir: Path = REPO_PATCHES) -> Path:
+    """Compile the patch series' examples/orthrus/orthrus.cpp into out_dir/llama-orthrus, linked against the
+    libllama of the llama_cpp installed here (it uses only llama.h, so no llama.cpp build tree is needed)."""
+    importlib.invalidate_caches()
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise PyorthrusError("llama_cpp is not installed: run `pyorthrus build` first")
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("clang++") or shutil.which("g++")
+    if compiler is None:
+        raise PyorthrusError("no C++ compiler found (set CXX, or install g++ / Xcode command line tools)")
+    tree = patched_source_dir(cache_dir, patches_dir)
+    source = tree / "examples" / "orthrus" / "orthrus.cpp"
+    if not source.is_file():
+        raise PyorthrusError(f"{patches_dir}: the patch series has no examples/orthrus/orthrus.cpp")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "llama-orthrus"
+    tmp = out_dir / ".llama-orthrus.tmp"
+    cmd = [compiler, "-O2", "-std=c++17", f"-I{tree / 'include'}", f"-I{tree / 'ggml' / 'include'}", str(source),
+           "-o", str(tmp), f"-L{lib_dir}", "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
+        raise PyorthrusError(f"compiling {source.name} failed: {first}")
+    os.replace(tmp, target)
+    return target
+
+
 def installed_build_key() -> str | None:
     """The cache key recorded in the installed llama_cpp package, read without loading the library."""
     spec = importlib.util.find_spec("llama_cpp")
@@ -305,6 +334,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: $PYORTHRUS_CACHE or "
                                                                      "~/.cache/pyorthrus")
     parser.add_argument("--patches", type=Path, default=REPO_PATCHES, help="patch series directory")
+    parser.add_argument("--binary", type=Path, default=None, metavar="DIR",
+                        help="also compile the llama-orthrus command-line example into DIR, linked against the "
+                             "installed library (needs a C++ compiler; `DIR/llama-orthrus --help`)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -337,11 +369,15 @@ def run(args: argparse.Namespace) -> int:
     if action != "already installed":
         install_wheel(wheel)
     result = {"action": action, "wheel": str(wheel), **config.info()}
+    if args.binary is not None:
+        result["binary"] = str(build_example_binary(args.binary, cache_dir, args.patches))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"llama-cpp-python with Orthrus patches: {action} (backend {config.backend}, {config.flavour}, "
               f"key {config.key})")
+        if args.binary is not None:
+            print(f"llama-orthrus: {result['binary']}")
     return 0
 
 

@@ -19,13 +19,16 @@ records which adapter it ran with. The trained adapter's K values run first, for
 adapter's (far slower: few drafts accepted), so a run cut off early has the shipped configuration complete.
 
 With --json the results are rewritten after every (quant, prompt) unit, so a run that is cut off keeps what it
-finished; --resume skips the runs the file already holds. The summary (printed, and written next to the JSON as
+finished; --resume skips the runs the file already holds. --shard I/N runs only the prompts p with p % N == I, so
+N processes (one core each, each with its own --json) share a matrix; --merge A.json B.json ... --json OUT.json
+joins their results. Each result records the key of the llama.cpp build it ran on. The summary (printed, and written next to the JSON as
 .txt) states exactly how many prompts x tokens x configurations it covers.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import os
 import sys
 import time
@@ -49,6 +52,9 @@ def _parse():
     ap.add_argument("--json", default=None, help="write the full results here (after every prompt)")
     ap.add_argument("--resume", action="store_true", help="keep the results already in --json and skip them")
     ap.add_argument("--report-only", action="store_true", help="run nothing: summarise --json")
+    ap.add_argument("--shard", default="0/1", help="I/N: run only the prompts p with p %% N == I")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="run nothing: join these result files (same settings) into --json")
     return ap.parse_args()
 
 
@@ -147,16 +153,36 @@ def run_key(r: dict) -> tuple:
     return (r["quant"], r["fa"], r["K"], r["prompt"])
 
 
+def read_results(path: Path, settings: dict) -> list[dict]:
+    """The results in a file run with the same RESUME_SETTINGS; rows from before builds were recorded per row get
+    the file's build key."""
+    old = json.loads(path.read_text())
+    for key in RESUME_SETTINGS:
+        if old["config"].get(key) != settings[key]:
+            raise SystemExit(f"{path}: it was run with {key}={old['config'].get(key)!r}, not {settings[key]!r}")
+    for row in old["results"]:
+        row.setdefault("build_key", (old.get("build") or {}).get("key"))
+    return old["results"]
+
+
 def load_previous(path: Path, settings: dict) -> list[dict]:
     if not path.exists():
         return []
     if not args.resume:
         raise SystemExit(f"{path} exists: pass --resume to continue it, or remove it")
-    old = json.loads(path.read_text())
-    for key in RESUME_SETTINGS:
-        if old["config"].get(key) != settings[key]:
-            raise SystemExit(f"{path}: cannot resume, it was run with {key}={old['config'].get(key)!r}")
-    return old["results"]
+    return read_results(path, settings)
+
+
+def merge(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
+    """Settings, build and results of several shards of one matrix (the first file's settings and build)."""
+    first = json.loads(paths[0].read_text())
+    settings = first["config"]
+    rows = {}
+    for path in paths:
+        for row in read_results(path, settings):
+            rows.setdefault(run_key(row), row)
+    settings["prompts"] = max(json.loads(p.read_text())["config"]["prompts"] for p in paths)
+    return settings, first.get("build"), list(rows.values())
 
 
 def save(path: Path, settings: dict, build: dict, results: list[dict]) -> None:
@@ -195,10 +221,12 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
     ks = [int(k) for k in args.ks.split(",")]
     fas = args.fa.split(",")
     texts = prompts(args.prompts)
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
+    mine = [pi for pi in range(len(texts)) if pi % n_shards == shard]
     done = {run_key(r) for r in results}
     t_start = time.time()
     for quant in args.quants.split(","):
-        if all((quant, fa, K, pi) in done for K in ks for fa in fas for pi in range(len(texts))):
+        if all((quant, fa, K, pi) in done for K in ks for fa in fas for pi in mine):
             continue
         path = model_file(quant, work)
         model = Model(path, use_extra_bufts=(args.config == "fast"))
@@ -211,7 +239,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
         contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, max(ks)),
                                 flash_attn=(fa == "on"), n_threads=args.threads) for fa in fas}
         for phase_ks in phases:
-            todo = [(pi, fa) for pi in range(len(texts)) for fa in fas
+            todo = [(pi, fa) for pi in mine for fa in fas
                     if any((quant, fa, K, pi) not in done for K in phase_ks)]
             for pi, fa in todo:
                 ctx = contexts[fa]
@@ -231,7 +259,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                                **divergence(ref, tops, run.tokens),
                                cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
                                tokens_per_cycle=len(run.tokens) / max(1, run.cycles), t_ar_s=t_ar,
-                               t_orthrus_s=t_or)
+                               t_orthrus_s=t_or, build_key=build.get("key"))
                     results.append(row)
                     if not row["identical"]:
                         print(f"DIVERGENCE {quant} fa={fa} K={K} prompt={pi} at token {row['first_divergence']}: "
@@ -269,7 +297,9 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
              f"covered:   {len(results)} runs = {len(configs_done)} configurations, {len(prompts_done)} distinct "
              f"prompts, {n_tokens} greedy tokens compared (a run stops at EOG or {settings['tokens']} tokens)"
              + ("" if len(results) == settings["prompts"] * requested else "  [PARTIAL]"),
-             f"complete:  {complete} of {settings['prompts']} prompts have all {requested} configurations", "",
+             f"complete:  {complete} of {settings['prompts']} prompts have all {requested} configurations",
+             "builds:    " + ", ".join(f"{key} ({n} runs)" for key, n in sorted(Counter(
+                 r.get("build_key") or "unrecorded" for r in results).items())), "",
              f"{'quant':7} {'fa':3} {'K':>3} {'adapter':>{width}} {'identical':>10} {'tokens':>7} {'tok/cycle':>9} "
              f"{'acc/cycle':>9} {'AR s':>7} {'Orth s':>7}"]
     for q, fa, K in configs_done:
@@ -295,15 +325,17 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
 
 
 def main() -> int:
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "report_only")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "report_only", "shard", "merge")}
     if args.adapter:
         settings["adapter"] = str(Path(args.adapter).resolve())
     json_path = Path(args.json) if args.json else None
+    if (args.report_only or args.merge) and json_path is None:
+        raise SystemExit("--report-only and --merge need --json")
     if args.report_only:
-        if json_path is None:
-            raise SystemExit("--report-only needs --json")
         saved = json.loads(json_path.read_text())
         settings, build, results = saved["config"], saved.get("build"), saved["results"]
+    elif args.merge:
+        settings, build, results = merge(args.merge)
     else:
         build = installed_build_info()["build"] or {}
         if args.config == "strict" and build.get("flavour") != "strict":

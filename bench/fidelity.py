@@ -106,9 +106,12 @@ def model_file(quant: str, work: Path) -> Path:
         qp.nthread = args.threads
         qp.ftype = FTYPES[quant]
         qp.allow_requantize = True
-        rc = L.llama_model_quantize(str(src).encode(), str(dst).encode(), qp)
+        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # shards may quantize at once; one file wins
+        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), qp)
         if rc != 0:
+            tmp.unlink(missing_ok=True)
             raise SystemExit(f"llama_model_quantize to {quant} failed ({rc})")
+        os.replace(tmp, dst)
     return dst
 
 
@@ -205,8 +208,10 @@ def load_adapters(model: Model, path: Path, quant: str, ks: list[int], work: Pat
         per_k.update({K: (ad, Path(args.adapter).name) for K in ks if K <= trained_k})
     missing = [K for K in ks if K not in per_k]
     if missing:
-        identity_path = write_identity_adapter(path, work / f"identity.{quant}.K{max(missing)}.gguf",
-                                               block_size=max(missing))
+        identity_path = work / f"identity.{quant}.K{max(missing)}.gguf"
+        if not identity_path.is_file():
+            tmp = identity_path.with_name(f"{identity_path.name}.{os.getpid()}.tmp")
+            os.replace(write_identity_adapter(path, tmp, block_size=max(missing)), identity_path)
         ad = model.load_adapter(identity_path)
         if not ad:
             raise SystemExit(O.last_error())

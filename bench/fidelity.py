@@ -21,21 +21,31 @@ adapter's (far slower: few drafts accepted), so a run cut off early has the ship
 With --json the results are rewritten after every (quant, prompt) unit, so a run that is cut off keeps what it
 finished; --resume skips the runs the file already holds. --shard I/N runs only the prompts p with p % N == I, so
 N processes (one core each, each with its own --json) share a matrix; --merge A.json B.json ... --json OUT.json
-joins their results. Each result records the key of the llama.cpp build it ran on. The summary (printed, and written next to the JSON as
-.txt) states exactly how many prompts x tokens x configurations it covers.
+joins their results. Each result records the key of the llama.cpp build it ran on. The summary (printed, and
+written next to the JSON as .txt) states exactly how many prompts x tokens x configurations it covers.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 8  # AR candidates kept per position: enough to price the token Orthrus chose where it parted from AR
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
+    return i, n
 
 
 def _parse():
@@ -52,7 +62,8 @@ def _parse():
     ap.add_argument("--json", default=None, help="write the full results here (after every prompt)")
     ap.add_argument("--resume", action="store_true", help="keep the results already in --json and skip them")
     ap.add_argument("--report-only", action="store_true", help="run nothing: summarise --json")
-    ap.add_argument("--shard", default="0/1", help="I/N: run only the prompts p with p %% N == I")
+    ap.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                    help="run only the prompts p with p %% N == I (0 <= I < N)")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="run nothing: join these result files (same settings) into --json")
     return ap.parse_args()
@@ -226,7 +237,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
     ks = [int(k) for k in args.ks.split(",")]
     fas = args.fa.split(",")
     texts = prompts(args.prompts)
-    shard, n_shards = (int(x) for x in args.shard.split("/"))
+    shard, n_shards = args.shard
     mine = [pi for pi in range(len(texts)) if pi % n_shards == shard]
     done = {run_key(r) for r in results}
     t_start = time.time()

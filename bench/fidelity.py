@@ -167,9 +167,9 @@ def run_key(r: dict) -> tuple:
     return (r["quant"], r["fa"], r["K"], r["prompt"])
 
 
-def read_results(path: Path, settings: dict) -> list[dict]:
-    """The results in a file run with the same RESUME_SETTINGS; rows from before builds were recorded per row get
-    the file's build key."""
+def read_results(path: Path, settings: dict) -> tuple[dict, list[dict]]:
+    """The settings and results of a file run with the same RESUME_SETTINGS; rows from before builds were recorded
+    per row get the file's build key."""
     old = json.loads(path.read_text())
     for key in RESUME_SETTINGS:
         theirs, ours = old["config"].get(key), settings[key]
@@ -179,7 +179,7 @@ def read_results(path: Path, settings: dict) -> list[dict]:
             raise SystemExit(f"{path}: it was run with {key}={old['config'].get(key)!r}, not {settings[key]!r}")
     for row in old["results"]:
         row.setdefault("build_key", (old.get("build") or {}).get("key"))
-    return old["results"]
+    return old["config"], old["results"]
 
 
 def load_previous(path: Path, settings: dict) -> list[dict]:
@@ -187,7 +187,7 @@ def load_previous(path: Path, settings: dict) -> list[dict]:
         return []
     if not args.resume:
         raise SystemExit(f"{path} exists: pass --resume to continue it, or remove it")
-    return read_results(path, settings)
+    return read_results(path, settings)[1]
 
 
 def merge(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
@@ -196,9 +196,10 @@ def merge(paths: list[Path]) -> tuple[dict, dict, list[dict]]:
     settings = first["config"]
     rows = {}
     for path in paths:
-        for row in read_results(path, settings):
+        config, results = read_results(path, settings)
+        settings["prompts"] = max(settings["prompts"], config["prompts"])
+        for row in results:
             rows.setdefault(run_key(row), row)
-    settings["prompts"] = max(json.loads(p.read_text())["config"]["prompts"] for p in paths)
     return settings, first.get("build"), list(rows.values())
 
 

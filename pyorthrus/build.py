@@ -255,14 +255,22 @@ def install_wheel(wheel: Path) -> None:
             raise PyorthrusError(f"pip could not install {wheel}")
 
 
+def installed_llama_cpp_dir() -> Path | None:
+    """The directory of the llama_cpp package installed here, found without importing (loading) it."""
+    importlib.invalidate_caches()  # a wheel may have been installed by a pip child process just now
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def build_example_binary(out_dir: Path, cache_dir: Path, patches_dir: Path = REPO_PATCHES) -> Path:
     """Compile the patch series' examples/orthrus/orthrus.cpp into out_dir/llama-orthrus, linked against the
     libllama of the llama_cpp installed here (it uses only llama.h, so no llama.cpp build tree is needed)."""
-    importlib.invalidate_caches()
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
+    package_dir = installed_llama_cpp_dir()
+    if package_dir is None:
         raise PyorthrusError("llama_cpp is not installed: run `pyorthrus build` first")
-    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    lib_dir = package_dir / "lib"
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("clang++") or shutil.which("g++")
     if compiler is None:
         raise PyorthrusError("no C++ compiler found (set CXX, or install g++ / Xcode command line tools)")
@@ -286,10 +294,10 @@ def build_example_binary(out_dir: Path, cache_dir: Path, patches_dir: Path = REP
 
 def installed_build_key() -> str | None:
     """The cache key recorded in the installed llama_cpp package, read without loading the library."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
+    package_dir = installed_llama_cpp_dir()
+    if package_dir is None:
         return None
-    record = Path(list(spec.submodule_search_locations)[0]) / BUILD_INFO_FILE
+    record = package_dir / BUILD_INFO_FILE
     return json.loads(record.read_text()).get("key") if record.exists() else None
 
 

@@ -11,7 +11,8 @@ build, SmolLM2-135M-Instruct + an adapter, over quantizations x flash-attn x blo
 ggml loads, use_extra_bufts=False; the library should be built with -DGGML_LLAMAFILE=OFF (flavour strict).
 --config fast: neither knob (build flavour as installed); divergences are expected there and are reported with
 the AR logit margin (top-1 minus top-2) at the first divergent position, and the AR logit gap between the AR
-token and the token Orthrus committed there.
+token and the token Orthrus committed there. On a GPU build, -ngl -1 offloads every layer; use --config fast there
+(GPU kernels are not batch-invariant, so a verify pass and one-token AR steps may round differently).
 
 --adapter PATH: a trained adapter (e.g. pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf) for every K up to its
 trained block size; larger K use the identity adapter. Default: the identity adapter for every K. Each result
@@ -58,6 +59,8 @@ def _parse():
     ap.add_argument("--config", choices=["strict", "fast"], default="strict")
     ap.add_argument("--adapter", default=None, help="trained adapter for K <= its block size (default: identity)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                    help="layers offloaded to the GPU (-1: all) on a GPU build; use with --config fast")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "pyorthrus" / "fidelity"))
     ap.add_argument("--json", default=None, help="write the full results here (after every prompt)")
     ap.add_argument("--resume", action="store_true", help="keep the results already in --json and skip them")
@@ -73,26 +76,21 @@ args = _parse()
 if args.config == "strict":
     os.environ["GGML_CPU_TILED_MM"] = "0"  # read once by ggml-cpu at the first K-quant matmul
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
 from orthrus_harness import Context, Model, init_backend, orthrus_generate  # noqa: E402  (first: sets env)
-import llama_cpp.llama_cpp as L  # noqa: E402
 from orthrus_adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus import assets  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
+from smollm2_quants import model_file  # noqa: E402
 
-FTYPES = {
-    "F32": L.LLAMA_FTYPE_ALL_F32,
-    "F16": L.LLAMA_FTYPE_MOSTLY_F16,
-    "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "Q4_1": None,  # the shipped file
-    "Q4_K_M": L.LLAMA_FTYPE_MOSTLY_Q4_K_M,
-}
-# settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow)
-RESUME_SETTINGS = ("tokens", "config", "adapter")
+# settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow),
+# with their values for files written before the setting existed
+RESUME_SETTINGS = {"tokens": None, "config": None, "adapter": None, "n_gpu_layers": 0}
 
 
 def prompts(n: int) -> list[str]:
@@ -105,25 +103,6 @@ def prompts(n: int) -> list[str]:
     if len(out) < n:
         raise SystemExit(f"need {n} prompts, found {len(out)}")
     return out
-
-
-def model_file(quant: str, work: Path) -> Path:
-    src = assets.smollm2_gguf()
-    if FTYPES[quant] is None:
-        return src
-    dst = work / f"SmolLM2-135M-Instruct.{quant}.gguf"
-    if not dst.is_file():
-        qp = L.llama_model_quantize_default_params()
-        qp.nthread = args.threads
-        qp.ftype = FTYPES[quant]
-        qp.allow_requantize = True
-        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # shards may quantize at once; one file wins
-        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), qp)
-        if rc != 0:
-            tmp.unlink(missing_ok=True)
-            raise SystemExit(f"llama_model_quantize to {quant} failed ({rc})")
-        os.replace(tmp, dst)
-    return dst
 
 
 def greedy_ar_with_top(ctx: Context, prompt, n_tokens):
@@ -171,12 +150,13 @@ def read_results(path: Path, settings: dict) -> tuple[dict, list[dict]]:
     """The settings and results of a file run with the same RESUME_SETTINGS; rows from before builds were recorded
     per row get the file's build key."""
     old = json.loads(path.read_text())
-    for key in RESUME_SETTINGS:
-        theirs, ours = old["config"].get(key), settings[key]
+    for key, default in RESUME_SETTINGS.items():
+        theirs, ours = old["config"].get(key, default), settings[key]
         if key == "adapter" and theirs and ours:  # the same file in another checkout resumes too
             theirs, ours = Path(theirs).name, Path(ours).name
         if theirs != ours:
-            raise SystemExit(f"{path}: it was run with {key}={old['config'].get(key)!r}, not {settings[key]!r}")
+            raise SystemExit(f"{path}: it was run with {key}={old['config'].get(key, default)!r}, "
+                             f"not {settings[key]!r}")
     for row in old["results"]:
         row.setdefault("build_key", (old.get("build") or {}).get("key"))
     return old["config"], old["results"]
@@ -248,8 +228,8 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
     for quant in args.quants.split(","):
         if all((quant, fa, K, pi) in done for K in ks for fa in fas for pi in mine):
             continue
-        path = model_file(quant, work)
-        model = Model(path, use_extra_bufts=(args.config == "fast"))
+        path = model_file(quant, work, args.threads)
+        model = Model(path, use_extra_bufts=(args.config == "fast"), n_gpu_layers=args.n_gpu_layers)
         adapters = load_adapters(model, path, quant, ks, work)
         # One phase per adapter, the trained one first: its Ks (the shipped configuration) are covered for every
         # prompt before the identity adapter's (slow: few drafts accepted) start. Within a phase prompts are
@@ -310,8 +290,9 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
         configs_of.setdefault(r["prompt"], set()).add((r["quant"], r["fa"], r["K"]))
     complete = sum(len(c) == requested for c in configs_of.values())
     width = max([7] + [len(r.get("adapter", "identity")) for r in results])
-    lines = [f"config={settings['config']} (build flavour {(build or {}).get('flavour')}) "
-             f"threads={settings['threads']} adapter={settings.get('adapter') or 'identity'}",
+    lines = [f"config={settings['config']} (build {(build or {}).get('backend')}, flavour "
+             f"{(build or {}).get('flavour')}) threads={settings['threads']} "
+             f"n_gpu_layers={settings.get('n_gpu_layers', 0)} adapter={settings.get('adapter') or 'identity'}",
              f"requested: {settings['prompts']} prompts x {settings['tokens']} tokens x {requested} configurations "
              f"({len(quants)} quants x {len(fas)} fa x {len(ks)} K) = {settings['prompts'] * requested} runs",
              f"covered:   {len(results)} runs = {len(configs_done)} configurations, {len(prompts_done)} distinct "
@@ -361,6 +342,9 @@ def main() -> int:
         if args.config == "strict" and build.get("flavour") != "strict":
             print(f"warning: --config strict on a {build.get('flavour')!r} build: divergences are expected",
                   file=sys.stderr)
+        if args.config == "strict" and args.n_gpu_layers != 0:
+            print("warning: --config strict with offloaded layers: GPU kernels are not batch-invariant, "
+                  "divergences are expected (use --config fast)", file=sys.stderr)
         results = load_previous(json_path, settings) if json_path else []
         run_matrix(settings, build, results)
     if json_path and args.report_only:

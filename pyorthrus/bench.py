@@ -37,11 +37,13 @@ def device_profile(llm, reps: int) -> dict:
     return measure_pass_costs(llm, {k for k in BENCH_SIZES if k <= largest} | {largest}, reps=reps).as_dict()
 
 
-def _peer(model_path: Path, n_ctx: int, threads: int | None):
+def _peer(model_path: Path, n_ctx: int, args: argparse.Namespace):
+    """llama-cpp-python's prompt-lookup decoding on the same device settings as the Orthrus model."""
     import llama_cpp
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-    return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False,
+    return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                           flash_attn=args.flash_attn, seed=0, verbose=False,
                            draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
 
 
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                   "prompts": args.prompts, "n_prompts": args.n_prompts, "max_tokens": args.max_tokens,
                   "block_sizes": block_sizes}
         if not args.profile_only:
-            peer = None if args.no_peer else _peer(Path(llm.llm.model_path), llm.llm.n_ctx(), args.threads)
+            peer = None if args.no_peer else _peer(Path(llm.llm.model_path), llm.llm.n_ctx(), args)
             rows = run_modes(llm, prompt_sets.load(args.prompts, args.n_prompts), block_sizes, args.max_tokens,
                              peer)
             report["rows"] = rows

@@ -3,6 +3,8 @@ bench/fidelity.py: load a model, make contexts, decode batches, run greedy AR an
 
 Everything runs in the batch-invariant CPU configuration (use_extra_bufts=False; the build is expected to use
 -DGGML_LLAMAFILE=OFF; K-quants also need GGML_CPU_TILED_MM=0 in the environment before ggml is loaded).
+PYORTHRUS_TEST_N_GPU_LAYERS (default 0; -1 offloads every layer) runs the same code on a GPU build instead
+(bench/gpu_suite.sh): GPU kernels are not batch-invariant, so only tolerance-based checks are meant to hold there.
 """
 from __future__ import annotations
 
@@ -43,12 +45,16 @@ def init_backend(quiet: bool = True) -> None:
     _initialised = True
 
 
+def default_n_gpu_layers() -> int:
+    return int(os.environ.get("PYORTHRUS_TEST_N_GPU_LAYERS", "0"))
+
+
 class Model:
-    def __init__(self, path, *, use_extra_bufts: bool = False):
+    def __init__(self, path, *, use_extra_bufts: bool = False, n_gpu_layers: Optional[int] = None):
         init_backend()
         mp = L.llama_model_default_params()
         mp.use_extra_bufts = use_extra_bufts
-        mp.n_gpu_layers = 0
+        mp.n_gpu_layers = default_n_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.path = str(path)
         self.ptr = L.llama_model_load_from_file(self.path.encode(), mp)
         if not self.ptr:

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, which CI (CPU only) cannot run, in one go on a machine with a CUDA (or Metal) build:
+#
+#   pyorthrus build --backend cuda        # once
+#   bash bench/gpu_suite.sh OUT_DIR [PROMPTS]
+#
+# 1. OUT_DIR/build.json: the installed build (backend, flags) as `pyorthrus build --check --json` reports it.
+#    OUT_DIR/batch_variance.{log,json}: how far this backend's logits for a K-token batch are from K one-token
+#    steps (plain llama.cpp, no Orthrus): the size of the near-ties where greedy Orthrus may part from AR.
+# 2. OUT_DIR/reference_tests.log: tests/test_llama_orthrus_reference.py with every layer offloaded: both views'
+#    logits against the PyTorch reference on the tiny F32 fixtures, at the tolerances the CPU build meets.
+# 3. OUT_DIR/fidelity.{json,txt}: bench/fidelity.py --config fast -ngl -1, PROMPTS (default 20) GSM8K prompts x 128
+#    tokens, SmolLM2 Q4_1/F16/Q8_0, K 4/8/16 (shipped adapter) and 32 (identity adapter), flash-attn off/on.
+#    GPU kernels are not batch-invariant, so a divergence from greedy AR is possible; each is reported with the AR
+#    logit margin where it happened.
+# 4. OUT_DIR/bench.{json,md}: `pyorthrus bench -ngl -1` (AR vs Orthrus vs prompt lookup, side by side), flash-attn
+#    off and on.
+# Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
+# suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
+# steps (default: "batch_variance reference_tests fidelity bench bench_fa").
+set -u
+out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [PROMPTS]}
+prompts=${2:-20}
+python=${PYTHON:-python}
+limit=$(( ${GPU_SUITE_MINUTES:-3} * 60 ))
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+work=$(mktemp -d)  # quantized models and the identity adapter: large, kept out of OUT_DIR
+trap 'rm -rf "$work"' EXIT
+status=0
+steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity bench bench_fa} "
+step() {  # step NAME COMMAND...: run with the time limit, log to OUT_DIR/NAME.log, remember the first failure
+    local name=$1 rc
+    shift
+    [[ $steps == *" $name "* ]] || return 0
+    echo "== $name: $*" >&2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    rc=$?
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" >&2
+    tail -n 25 "$out/$name.log" >&2
+    [ "$status" -eq 0 ] && status=$rc
+    return 0
+}
+
+"$python" -m pyorthrus build --check --json > "$out/build.json" || exit 1
+step batch_variance "$python" bench/batch_variance.py -ngl -1 --threads 4 --fa off,on --work "$work" \
+    --json "$out/batch_variance.json"
+step reference_tests env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -p no:cacheprovider \
+    tests/test_llama_orthrus_reference.py
+step fidelity "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
+    --quants Q4_1,F16,Q8_0 --ks 4,8,16,32 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
+    --work "$work" --json "$out/fidelity.json"
+step bench "$python" -m pyorthrus bench -ngl -1 --n-prompts 10 -n 128 --block-sizes 4,8,16,auto --out "$out/bench"
+step bench_fa "$python" -m pyorthrus bench -ngl -1 --flash-attn --n-prompts 10 -n 128 --block-sizes 4,8,16,auto \
+    --out "$out/bench_fa"
+exit "$status"

@@ -87,8 +87,8 @@ def main() -> int:
                     diff, n_flips = compare(ctx, prefix, block)
                     worst, flips, rows_total = max(worst, diff), flips + n_flips, rows_total + K
                 rows.append(dict(quant=quant, fa=fa, K=K, max_abs_diff=worst, argmax_flips=flips, rows=rows_total))
-                print(f"{quant:6} fa={fa:3} K={K:<3} max |diff| {worst:.6f}  argmax differs in {flips}/{rows_total} rows",
-                      flush=True)
+                print(f"{quant:6} fa={fa:3} K={K:<3} max |diff| {worst:.6f}  "
+                      f"argmax differs in {flips}/{rows_total} rows", flush=True)
             ctx.close()
         model.close()
     if args.json:

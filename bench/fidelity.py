@@ -74,7 +74,7 @@ def _parse():
 
 args = _parse()
 if args.config == "strict":
-    os.environ["GGML_CPU_TILED_MM"] = "0"  # read once by ggml-cpu at the first K-quant matmul
+    os.environ["GGML_CPU_TILED_MM"] = "0"  # read once by ggml-cpu, at its first matmul
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))

@@ -33,8 +33,9 @@ def _strict_cpu_model_params():
     """Batch-invariant CPU run settings (DESIGN.md section 4): a K-token verify must give the very logits K single
     steps give, or greedy Orthrus and AR can part on near-ties. ggml-cpu's tiled K-quant matmul is switched off
     through GGML_CPU_TILED_MM=0 (read once, at the first matmul in the process: `import pyorthrus` sets it, this is
-    the fallback for a process that imported llama_cpp first) and weight repacking through use_extra_bufts=False, which llama_cpp.Llama does not expose: its call to llama_model_default_params is
-    wrapped for the duration of the load."""
+    the fallback for a process that imported llama_cpp first) and weight repacking through use_extra_bufts=False,
+    which llama_cpp.Llama does not expose: its call to llama_model_default_params is wrapped for the duration of
+    the load."""
     import llama_cpp.llama_cpp as lowlevel
 
     os.environ["GGML_CPU_TILED_MM"] = "0"

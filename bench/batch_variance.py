@@ -43,14 +43,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from orthrus_harness import Context, Model  # noqa: E402  (first: sets the OpenMP environment)
-from pyorthrus import assets  # noqa: E402
+from pyorthrus import prompts as prompt_sets  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402
-
-
-def gsm8k_questions(n: int) -> list[str]:
-    with open(assets.gsm8k_test_jsonl()) as f:
-        return [json.loads(line)["question"] for line, _ in zip(f, range(n))]
 
 
 def compare(ctx: Context, prefix: list[int], tokens: list[int]) -> tuple[float, int]:
@@ -70,19 +65,20 @@ def compare(ctx: Context, prefix: list[int], tokens: list[int]) -> tuple[float, 
 def main() -> int:
     build = installed_build_info()["build"] or {}
     ks = [int(k) for k in args.ks.split(",")]
+    questions = [row["prompt"] for row in prompt_sets.load("gsm8k", args.prompts)]
     rows = []
     print(f"build {build.get('backend')} ({build.get('flavour')}), n_gpu_layers={args.n_gpu_layers}; "
           f"{args.prompts} prompts; max |logit(batch of K) - logit(K single steps)|, rows whose argmax differ")
     for quant in args.quants.split(","):
         model = Model(model_file(quant, Path(args.work), args.threads), use_extra_bufts=args.n_gpu_layers != 0,
                       n_gpu_layers=args.n_gpu_layers)
+        chats = [model.chat_prompt(q) for q in questions]
         for fa in args.fa.split(","):
             ctx = Context(model, n_ctx=1024, n_batch=max(64, max(ks)), flash_attn=fa == "on",
                           n_threads=args.threads)
             for K in ks:
                 worst, flips, rows_total = 0.0, 0, 0
-                for q in gsm8k_questions(args.prompts):
-                    toks = model.chat_prompt(q)
+                for toks in chats:
                     prefix, block = toks[:-K], toks[-K:]  # the prompt's own last K tokens as the block
                     diff, n_flips = compare(ctx, prefix, block)
                     worst, flips, rows_total = max(worst, diff), flips + n_flips, rows_total + K

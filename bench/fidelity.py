@@ -84,8 +84,8 @@ import numpy as np  # noqa: E402
 from orthrus_harness import Context, Model, init_backend, orthrus_generate  # noqa: E402  (first: sets env)
 from orthrus_adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
-from pyorthrus import assets  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
+from pyorthrus.prompts import load as load_prompts  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402
 
 # settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow),
@@ -94,15 +94,10 @@ RESUME_SETTINGS = {"tokens": None, "config": None, "adapter": None, "n_gpu_layer
 
 
 def prompts(n: int) -> list[str]:
-    out: list[str] = []
-    with open(assets.gsm8k_test_jsonl()) as f:
-        for line in f:
-            out.append(json.loads(line)["question"])
-            if len(out) >= n:
-                break
-    if len(out) < n:
-        raise SystemExit(f"need {n} prompts, found {len(out)}")
-    return out
+    texts = [p["prompt"] for p in load_prompts("gsm8k", n)]
+    if len(texts) < n:
+        raise SystemExit(f"need {n} prompts, the GSM8K benchmark split has {len(texts)}")
+    return texts
 
 
 def greedy_ar_with_top(ctx: Context, prompt, n_tokens):

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from orthrus_harness import Context, Model  # noqa: E402  (first: sets the OpenMP environment)
-from pyorthrus import prompts as prompt_sets  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
+from pyorthrus.prompts import load as load_prompts  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402
 
 
@@ -65,10 +65,10 @@ def compare(ctx: Context, prefix: list[int], tokens: list[int]) -> tuple[float, 
 def main() -> int:
     build = installed_build_info()["build"] or {}
     ks = [int(k) for k in args.ks.split(",")]
-    questions = [row["prompt"] for row in prompt_sets.load("gsm8k", args.prompts)]
+    questions = [row["prompt"] for row in load_prompts("gsm8k", args.prompts)]
     rows = []
     print(f"build {build.get('backend')} ({build.get('flavour')}), n_gpu_layers={args.n_gpu_layers}; "
-          f"{args.prompts} prompts; max |logit(batch of K) - logit(K single steps)|, rows whose argmax differ")
+          f"{len(questions)} prompts; max |logit(batch of K) - logit(K single steps)|, rows whose argmax differ")
     for quant in args.quants.split(","):
         model = Model(model_file(quant, Path(args.work), args.threads), use_extra_bufts=args.n_gpu_layers != 0,
                       n_gpu_layers=args.n_gpu_layers)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointer, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 2
+LLAMA_ORTHRUS_API_VERSION = 3
 
 _lib = _llama_cpp._lib
 
@@ -246,6 +246,40 @@ def llama_orthrus_cycle(
     /,
 ) -> int:
     """One draft/verify/commit cycle; number of committed tokens written to out (>= 1), < 0 on error."""
+    ...
+
+
+# int32_t llama_orthrus_step(struct llama_context * ctx, llama_seq_id seq_id, llama_token last,
+#         const struct llama_orthrus_params * params, llama_token * out, struct llama_orthrus_stats * stats);
+@ctypes_function(
+    "llama_orthrus_step",
+    [llama_context_p_ctypes, llama_seq_id, llama_token, llama_orthrus_params_p, llama_token_p, llama_orthrus_stats_p],
+    ctypes.c_int32,
+)
+def llama_orthrus_step(
+    ctx: Optional[int],
+    seq_id: int,
+    last: int,
+    params: "CtypesPointerOrRef[llama_orthrus_params]",
+    out: "CtypesArray[ctypes.c_int32]",
+    stats: "Optional[CtypesPointerOrRef[llama_orthrus_stats]]",
+    /,
+) -> int:
+    """One AR step under the cycle's cache convention: the next token in out[0]; 1, or < 0 on error."""
+    ...
+
+
+# void llama_orthrus_set_argmax(struct llama_context * ctx, bool argmax);
+@ctypes_function("llama_orthrus_set_argmax", [llama_context_p_ctypes, ctypes.c_bool], None)
+def llama_orthrus_set_argmax(ctx: Optional[int], argmax: bool, /) -> None:
+    """Argmax mode: decodes return each output row's argmax (computed on the backend) instead of its logits."""
+    ...
+
+
+# llama_token llama_orthrus_get_argmax_ith(struct llama_context * ctx, int32_t i);
+@ctypes_function("llama_orthrus_get_argmax_ith", [llama_context_p_ctypes, ctypes.c_int32], llama_token)
+def llama_orthrus_get_argmax_ith(ctx: Optional[int], i: int, /) -> int:
+    """Argmax of output row i of the last decode in argmax mode; LLAMA_TOKEN_NULL (-1) if none."""
     ...
 
 

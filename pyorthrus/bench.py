@@ -24,6 +24,7 @@ from . import prompts as prompt_sets
 from .errors import PyorthrusError
 from .generate import adapter_path, add_model_arguments, open_model
 from .model import AUTO
+from .shapes import SHAPES
 from .profile import BENCH_SIZES, PassCosts, measure_pass_costs
 
 
@@ -167,14 +168,19 @@ def _accelerators() -> list[str]:
     return [ggml.ggml_backend_dev_description(d).decode() for d in devices if ggml.ggml_backend_dev_type(d) != 0]
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+
+
 def device_info(llm, n_gpu_layers: int) -> dict:
     from .build import installed_build_info
 
     build = installed_build_info()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    return {"cpu": cpu, "accelerators": _accelerators(), "n_gpu_layers": n_gpu_layers, "machine": platform.machine(),
+    return {"cpu": cpu_name(), "accelerators": _accelerators(), "n_gpu_layers": n_gpu_layers, "machine": platform.machine(),
             "system": platform.system(), "threads": llm.llm.n_threads,
             "backend": (build["build"] or {}).get("backend"), "flavour": (build["build"] or {}).get("flavour"),
             "cmake_args": (build["build"] or {}).get("cmake_args"), "llama_cpp_python": build["llama_cpp_python"],
@@ -196,6 +202,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-reps", type=int, default=7, help="timed passes per K in the device profile")
     parser.add_argument("--out", type=Path, default=None,
                         help="write OUT.json, OUT.md and the plots OUT_*.png")
+    shape = parser.add_argument_group(
+        "model shapes (random weights: timing only)",
+        "--shape times random-weight merged GGUFs of published shapes instead of running prompts: pass costs at "
+        "each prefix, whole cycles, break-even acceptance and projections. Files are made once (F16 written with "
+        "gguf-py, quantized with llama_model_quantize) and cached.")
+    shape.add_argument("--shape", default=None, metavar="NAMES",
+                       help="comma-separated shapes: " + ", ".join(SHAPES))
+    shape.add_argument("--weights", default="q4_k_m,q8_0", help="weight types for --shape: f16, q8_0, q4_k_m")
+    shape.add_argument("--prefixes", default="128,4096", help="cached prefix lengths for --shape")
+    shape.add_argument("--shape-cache", type=Path, default=None,
+                       help="where shape GGUFs are kept (default: the pyorthrus cache's shapes/)")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     add_model_arguments(parser)
     sub = parser.add_subparsers(dest="bench_command", metavar="compare", title="subcommand")
@@ -225,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bench_command == "compare":
         return bench_report.run_compare(args.reports, args.compare_out)
+    if args.shape:
+        from . import bench_shapes
+
+        return bench_shapes.run(args)
     block_sizes = _parse_block_sizes(args.block_sizes)
     if args.profile_reps < 1:
         raise PyorthrusError(f"--profile-reps {args.profile_reps}: must be >= 1")

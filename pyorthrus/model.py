@@ -264,29 +264,36 @@ class Orthrus:
         stats.t_verify_s += cycle.t_verify_us / 1e6
         return list(out[:n]), bool(cycle.stopped)
 
-    def _ar_step(self, last, sampling, rng, stop_tokens) -> tuple[list[int], bool]:
-        logits = self._decode_one(last)
-        token = int(np.argmax(logits)) if sampling is None else _sample(logits, rng, **sampling)
-        return [token], self._is_eog(token) or token in stop_tokens
+    def _ar_step(self, last, params, out, step) -> tuple[list[int], bool]:
+        lib = self._lib
+        if lib.llama_orthrus_step(self._ctx, 0, last, ctypes.byref(params), out, ctypes.byref(step)) != 1:
+            raise PyorthrusError(f"llama_orthrus_step failed: {lib.last_error()}")
+        return [out[0]], bool(step.stopped)
 
-    def _decode_rounds(self, prompt, max_tokens, block_size, params, sampling, stop_tokens,
-                       stats) -> Iterator[_Chunk]:
+    def _decode_rounds(self, prompt, max_tokens, block_size, params, stop_tokens, stats) -> Iterator[_Chunk]:
         """One chunk per round: an Orthrus cycle at block_size, or a plain AR step (mode "ar", or when the auto
-        controller says so). Both leave the cache at the convention of llama_orthrus_cycle (the newest committed
-        token known but not cached), so either may follow the other."""
+        controller says so), both in C. Both leave the cache at the convention of llama_orthrus_cycle (the newest
+        committed token known but not cached), so either may follow the other. A greedy generation runs in argmax
+        mode throughout (each pass returns its rows' argmax, not their logits), so steps and cycles never switch
+        it and rebuild their graphs."""
         lib, auto = self._lib, self.auto_controller if block_size == AUTO else None
         stop_array = (lib.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
         params.stop_tokens, params.n_stop_tokens = stop_array, len(stop_tokens)
         out = (lib.llama_token * max(1, self.trained_block_size))()
         cycle = lib.llama_orthrus_stats()
-        rng = np.random.default_rng(self.seed)
-        stop_set = set(stop_tokens)
-        last, produced = prompt[-1], 0
+        lib.llama_orthrus_set_argmax(self._ctx, params.temperature <= 0)
+        try:
+            yield from self._rounds(prompt[-1], max_tokens, block_size, auto, params, out, cycle, stats)
+        finally:
+            lib.llama_orthrus_set_argmax(self._ctx, False)
+
+    def _rounds(self, last, max_tokens, block_size, auto, params, out, cycle, stats) -> Iterator[_Chunk]:
+        produced = 0
         while produced < max_tokens:
             k = 1 if self.mode == "ar" else auto.choose(max_tokens - produced) if auto else block_size
             start = time.perf_counter()
             if k == 1:
-                tokens, stopped = self._ar_step(last, sampling, rng, stop_set)
+                tokens, stopped = self._ar_step(last, params, out, cycle)
                 elapsed = time.perf_counter() - start
                 stats.t_ar_s += elapsed
                 if auto:
@@ -331,9 +338,7 @@ class Orthrus:
         params = self._lib.llama_orthrus_default_params()
         params.temperature, params.top_k, params.top_p, params.min_p = temperature, top_k, top_p, min_p
         params.seed = self.seed
-        sampling = None if temperature <= 0 else dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                                                      min_p=min_p)
-        for chunk in self._decode_rounds(prompt, max_tokens, block_size, params, sampling, list(stop_tokens), stats):
+        for chunk in self._decode_rounds(prompt, max_tokens, block_size, params, list(stop_tokens), stats):
             stats.n_generated += len(chunk.tokens)
             stats.t_total_s = time.perf_counter() - start
             if not stats.t_first_token_s:
@@ -448,23 +453,3 @@ def _chat_chunks(pieces: _Stream, completion_id: str, created: int, model_name: 
     for piece in pieces:
         yield chunk({"content": piece}, None)
     yield chunk({}, pieces.result.finish_reason)
-
-
-def _sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int, top_p: float,
-            min_p: float) -> int:
-    """AR sampling with the filters the C sampler applies: temperature, then top-k, top-p and min-p."""
-    z = logits.astype(np.float64) / temperature
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs, kind="stable")
-    keep = np.ones(len(order), dtype=bool)
-    if top_k > 0:
-        keep[top_k:] = False
-    if top_p < 1.0:
-        cumulative = np.cumsum(probs[order])
-        keep &= np.concatenate(([True], cumulative[:-1] < top_p))
-    if min_p > 0:
-        keep &= probs[order] >= min_p * probs[order[0]]
-    kept = order[keep]
-    p = probs[kept] / probs[kept].sum()
-    return int(kept[rng.choice(len(kept), p=p)])

@@ -1,0 +1,71 @@
+"""The shape generator (pyorthrus.shapes) and `pyorthrus bench --shape` on a tiny shape: a loadable merged Orthrus
+GGUF with the real Qwen3 tokenizer, quantized by llama_model_quantize, greedy Orthrus == AR on it, and a report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyorthrus import cli, shapes
+from pyorthrus.errors import PyorthrusError
+from pyorthrus.model import Orthrus
+from pyorthrus.profile import _monotone, _not_monotone
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("shapes")
+
+
+def test_tiny_shape_loads_decodes_and_matches_ar(cache):
+    path = shapes.make_shape_gguf("tiny-qwen3", "q8_0", cache, threads=2, progress=False)
+    assert path.is_file() and not list(cache.glob("*.tmp"))
+    assert shapes.make_shape_gguf("tiny-qwen3", "q8_0", cache) == path  # cached: made once
+    with Orthrus(path, block_size=8, n_ctx=256, n_threads=2) as llm:
+        assert llm.trained_block_size == shapes.BLOCK_SIZE
+        prompt = llm.tokenize("Hello, Qwen3 tokenizer!")
+        assert 3 < len(prompt) < 20  # the real BPE merges words; a byte-level fallback would not
+        out = llm.generate(prompt, max_tokens=24, block_size=8)
+        ar = llm.ar_view().generate(prompt, max_tokens=24)
+        assert out.tokens == ar.tokens
+
+
+def test_unknown_shape_and_type_are_clean_errors(cache):
+    with pytest.raises(PyorthrusError, match="unknown shape"):
+        shapes.make_shape_gguf("qwen9-1t", "q8_0", cache)
+    with pytest.raises(PyorthrusError, match="unknown weight type"):
+        shapes.make_shape_gguf("tiny-qwen3", "q3_xs", cache)
+
+
+def test_room_check_refuses_before_writing(cache, monkeypatch):
+    monkeypatch.setattr(shapes, "_mem_available", lambda: 1 << 30)
+    with pytest.raises(PyorthrusError, match=r"qwen3-8b: timing it warm needs .* GiB of RAM"):
+        shapes.make_shape_gguf("qwen3-8b", "q8_0", cache)
+    assert not list(cache.glob("qwen3-8b*"))
+
+
+def test_shape_sizes_are_the_published_ones():
+    # Qwen3-1.7B / 8B: 28 / 36 layers; the merged file adds 6 diff tensors per layer (DESIGN.md section 1)
+    assert len(shapes.SHAPES["qwen3-1.7b"].tensors()) == 478
+    assert len(shapes.SHAPES["qwen3-8b"].tensors()) == 615
+    assert round(shapes.SHAPES["qwen3-8b"].n_params / 1e9, 1) == 9.7
+
+
+def test_profile_curve_repair():
+    assert _not_monotone({1: 1.0, 2: 2.0, 4: 1.2, 8: 5.0}) == [4]
+    assert _not_monotone({1: 1.0, 2: 0.95}) == []  # within the tolerance
+    assert _monotone({1: 1.0, 2: 2.0, 4: 1.2, 8: 5.0}) == {1: 1.0, 2: 2.0, 4: 2.0, 8: 5.0}
+
+
+def test_bench_shape_cli_writes_a_report(cache, tmp_path, capsys):
+    out = tmp_path / "shapes"
+    assert cli.main(["bench", "--shape", "tiny-qwen3", "--weights", "q8_0", "--prefixes", "16", "-t", "2",
+                     "--profile-reps", "1", "--shape-cache", str(cache), "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["label"] == "random weights: timing only"
+    run = report["results"][0]["runs"][0]
+    assert run["prefix_tokens"] == 16
+    for k, row in run["per_k"].items():
+        assert row["break_even_tokens_per_cycle"] == pytest.approx(row["t_cycle_s"] / run["t_step_s"])
+        assert row["t_cycle_s"] > 0
+    assert "random weights: timing only" in out.with_suffix(".md").read_text()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointer, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 3
+LLAMA_ORTHRUS_API_VERSION = 4
 
 _lib = _llama_cpp._lib
 
@@ -77,6 +77,7 @@ if _found != LLAMA_ORTHRUS_API_VERSION:
 #     llama_token mask_token;  // LLAMA_TOKEN_NULL: from the adapter / vocab
 #     const llama_token * stop_tokens;
 #     int32_t  n_stop_tokens;
+#     bool     fused;          // verify block n and draft block n+1 in one pass
 # };
 class llama_orthrus_params(ctypes.Structure):
     _fields_ = [
@@ -90,6 +91,7 @@ class llama_orthrus_params(ctypes.Structure):
         ("mask_token", llama_token),
         ("stop_tokens", llama_token_p),
         ("n_stop_tokens", ctypes.c_int32),
+        ("fused", ctypes.c_bool),
     ]
 
     if TYPE_CHECKING:
@@ -103,11 +105,13 @@ class llama_orthrus_params(ctypes.Structure):
         mask_token: int
         stop_tokens: CtypesArray[ctypes.c_int32]
         n_stop_tokens: int
+        fused: bool
 
 
 # struct llama_orthrus_stats {
 #     int32_t n_drafted; int32_t n_accepted; int32_t n_committed;
 #     int64_t t_draft_us; int64_t t_verify_us; bool stopped;
+#     int32_t n_passes; bool carried; bool fused;
 # };
 class llama_orthrus_stats(ctypes.Structure):
     _fields_ = [
@@ -117,6 +121,9 @@ class llama_orthrus_stats(ctypes.Structure):
         ("t_draft_us", ctypes.c_int64),
         ("t_verify_us", ctypes.c_int64),
         ("stopped", ctypes.c_bool),
+        ("n_passes", ctypes.c_int32),
+        ("carried", ctypes.c_bool),
+        ("fused", ctypes.c_bool),
     ]
 
     if TYPE_CHECKING:
@@ -126,6 +133,9 @@ class llama_orthrus_stats(ctypes.Structure):
         t_draft_us: int
         t_verify_us: int
         stopped: bool
+        n_passes: int
+        carried: bool
+        fused: bool
 
 
 llama_orthrus_params_p = ctypes.POINTER(llama_orthrus_params)

@@ -101,7 +101,10 @@ def summarize_run(profile: dict, cycles: dict[int, float], floor_s: float) -> di
             continue
         profiled = row["t_draft_s"] + row["t_verify_s"]
         cycle = cycles[int(k)]
+        double = profile["passes"].get(2 * int(k))
         per_k[int(k)] = {"verify_over_step": row["t_verify_s"] / t1, "draft_over_step": row["t_draft_s"] / t1,
+                         # a fused cycle's pass (verify K + draft K rows): what it costs against the two passes
+                         "fused_pass_over_step": double["t_verify_s"] / t1 if double else None,
                          "t_cycle_s": cycle, "cycle_over_profiled": cycle / profiled,
                          "break_even_tokens_per_cycle": cycle / t1}
     projections = {}
@@ -210,14 +213,14 @@ def run(args) -> int:
         raise PyorthrusError(f"--prefixes {args.prefixes!r}: give positive integers")
     threads = args.threads or 1
 
-    def write(report: dict) -> None:
+    def write(report: dict) -> None:  # OUT.json and OUT.md (OUT may hold dots: "qwen3-1.7b")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
         text = markdown(report)
         png = plot(report, args.out)
         if png:
             text += f"\n![break-even acceptance]({png})\n"
-        args.out.with_suffix(".md").write_text(text)
+        args.out.with_name(args.out.name + ".md").write_text(text)
 
     report = run_shapes(names, types, prefixes, threads, args.profile_reps, args.shape_cache or shapes.default_cache(),
                         args.n_gpu_layers, args.flash_attn, on_result=write if args.out else None)

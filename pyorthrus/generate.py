@@ -29,6 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
                        help="draft block size K at run time (2 ... trained K; default: trained K), or 'auto': per "
                             "cycle the K, or plain AR steps, that the measured pass costs and acceptance favour")
+    group.add_argument("--fused", action="store_true",
+                       help="fused cycles: each verify pass also drafts the next block, and after a full "
+                            "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
+                            "costs about a K-token one: GPUs; with -k auto it is chosen per cycle)")
     group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
     group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
@@ -64,7 +68,7 @@ def open_model(args: argparse.Namespace):
     return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
                    n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
-                   seed=getattr(args, "seed", 0), strict=args.strict)
+                   seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -76,6 +80,8 @@ def stats_footer(stats) -> str:
     if stats.mode == "orthrus":
         line += (f", K={stats.block_size}, {stats.tokens_per_cycle:.2f} tokens/cycle over {stats.n_cycles} cycles, "
                  f"draft {stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
+        if stats.n_carried:
+            line += f", {stats.n_carried} cycles fused into one pass"
     return line + "]"
 
 

@@ -62,6 +62,8 @@ class GenerationStats:
     n_generated: int = 0
     n_cycles: int = 0  # Orthrus cycles (mode "ar": AR steps)
     n_ar_steps: int = 0  # plain AR steps that block_size="auto" chose instead of a cycle
+    n_passes: int = 0  # forward passes of the decode rounds: 2 per cycle, 1 per carried fused cycle or AR step
+    n_carried: int = 0  # fused cycles that reused the draft their predecessor's pass made (no draft pass)
     cycles: list[tuple[int, int]] = field(default_factory=list)  # (K, committed tokens) per Orthrus cycle, in order
     accepted: Counter = field(default_factory=Counter)  # accepted drafts per cycle -> count
     t_profile_s: float = 0.0  # block_size="auto" measuring the pass costs (first generation only); not in t_total_s
@@ -84,6 +86,7 @@ class GenerationStats:
     def as_dict(self) -> dict:
         return {"mode": self.mode, "block_size": self.block_size, "n_prompt": self.n_prompt,
                 "n_generated": self.n_generated, "n_cycles": self.n_cycles, "n_ar_steps": self.n_ar_steps,
+                "n_passes": self.n_passes, "n_carried": self.n_carried,
                 "tokens_per_cycle": self.tokens_per_cycle, "tokens_per_second": self.tokens_per_second,
                 "accepted_histogram": {int(k): v for k, v in sorted(self.accepted.items())},
                 "block_size_histogram": dict(sorted(Counter(k for k, _ in self.cycles).items())),
@@ -121,7 +124,7 @@ class Orthrus:
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
-                 strict: bool | None = None, verbose: bool = False, **llama_kwargs):
+                 strict: bool | None = None, fused: bool = False, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -137,6 +140,7 @@ class Orthrus:
         self._perturb_at: int | None = None  # test-only: replace the generated token at this index
         self.mode = mode
         self.seed = seed
+        self.fused = fused  # verify block n and draft block n+1 in one pass (llama_orthrus_params.fused)
         self.adapter = None
         self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
@@ -174,8 +178,9 @@ class Orthrus:
                                      "(trained K)")
         else:
             raise PyorthrusError(f"block_size {block_size!r}: give an integer K or 'auto'")
-        if largest > self.llm.n_batch:
-            raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}")
+        if (2 if self.fused else 1) * largest > self.llm.n_batch:
+            raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}"
+                                 + (" / 2 (fused cycles decode 2K tokens)" if self.fused else ""))
         return block_size
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -258,6 +263,8 @@ class Orthrus:
         if n < 0:
             raise PyorthrusError(f"llama_orthrus_cycle failed: {lib.last_error()}")
         stats.n_cycles += 1
+        stats.n_passes += cycle.n_passes
+        stats.n_carried += cycle.carried
         stats.cycles.append((block_size, n))
         stats.accepted[cycle.n_accepted] += 1
         stats.t_draft_s += cycle.t_draft_us / 1e6
@@ -294,6 +301,7 @@ class Orthrus:
             start = time.perf_counter()
             if k == 1:
                 tokens, stopped = self._ar_step(last, params, out, cycle)
+                stats.n_passes += 1
                 elapsed = time.perf_counter() - start
                 stats.t_ar_s += elapsed
                 if auto:
@@ -302,10 +310,11 @@ class Orthrus:
                 else:
                     stats.n_cycles += 1
             else:
+                params.fused = auto.next_fused if auto else self.fused
                 tokens, stopped = self._orthrus_cycle(last, k, params, out, min(k, max_tokens - produced), cycle,
                                                       stats)
                 if auto:
-                    auto.observe_cycle(k, cycle.n_accepted, time.perf_counter() - start)
+                    auto.observe_cycle(k, cycle.n_accepted, time.perf_counter() - start, cycle.fused, cycle.carried)
             if self._perturb_at is not None and produced <= self._perturb_at < produced + len(tokens):
                 tokens[self._perturb_at - produced] = (tokens[self._perturb_at - produced] + 1) % self.llm.n_vocab()
             produced += len(tokens)
@@ -328,8 +337,8 @@ class Orthrus:
             from .profile import auto_sizes, measure_pass_costs
 
             start = time.perf_counter()
-            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size), statistic=min)
-            self.auto_controller = AutoBlockSize(costs, self.trained_block_size)
+            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, self.fused), statistic=min)
+            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, self.fused)
             stats.t_profile_s = time.perf_counter() - start
         start = time.perf_counter()
         self._prefill(prompt)

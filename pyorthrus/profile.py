@@ -70,9 +70,11 @@ def _interpolate(table: dict[int, float], k: int) -> float:
     return float(np.interp(k, sizes, [table[s] for s in sizes]))
 
 
-def auto_sizes(trained_k: int) -> list[int]:
-    """The K values block_size='auto' measures: 1, powers of two and the trained K (interpolated in between)."""
-    return sorted({1, trained_k} | {2 ** i for i in range(1, trained_k.bit_length()) if 2 ** i <= trained_k})
+def auto_sizes(trained_k: int, fused: bool = False) -> list[int]:
+    """The K values block_size='auto' measures: 1, powers of two and the trained K (interpolated in between); with
+    fused cycles up to 2 x trained K (a fused pass decodes 2K tokens)."""
+    largest = 2 * trained_k if fused else trained_k
+    return sorted({1, largest} | {2 ** i for i in range(1, largest.bit_length()) if 2 ** i <= largest})
 
 
 def _timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> float:

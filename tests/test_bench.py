@@ -141,6 +141,54 @@ def test_controller_never_probes_where_even_full_acceptance_loses():
     assert all(controller.choose(1000) == 1 for _ in range(100))
 
 
+def _costs_fused(step_s: float, pass_s) -> PassCosts:
+    sizes = auto_sizes(16, fused=True)
+    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in sizes}, {k: pass_s(k) for k in sizes if k > 1})
+
+
+def _simulate_fused(controller: AutoBlockSize, rounds: int, pass_s, accepted, guess_right: bool) -> list[tuple]:
+    """As _simulate, with fused cycles: a fused cycle costs its 2K-token pass, plus its draft pass unless the
+    previous cycle (fused, same K, every draft accepted, bonus == guess) carried its draft over."""
+    choices, carry = [], None
+    for _ in range(rounds):
+        k = controller.choose(1000)
+        fused = controller.next_fused
+        choices.append((k, fused))
+        if k == 1:
+            controller.observe_step(pass_s(1))
+            carry = None
+            continue
+        carried = fused and carry == k
+        seconds = (pass_s(2 * k) + (0 if carried else pass_s(k))) if fused else 2 * pass_s(k)
+        n = accepted(k)
+        controller.observe_cycle(k, n, seconds, fused, carried)
+        carry = k if fused and n == k - 1 and guess_right else None
+    return choices
+
+
+def test_controller_fuses_where_a_2k_pass_costs_about_a_k_pass():
+    controller = AutoBlockSize(_costs_fused(0.01, _gpu_like_pass), 16, fused=True)
+    choices = _simulate_fused(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), lambda k: k - 1,
+                              guess_right=True)
+    assert choices[-100:].count((16, True)) >= 95
+    assert controller.guess_rate() > 0.9
+
+
+def test_controller_does_not_fuse_where_a_2k_pass_costs_two_k_passes():
+    controller = AutoBlockSize(_costs_fused(0.01, lambda k: 0.01 * (1 + k)), 16, fused=True)
+    choices = _simulate_fused(controller, 200, lambda k: 0.01 * (1 + k), lambda k: k - 1, guess_right=True)
+    assert not any(fused for k, fused in choices if k > 1)
+
+
+def test_controller_stops_fusing_when_the_guess_keeps_failing():
+    controller = AutoBlockSize(_costs_fused(0.01, _gpu_like_pass), 16, fused=True)
+    choices = _simulate_fused(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), lambda k: k - 1,
+                              guess_right=False)
+    assert any(fused for _, fused in choices[:100])  # once drafts are seen to be accepted, fusing looks good
+    assert not any(fused for k, fused in choices[-100:] if k > 1)
+    assert controller.guess_rate() < 0.2
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"

@@ -61,11 +61,11 @@ def test_bench_shape_cli_writes_a_report(cache, tmp_path, capsys):
     out = tmp_path / "shapes"
     assert cli.main(["bench", "--shape", "tiny-qwen3", "--weights", "q8_0", "--prefixes", "16", "-t", "2",
                      "--profile-reps", "1", "--shape-cache", str(cache), "--out", str(out)]) == 0
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(out.with_name(out.name + ".json").read_text())
     assert report["label"] == "random weights: timing only"
     run = report["results"][0]["runs"][0]
     assert run["prefix_tokens"] == 16
     for k, row in run["per_k"].items():
         assert row["break_even_tokens_per_cycle"] == pytest.approx(row["t_cycle_s"] / run["t_step_s"])
         assert row["t_cycle_s"] > 0
-    assert "random weights: timing only" in out.with_suffix(".md").read_text()
+    assert "random weights: timing only" in out.with_name(out.name + ".md").read_text()

@@ -43,15 +43,18 @@ def test_auto_greedy_equals_ar_and_accounts_for_every_token(model, prompt):
 
 
 class _ScriptedChoices:
-    """Stands in for the auto controller: a fixed, repeating sequence of AR steps (1) and cycles at several K."""
+    """Stands in for the auto controller: a fixed, repeating sequence of AR steps (1) and cycles at several K,
+    every other cycle fused."""
 
     def __init__(self, choices):
         self._choices = itertools.cycle(choices)
+        self.next_fused = False
 
     def choose(self, limit: int) -> int:
+        self.next_fused = not self.next_fused
         return min(next(self._choices), max(2, limit))
 
-    def observe_cycle(self, block_size, n_accepted, seconds) -> None:
+    def observe_cycle(self, block_size, n_accepted, seconds, fused=False, carried=False) -> None:
         pass
 
     def observe_step(self, seconds) -> None:

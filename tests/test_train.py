@@ -46,8 +46,10 @@ def _check_against_reference(model, sequences, block_size):
                 worst_ar = max(worst_ar, float((ar_logits[s:s + valid] - teacher[row:row + valid]).abs().max()))
                 row += valid
     assert row == student.shape[0] == teacher.shape[0]
-    assert worst_draft < 1e-4, worst_draft
-    assert worst_ar < 1e-4, worst_ar
+    # FP32 logits of size ~10: summation order (the BLAS kernels of the CPU) moves them by ~1e-4 (1.01e-4 seen on
+    # an AMD EPYC); a wrong mask or block offset moves them by whole units
+    assert worst_draft < 2e-4, worst_draft
+    assert worst_ar < 2e-4, worst_ar
 
 
 @pytest.mark.parametrize("writer", [fixtures.write_tiny_orthrus_llama, fixtures.write_tiny_orthrus_qwen3])

@@ -33,8 +33,9 @@ def mode_key(block_size: int | str) -> str:
 
 
 def device_profile(llm, reps: int) -> dict:
-    """The pass-cost curve over BENCH_SIZES up to the trained K (included), median of `reps` passes each."""
-    largest = min(llm.trained_block_size or max(BENCH_SIZES), llm.llm.n_batch)
+    """The pass-cost curve over BENCH_SIZES up to the trained K (included; twice that for fused cycles, whose verify
+    pass decodes 2K tokens), median of `reps` passes each."""
+    largest = min((2 if llm.fused else 1) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
     return measure_pass_costs(llm, {k for k in BENCH_SIZES if k <= largest} | {largest}, reps=reps).as_dict()
 
 
@@ -101,6 +102,7 @@ def _mode_row(out) -> dict:
     d = s.as_dict()
     return {"tokens": len(out.tokens), "tok_s": s.tokens_per_second, "tokens_per_cycle": s.tokens_per_cycle,
             "cycles": s.n_cycles, "ar_steps": s.n_ar_steps, "block_size_histogram": d["block_size_histogram"],
+            "passes": s.n_passes, "carried": s.n_carried,
             "t_total_s": s.t_total_s, "t_prefill_s": s.t_prefill_s, "t_first_token_s": s.t_first_token_s,
             "t_draft_s": s.t_draft_s, "t_verify_s": s.t_verify_s, "t_ar_s": s.t_ar_s,
             "accepted_histogram": d["accepted_histogram"],
@@ -115,7 +117,7 @@ def _merged(histograms: list[dict]) -> dict[int, int]:
     return dict(sorted(total.items()))
 
 
-def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict) -> dict:
+def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fused: bool = False) -> dict:
     costs = PassCosts.from_dict(profile)
     t1 = costs.t_step_s
     ar = [r["ar"] for r in rows]
@@ -138,8 +140,16 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict) -> 
                  "loop_overhead_share": sum(m["t_loop_overhead_s"] for m in mode) / sum(m["t_total_s"] for m in mode),
                  "accepted_histogram": _merged([m["accepted_histogram"] for m in mode]),
                  "ar_step_share": ar_steps / tokens if tokens else 0.0, "block_size_histogram": histogram}
-        # the time the profile predicts for what the mode did: its cycles at their K, its AR steps at t(1)
-        predicted_s = sum(n * costs.cycle(size) for size, n in histogram.items()) + ar_steps * t1
+        # the time the profile predicts for what the mode did: its cycles at their K, its AR steps at t(1); a fused
+        # cycle is a 2K-token verify pass plus a draft pass unless its draft was carried over
+        if fused:
+            carried = sum(m["carried"] for m in mode)
+            mean_draft = sum(n * costs.draft(size) for size, n in histogram.items()) / cycles if cycles else 0.0
+            predicted_s = sum(n * (costs.verify(2 * size) + costs.draft(size)) for size, n in histogram.items()) \
+                - carried * mean_draft + ar_steps * t1
+            entry["carried_share"] = carried / cycles if cycles else 0.0
+        else:
+            predicted_s = sum(n * costs.cycle(size) for size, n in histogram.items()) + ar_steps * t1
         if predicted_s:
             entry["predicted_speedup"] = tokens * t1 / predicted_s
             entry["measured_over_predicted"] = entry["speedup_median"] / entry["predicted_speedup"]
@@ -265,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
             rows = run_modes(llm, prompt_sets.load(args.prompts, args.n_prompts), block_sizes, args.max_tokens,
                              peer)
             report["rows"] = rows
-            report["summary"] = summarize(rows, block_sizes, profile)
+            report["summary"] = summarize(rows, block_sizes, profile, llm.fused)
+            report["fused"] = llm.fused
             if llm.auto_controller is not None:
                 report["auto_state"] = llm.auto_controller.as_dict()
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

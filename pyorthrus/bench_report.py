@@ -54,6 +54,10 @@ def markdown(report: dict, plots: list[Path] | None = None) -> str:
                      f"{s['peer_prompt_lookup_speedup_median']:.2f} | | | | | | |")
     lines += ["", "Predicted: the device profile's time for what the mode ran (its cycles at their K, its AR steps "
               "at one step each); loop overhead: the share of decode time outside the passes."]
+    if report.get("fused"):
+        shares = ", ".join(f"{label}: {e.get('carried_share', 0.0):.0%}" for label, _, e in _modes(s))
+        lines += ["", "Fused cycles (each verify pass also drafts the next block); cycles whose draft was carried "
+                  f"over (one pass instead of two): {shares}."]
     if "orthrus_auto" in s:
         auto = s["orthrus_auto"]
         cycles = ", ".join(f"K={k}: {n}" for k, n in auto["block_size_histogram"].items()) or "none"

@@ -35,7 +35,7 @@ def mode_key(block_size: int | str) -> str:
 def device_profile(llm, reps: int) -> dict:
     """The pass-cost curve over BENCH_SIZES up to the trained K (included; twice that for fused cycles, whose verify
     pass decodes 2K tokens), median of `reps` passes each."""
-    largest = min((2 if llm.fused else 1) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
+    largest = min((1 if llm.fused is False else 2) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
     return measure_pass_costs(llm, {k for k in BENCH_SIZES if k <= largest} | {largest}, reps=reps).as_dict()
 
 
@@ -148,6 +148,7 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fus
             predicted_s = sum(n * (costs.verify(2 * size) + costs.draft(size)) for size, n in histogram.items()) \
                 - carried * mean_draft + ar_steps * t1
             entry["carried_share"] = carried / cycles if cycles else 0.0
+            entry["passes_per_cycle"] = (sum(m["passes"] for m in mode) - ar_steps) / cycles if cycles else None
         else:
             predicted_s = sum(n * costs.cycle(size) for size, n in histogram.items()) + ar_steps * t1
         if predicted_s:
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             rows = run_modes(llm, prompt_sets.load(args.prompts, args.n_prompts), block_sizes, args.max_tokens,
                              peer)
             report["rows"] = rows
-            report["summary"] = summarize(rows, block_sizes, profile, llm.fused)
+            report["summary"] = summarize(rows, block_sizes, profile, bool(llm.fused))
             report["fused"] = llm.fused
             if llm.auto_controller is not None:
                 report["auto_state"] = llm.auto_controller.as_dict()

@@ -55,7 +55,8 @@ def markdown(report: dict, plots: list[Path] | None = None) -> str:
     lines += ["", "Predicted: the device profile's time for what the mode ran (its cycles at their K, its AR steps "
               "at one step each); loop overhead: the share of decode time outside the passes."]
     if report.get("fused"):
-        shares = ", ".join(f"{label}: {e.get('carried_share', 0.0):.0%}" for label, _, e in _modes(s))
+        shares = ", ".join(f"{label}: {e.get('carried_share', 0.0):.0%} ({_number(e.get('passes_per_cycle'))} "
+                           "passes/cycle)" for label, _, e in _modes(s))
         lines += ["", "Fused cycles (each verify pass also drafts the next block); cycles whose draft was carried "
                   f"over (one pass instead of two): {shares}."]
     if "orthrus_auto" in s:

@@ -29,10 +29,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
                        help="draft block size K at run time (2 ... trained K; default: trained K), or 'auto': per "
                             "cycle the K, or plain AR steps, that the measured pass costs and acceptance favour")
-    group.add_argument("--fused", action="store_true",
+    group.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                        help="fused cycles: each verify pass also drafts the next block, and after a full "
                             "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
-                            "costs about a K-token one: GPUs; with -k auto it is chosen per cycle)")
+                            "costs about a K-token one: GPUs). Default: with -k auto, per cycle where the measured "
+                            "costs say it pays; with a fixed K, off")
     group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
     group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")

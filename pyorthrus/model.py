@@ -124,7 +124,7 @@ class Orthrus:
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
-                 strict: bool | None = None, fused: bool = False, verbose: bool = False, **llama_kwargs):
+                 strict: bool | None = None, fused: bool | None = None, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -140,7 +140,9 @@ class Orthrus:
         self._perturb_at: int | None = None  # test-only: replace the generated token at this index
         self.mode = mode
         self.seed = seed
-        self.fused = fused  # verify block n and draft block n+1 in one pass (llama_orthrus_params.fused)
+        # fused cycles (verify block n and draft block n+1 in one pass): True for every cycle, None where
+        # block_size="auto" finds that they pay, False never
+        self.fused = fused
         self.adapter = None
         self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
@@ -178,9 +180,10 @@ class Orthrus:
                                      "(trained K)")
         else:
             raise PyorthrusError(f"block_size {block_size!r}: give an integer K or 'auto'")
-        if (2 if self.fused else 1) * largest > self.llm.n_batch:
+        fused = self.fused or (self.fused is None and block_size == AUTO)
+        if (2 if fused else 1) * largest > self.llm.n_batch:
             raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}"
-                                 + (" / 2 (fused cycles decode 2K tokens)" if self.fused else ""))
+                                 + (" / 2 (fused cycles decode 2K tokens)" if fused else ""))
         return block_size
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ class Orthrus:
                 else:
                     stats.n_cycles += 1
             else:
-                params.fused = auto.next_fused if auto else self.fused
+                params.fused = auto.next_fused if auto else bool(self.fused)
                 tokens, stopped = self._orthrus_cycle(last, k, params, out, min(k, max_tokens - produced), cycle,
                                                       stats)
                 if auto:
@@ -337,8 +340,9 @@ class Orthrus:
             from .profile import auto_sizes, measure_pass_costs
 
             start = time.perf_counter()
-            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, self.fused), statistic=min)
-            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, self.fused)
+            fused = self.fused is not False
+            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, fused), statistic=min)
+            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, fused)
             stats.t_profile_s = time.perf_counter() - start
         start = time.perf_counter()
         self._prefill(prompt)

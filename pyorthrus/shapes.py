@@ -65,7 +65,7 @@ class Shape:
         return sum(int(np.prod(shape)) for _, shape in self.tensors())
 
 
-# Published configs (config.json of each model); "tiny-qwen3" is for tests.
+# Published configs (config.json of each model); the "tiny-" ones are for tests.
 SHAPES = {
     "smollm2-135m": Shape("llama", 576, 30, 9, 3, 64, 1536, 49152, True, 1e5),
     "qwen3-1.7b": Shape("qwen3", 2048, 28, 16, 8, 128, 6144, 151936, True, 1e6),
@@ -73,6 +73,7 @@ SHAPES = {
     "qwen3-8b": Shape("qwen3", 4096, 36, 32, 8, 128, 12288, 151936, False, 1e6),
     "llama-3.1-8b": Shape("llama", 4096, 32, 32, 8, 128, 14336, 128256, False, 5e5),
     "tiny-qwen3": Shape("qwen3", 64, 2, 4, 2, 16, 128, 151936, True, 1e6),
+    "tiny-llama3": Shape("llama", 64, 2, 4, 2, 16, 128, 128256, False, 5e5),  # Llama 3's padded vocabulary
 }
 BLOCK_SIZE = 32  # the trained K of the published checkpoints
 QWEN3_BOS, QWEN3_EOS, QWEN3_MASK = 151643, 151645, 151669

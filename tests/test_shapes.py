@@ -17,14 +17,17 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("shapes")
 
 
-def test_tiny_shape_loads_decodes_and_matches_ar(cache):
-    path = shapes.make_shape_gguf("tiny-qwen3", "q8_0", cache, threads=2, progress=False)
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-llama3"])
+def test_tiny_shape_loads_decodes_and_matches_ar(cache, name):
+    """Qwen3 (the real Qwen3 tokenizer) and Llama 3 (SmolLM2's tokenizer padded to 128,256 tokens) shapes."""
+    path = shapes.make_shape_gguf(name, "q8_0", cache, threads=2, progress=False)
     assert path.is_file() and not list(cache.glob("*.tmp"))
-    assert shapes.make_shape_gguf("tiny-qwen3", "q8_0", cache) == path  # cached: made once
+    assert shapes.make_shape_gguf(name, "q8_0", cache) == path  # cached: made once
     with Orthrus(path, block_size=8, n_ctx=256, n_threads=2) as llm:
         assert llm.trained_block_size == shapes.BLOCK_SIZE
-        prompt = llm.tokenize("Hello, Qwen3 tokenizer!")
-        assert 3 < len(prompt) < 20  # the real BPE merges words; a byte-level fallback would not
+        assert llm.llm.n_vocab() == shapes.SHAPES[name].vocab
+        prompt = llm.tokenize("Hello, tokenizer!")
+        assert 3 < len(prompt) < 20  # real BPE merges; a byte-level fallback would not
         out = llm.generate(prompt, max_tokens=24, block_size=8)
         ar = llm.ar_view().generate(prompt, max_tokens=24)
         assert out.tokens == ar.tokens

@@ -58,6 +58,8 @@ def _parse():
     ap.add_argument("--fa", default="off,on")
     ap.add_argument("--config", choices=["strict", "fast"], default="strict")
     ap.add_argument("--adapter", default=None, help="trained adapter for K <= its block size (default: identity)")
+    ap.add_argument("--fused", action="store_true", help="fused cycles (patch 0009): each verify pass drafts the next "
+                    "block; the results record how many cycles carried their draft over")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
                     help="layers offloaded to the GPU (-1: all) on a GPU build; use with --config fast")
@@ -231,7 +233,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
         # outermost and both flash-attn settings alternate, so a run cut off early still covers both alike.
         names = list(dict.fromkeys(name for _, name in sorted(adapters.values(), key=lambda a: "identity" in a[1])))
         phases = [[K for K in ks if adapters[K][1] == name] for name in names]
-        contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, max(ks)),
+        contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, 2 * max(ks)),
                                 flash_attn=(fa == "on"), n_threads=args.threads) for fa in fas}
         for phase_ks in phases:
             todo = [(pi, fa) for pi in mine for fa in fas
@@ -248,12 +250,13 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                     ad, ad_name = adapters[K]
                     O.llama_orthrus_set_adapter(ctx.ptr, ad)
                     t0 = time.time()
-                    run = orthrus_generate(ctx, prompt, args.tokens, block_size=K)
+                    run = orthrus_generate(ctx, prompt, args.tokens, block_size=K, fused=args.fused)
                     t_or = time.time() - t0
                     row = dict(quant=quant, fa=fa, K=K, prompt=pi, adapter=ad_name, n_tokens=len(ref),
                                **divergence(ref, tops, run.tokens),
                                cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
-                               tokens_per_cycle=len(run.tokens) / max(1, run.cycles), t_ar_s=t_ar,
+                               tokens_per_cycle=len(run.tokens) / max(1, run.cycles), carried=run.carried,
+                               t_ar_s=t_ar,
                                t_orthrus_s=t_or, build_key=build.get("key"))
                     results.append(row)
                     if not row["identical"]:

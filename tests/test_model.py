@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyorthrus import Orthrus, PyorthrusError
+from pyorthrus import Orthrus, PyorthrusError, assets
 
 from orthrus_adapters import write_adapter, write_identity_adapter
 
@@ -122,6 +122,10 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
         assert model.strict and not model.llm.model_params.use_extra_bufts
         for prompt in PROMPTS:
             assert model.generate(prompt, max_tokens=48).tokens == model.ar_view().generate(prompt,
+                                                                                           max_tokens=48).tokens
+    with Orthrus(smollm2_q4_k_m, assets.default_adapter(), block_size=4, n_ctx=512, n_threads=2, fused=True) as fused:
+        for prompt in PROMPTS:  # fused cycles (2K-token verify passes) on the K-quant too
+            assert fused.generate(prompt, max_tokens=48).tokens == fused.ar_view().generate(prompt,
                                                                                            max_tokens=48).tokens
     with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
         assert not fast.strict and fast.llm.model_params.use_extra_bufts

@@ -80,7 +80,8 @@ def profile_file(path: Path, prefixes: list[int], threads: int, reps: int, bandw
     from .model import Orthrus
 
     sizes = list(SIZES)
-    floor = step_weight_bytes(path) / bandwidth
+    weight_bytes = step_weight_bytes(path)
+    floor = weight_bytes / bandwidth
     runs = []
     with Orthrus(path, block_size=max(sizes), n_ctx=max(prefixes) + 2 * max(sizes) + 8, n_threads=threads,
                  n_threads_batch=threads, n_batch=512, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn) as llm:
@@ -89,7 +90,7 @@ def profile_file(path: Path, prefixes: list[int], threads: int, reps: int, bandw
             costs = measure_pass_costs(llm, sizes, prefix_len=prefix, reps=reps)
             cycles = measure_cycle_costs(llm, [k for k in sizes if k > 1], prefix_len=prefix, reps=reps)
             runs.append(summarize_run(costs.as_dict(), cycles, floor))
-    return {"file": str(path), "file_bytes": path.stat().st_size, "step_weight_bytes": step_weight_bytes(path),
+    return {"file": str(path), "file_bytes": path.stat().st_size, "step_weight_bytes": weight_bytes,
             "strict": strict, "runs": runs}
 
 

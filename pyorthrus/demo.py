@@ -1,7 +1,11 @@
 """`pyorthrus demo`: the embedded default (SmolLM2-135M-Instruct + the shipped Orthrus adapter) on this machine.
 
-Each prompt runs twice on the same model and context, interleaved: plain AR decoding, then Orthrus. The demo shows
-the answer once, whether the two token streams are identical, tokens per cycle and the measured speedup.
+Each prompt runs in every mode on the same model and context: plain AR decoding, `auto` (per round the block size,
+or a plain AR step, that the measured pass costs and the acceptance so far favour) and each fixed block size. The
+demo prints the answer once, then per mode its speed against AR, tokens per cycle, forward passes per token and
+whether its tokens are identical to AR's; at the end the totals, the best fixed K, and what limits the speedup on
+this machine, from the pass costs `auto` measured: the break-even acceptance and what the same acceptance would give
+where a K-token pass costs about one step (GPUs, Apple M5).
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import json
 import sys
 
 from . import assets
-from .generate import block_size_argument
+from .errors import PyorthrusError
+from .model import AUTO
 
 DEMO_PROMPTS = [
     "What is the capital of France?",
@@ -20,50 +25,130 @@ DEMO_PROMPTS = [
 ]
 
 
+def _block_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("no block size given")
+    return sizes
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Run SmolLM2-135M-Instruct with the shipped Orthrus adapter on a few prompts, AR and "
-                          "Orthrus side by side; shows the text, token identity, tokens per cycle and speedup.")
+    parser.description = ("Run SmolLM2-135M-Instruct with the shipped Orthrus adapter on a few prompts: plain AR, "
+                          "Orthrus 'auto' and fixed block sizes side by side, with token identity to AR, tokens per "
+                          "cycle, speed, and what limits the speedup on this machine.")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate per prompt")
-    parser.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
-                        help="Orthrus block size (default: trained K), or 'auto' (per cycle, from measured costs)")
+    parser.add_argument("-k", "--block-sizes", type=_block_sizes, default=[4, 8, 16], metavar="K,K,...",
+                        help="fixed block sizes to compare with AR and auto (default: 4,8,16)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def mode_name(block_size: int | str) -> str:
+    return "ar" if block_size == 1 else AUTO if block_size == AUTO else f"k{block_size}"
+
+
+def _mode_row(out, base) -> dict:
+    s = out.stats
+    return {"tokens": len(out.tokens), "tok_s": s.tokens_per_second, "t_s": s.t_total_s,
+            "speedup": s.tokens_per_second / base.stats.tokens_per_second,
+            "tokens_per_cycle": s.tokens_per_cycle if s.mode == "orthrus" else None,
+            "cycles": s.n_cycles if s.mode == "orthrus" else 0, "ar_steps": s.n_ar_steps,
+            "passes": s.n_passes, "carried": s.n_carried, "identical": out.tokens == base.tokens}
+
+
+def _totals(rows: list[dict], mode: str) -> dict:
+    modes = [r["modes"][mode] for r in rows]
+    tokens, seconds = sum(m["tokens"] for m in modes), sum(m["t_s"] for m in modes)
+    ar_seconds = sum(r["modes"]["ar"]["t_s"] for r in rows)
+    cycles, ar_steps = sum(m["cycles"] for m in modes), sum(m["ar_steps"] for m in modes)
+    return {"tokens": tokens, "tok_s": tokens / seconds, "speedup": ar_seconds / seconds,
+            "tokens_per_cycle": (tokens - ar_steps) / cycles if cycles else None, "cycles": cycles,
+            "ar_steps": ar_steps, "passes_per_token": sum(m["passes"] for m in modes) / tokens,
+            "carried": sum(m["carried"] for m in modes), "identical": all(m["identical"] for m in modes)}
+
+
+def _limits(costs, block_size: int, tokens_per_cycle: float) -> dict:
+    """What the measured pass costs say about a K-block cycle here: its cost in AR steps is the acceptance Orthrus
+    needs to break even; where a K-token pass costs one step, a cycle costs two and the same acceptance gives
+    tokens_per_cycle / 2."""
+    cycle_steps = costs.cycle(block_size) / costs.t_step_s
+    return {"block_size": block_size, "t_step_ms": costs.t_step_s * 1e3,
+            "draft_pass_steps": costs.draft(block_size) / costs.t_step_s,
+            "verify_pass_steps": costs.verify(block_size) / costs.t_step_s, "cycle_steps": cycle_steps,
+            "break_even_tokens_per_cycle": cycle_steps, "tokens_per_cycle": tokens_per_cycle,
+            "predicted_speedup": tokens_per_cycle / cycle_steps,
+            "speedup_if_pass_costs_one_step": tokens_per_cycle / 2}
+
+
+def _table(entries: dict[str, dict]) -> str:
+    lines = [f"  {'mode':<6} {'tok/s':>7} {'vs AR':>6} {'tok/cycle':>9} {'passes/tok':>10}  identical to AR"]
+    for mode, m in entries.items():
+        per_cycle = f"{m['tokens_per_cycle']:.2f}" if m["tokens_per_cycle"] else "-"
+        passes = m["passes_per_token"] if "passes_per_token" in m else m["passes"] / m["tokens"]
+        notes = [] if mode != AUTO else [f"{m['ar_steps']} of {m['tokens']} tokens as AR steps"]
+        if m["carried"]:
+            notes.append(f"{m['carried']} fused cycles carried")
+        same = "-" if mode == "ar" else "yes" if m["identical"] else "NO"
+        lines.append(f"  {mode:<6} {m['tok_s']:>7.1f} {m['speedup']:>5.2f}x {per_cycle:>9} {passes:>10.2f}  {same}"
+                     + (f"  ({'; '.join(notes)})" if notes else ""))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from .model import Orthrus
 
+    if args.max_tokens < 1:
+        raise PyorthrusError(f"--max-tokens {args.max_tokens}: must be >= 1")
     model_path, adapter_path = assets.smollm2_gguf(), assets.default_adapter()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
-    say(f"model   {model_path.name}\nadapter {adapter_path.name}")
-    rows = []
-    with Orthrus(model_path, adapter_path, block_size=args.block_size, n_ctx=2048, n_threads=args.threads) as llm:
+    with Orthrus(model_path, adapter_path, block_size=AUTO, n_ctx=2048, n_threads=args.threads,
+                 n_threads_batch=args.threads, system_prompt=assets.EMBEDDED_SYSTEM_PROMPT) as llm:
+        for k in args.block_sizes:
+            llm._checked_block_size(k)
+        say(f"model   {model_path.name}\nadapter {adapter_path.name} (trained K={llm.trained_block_size})")
+        modes = [1, AUTO, *args.block_sizes]
         ar = llm.ar_view()
+        # build every mode's graphs first; auto measures this machine's pass costs here, once
+        print("warming up and measuring this machine's pass costs ...", file=sys.stderr, flush=True)
+        warmup = llm.tokenize("Hello")
+        for k in modes:
+            (ar if k == 1 else llm).generate(warmup, max_tokens=8, block_size=None if k == 1 else k)
+        rows = []
         for prompt in DEMO_PROMPTS:
             tokens = llm.tokenize(llm.chat_prompt([{"role": "user", "content": prompt}]))
-            plain = ar.generate(tokens, max_tokens=args.max_tokens)
-            fast = llm.generate(tokens, max_tokens=args.max_tokens)
-            row = {"prompt": prompt, "text": fast.text, "identical": fast.tokens == plain.tokens,
-                   "tokens": len(fast.tokens), "tokens_per_cycle": fast.stats.tokens_per_cycle,
-                   "ar_steps": fast.stats.n_ar_steps,
-                   "ar_tok_s": plain.stats.tokens_per_second, "orthrus_tok_s": fast.stats.tokens_per_second,
-                   "speedup": fast.stats.tokens_per_second / plain.stats.tokens_per_second}
+            outs = {mode_name(k): (ar if k == 1 else llm).generate(tokens, max_tokens=args.max_tokens,
+                                                                   block_size=None if k == 1 else k)
+                    for k in modes}
+            base = outs["ar"]
+            row = {"prompt": prompt, "text": base.text,
+                   "modes": {name: _mode_row(out, base) for name, out in outs.items()}}
             rows.append(row)
-            ar_steps = f", {row['ar_steps']} AR steps" if row["ar_steps"] else ""  # chosen by -k auto
-            say(f"\n>>> {prompt}\n{fast.text.strip()}\n"
-                f"[{row['tokens']} tokens | identical to AR: {'yes' if row['identical'] else 'NO'} | "
-                f"{row['tokens_per_cycle']:.2f} tokens/cycle (K={llm.block_size}){ar_steps} | "
-                f"AR {row['ar_tok_s']:.1f} tok/s, "
-                f"Orthrus {row['orthrus_tok_s']:.1f} tok/s, {row['speedup']:.2f}x]")
-    total_ar = sum(r["tokens"] / r["ar_tok_s"] for r in rows)
-    total_orthrus = sum(r["tokens"] / r["orthrus_tok_s"] for r in rows)
-    summary = {"all_identical": all(r["identical"] for r in rows), "speedup": total_ar / total_orthrus,
-               "mean_tokens_per_cycle": sum(r["tokens_per_cycle"] for r in rows) / len(rows)}
+            say(f"\n>>> {prompt}\n{base.text.strip()}\n{_table(row['modes'])}")
+        costs = llm.auto_controller.costs
+    totals = {mode_name(k): _totals(rows, mode_name(k)) for k in modes}
+    best = max(args.block_sizes, key=lambda k: totals[mode_name(k)]["speedup"])
+    limits = _limits(costs, best, totals[mode_name(best)]["tokens_per_cycle"])
+    summary = {"all_identical": all(t["identical"] for t in totals.values()), "modes": totals,
+               "best_fixed_block_size": best, "limits": limits, "pass_costs": costs.as_dict()}
     if args.json:
-        print(json.dumps({"model": str(model_path), "adapter": str(adapter_path), "summary": summary,
-                          "prompts": rows}, indent=2))
-    else:
-        print(f"\nOrthrus output identical to AR on all prompts: {'yes' if summary['all_identical'] else 'NO'}; "
-              f"{summary['mean_tokens_per_cycle']:.2f} tokens/cycle; speedup on this machine "
-              f"{summary['speedup']:.2f}x (see `pyorthrus bench` for why a CPU caps it)", file=sys.stderr)
+        print(json.dumps({"model": str(model_path), "adapter": str(adapter_path),
+                          "system_prompt": assets.EMBEDDED_SYSTEM_PROMPT, "summary": summary, "prompts": rows},
+                         indent=2))
+        return 0 if summary["all_identical"] else 1
+    auto = totals[AUTO]
+    print(f"\n== all {len(rows)} prompts ==\n{_table(totals)}\n"
+          f"\nBest fixed block size here: K={best}, {totals[mode_name(best)]['speedup']:.2f}x AR. What limits it: on "
+          f"this machine one AR step takes {limits['t_step_ms']:.1f} ms and a K={best} cycle (a draft pass of "
+          f"{limits['draft_pass_steps']:.1f} steps + a verify pass of {limits['verify_pass_steps']:.1f}) costs "
+          f"{limits['cycle_steps']:.1f} steps, so Orthrus breaks even at {limits['cycle_steps']:.1f} tokens per "
+          f"cycle; the shipped adapter commits {limits['tokens_per_cycle']:.2f} (predicted "
+          f"{limits['predicted_speedup']:.2f}x). Where a K-token pass costs about one step (GPUs, Apple M5) the same "
+          f"acceptance would give {limits['speedup_if_pass_costs_one_step']:.2f}x.\n"
+          f"auto: {auto['speedup']:.2f}x AR, {auto['ar_steps']} of {auto['tokens']} tokens as plain AR steps "
+          f"(it runs Orthrus cycles only where the measured costs say they pay).\n"
+          f"Orthrus output identical to AR in every mode on every prompt: "
+          f"{'yes' if summary['all_identical'] else 'NO'}", file=sys.stderr)
     return 0 if summary["all_identical"] else 1

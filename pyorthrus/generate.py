@@ -34,6 +34,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
                             "costs about a K-token one: GPUs). Default: with -k auto, per cycle where the measured "
                             "costs say it pays; with a fixed K, off")
+    group.add_argument("-s", "--system", default=None,
+                       help="system message of chat prompts (default: for the embedded model "
+                            f"{assets.EMBEDDED_SYSTEM_PROMPT!r}, under which its adapter was trained; for other "
+                            "models, or with --system '', none: the chat template's own default applies)")
     group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
     group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
@@ -61,6 +65,13 @@ def adapter_path(args: argparse.Namespace) -> Path | None:
     return args.adapter
 
 
+def system_prompt(args: argparse.Namespace) -> str | None:
+    """--system, or for the embedded default model (no -m) the system message its adapter was trained under."""
+    if args.system is None and args.model is None:
+        return assets.EMBEDDED_SYSTEM_PROMPT
+    return args.system or None
+
+
 def open_model(args: argparse.Namespace):
     from .model import Orthrus
 
@@ -69,7 +80,8 @@ def open_model(args: argparse.Namespace):
     return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
                    n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
-                   seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused)
+                   seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused,
+                   system_prompt=system_prompt(args))
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

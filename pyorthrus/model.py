@@ -99,7 +99,7 @@ class GenerationStats:
 class Generation:
     text: str
     tokens: list[int]
-    finish_reason: str  # "stop" (EOG token or stop string/token) or "length"
+    finish_reason: str  # "stop" (EOG token or stop string/token), "length", or "cancelled" (_Stream.cancel)
     stats: GenerationStats
 
 
@@ -119,12 +119,15 @@ class Orthrus:
 
     block_size: K (2 ... trained K; default trained K), or "auto": per round, the K with the best expected tokens
     per second from the measured pass costs and the acceptance seen so far, or a plain AR step when that is faster.
+    system_prompt: the system message chat_prompt() puts first when the messages have none (None: the chat
+    template's own default, if it has one).
     """
 
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
-                 strict: bool | None = None, fused: bool | None = None, verbose: bool = False, **llama_kwargs):
+                 strict: bool | None = None, fused: bool | None = None, system_prompt: str | None = None,
+                 verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -143,6 +146,7 @@ class Orthrus:
         # fused cycles (verify block n and draft block n+1 in one pass): True for every cycle, None where
         # block_size="auto" finds that they pay, False never
         self.fused = fused
+        self.system_prompt = system_prompt  # chat_prompt's system message where the messages bring none
         self.adapter = None
         self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
@@ -328,7 +332,8 @@ class Orthrus:
             yield _Chunk(tokens, "length" if produced >= max_tokens else None)
 
     def _chunks(self, prompt: list[int], max_tokens: int, block_size: int | str, temperature: float, top_k: int,
-                top_p: float, min_p: float, stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[_Chunk]:
+                top_p: float, min_p: float, stop_tokens: Sequence[int], seed: int,
+                stats: GenerationStats) -> Iterator[_Chunk]:
         if not prompt:
             raise PyorthrusError("empty prompt")
         largest = self.trained_block_size if block_size == AUTO else block_size
@@ -350,7 +355,7 @@ class Orthrus:
         start = time.perf_counter()
         params = self._lib.llama_orthrus_default_params()
         params.temperature, params.top_k, params.top_p, params.min_p = temperature, top_k, top_p, min_p
-        params.seed = self.seed
+        params.seed = seed
         for chunk in self._decode_rounds(prompt, max_tokens, block_size, params, list(stop_tokens), stats):
             stats.n_generated += len(chunk.tokens)
             stats.t_total_s = time.perf_counter() - start
@@ -361,43 +366,52 @@ class Orthrus:
     # -- public API ------------------------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
-                 stop_tokens: Sequence[int] = (), stream: bool = False, block_size: int | str | None = None):
+                 stop_tokens: Sequence[int] = (), stream: bool = False, block_size: int | str | None = None,
+                 seed: int | None = None):
         """Generate a continuation. Returns a `Generation`, or with stream=True an iterator of text pieces whose
-        `.result` is set to the `Generation` once exhausted. temperature <= 0 is greedy. block_size overrides the
-        instance's block size (an integer K or "auto") for this call."""
+        `.result` is set to the `Generation` once exhausted (its `cancel()` ends the generation at the next decode
+        round, from any thread). temperature <= 0 is greedy. block_size overrides the instance's block size (an
+        integer K or "auto") and seed its sampling seed for this call."""
         block = self.block_size if block_size is None else self._checked_block_size(block_size)
         it = _Stream(self, prompt, max_tokens, block, temperature, top_k, top_p, min_p, list(stop),
-                     list(stop_tokens))
+                     list(stop_tokens), self.seed if seed is None else seed)
         if stream:
             return it
         for _ in it:
             pass
         return it.result
 
+    def create_completion(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0, top_k: int = 0,
+                          top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (), stream: bool = False,
+                          seed: int | None = None):
+        """OpenAI-style text completion (the shape llama_cpp.Llama returns), or with stream=True its chunks."""
+        return self._completion(False, prompt, max_tokens, stream, dict(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed))
+
     def create_chat_completion(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0,
                                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
-                               stream: bool = False):
+                               stream: bool = False, seed: int | None = None):
         """OpenAI-style chat completion (the shape llama_cpp.Llama returns), using the GGUF's chat template."""
-        prompt = self.chat_prompt(messages)
-        created, model_name = int(time.time()), self.llm.model_path
-        completion_id = f"chatcmpl-orthrus-{created}"
-        it = self.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           min_p=min_p, stop=stop, stream=True)
+        return self._completion(True, self.chat_prompt(messages), max_tokens, stream, dict(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed))
+
+    def _completion(self, chat: bool, prompt: str, max_tokens: int, stream: bool, options: dict):
+        from .completions import Completion
+
+        completion = Completion(chat, self.llm.model_path)
+        pieces = self.generate(prompt, max_tokens=max_tokens, stream=True, **options)
         if stream:
-            return _chat_chunks(it, completion_id, created, model_name)
-        text = "".join(it)
-        result = it.result
-        return {"id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": result.finish_reason}],
-                "usage": {"prompt_tokens": result.stats.n_prompt, "completion_tokens": result.stats.n_generated,
-                          "total_tokens": result.stats.n_prompt + result.stats.n_generated},
-                "orthrus": result.stats.as_dict()}
+            return completion.chunks(pieces)
+        text = "".join(pieces)
+        return completion.whole(text, pieces.result)
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        """The prompt text the GGUF's chat template makes of `messages` (generation prompt appended)."""
+        """The prompt text the GGUF's chat template makes of `messages` (generation prompt appended), with the
+        instance's system_prompt first unless the messages start with a system message."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        if self.system_prompt is not None and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise PyorthrusError(f"{self.llm.model_path}: no chat template in the GGUF")
@@ -412,11 +426,16 @@ class _Stream:
     """Iterator of text pieces; holds back text that could still become a stop string."""
 
     def __init__(self, owner: Orthrus, prompt, max_tokens, block_size, temperature, top_k, top_p, min_p, stop,
-                 stop_tokens):
+                 stop_tokens, seed):
         self.owner, self.stop, self.block_size = owner, [s for s in stop if s], block_size
         self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self.args = (max_tokens, block_size, temperature, top_k, top_p, min_p, stop_tokens)
+        self.args = (max_tokens, block_size, temperature, top_k, top_p, min_p, stop_tokens, seed)
         self.result: Generation | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """End the generation after the decode round in progress (finish_reason "cancelled")."""
+        self.cancelled = True
 
     def __iter__(self) -> Iterator[str]:
         owner = self.owner
@@ -436,7 +455,9 @@ class _Stream:
                     text, finish = text[:cut], "stop"
                 elif chunk.finish_reason:
                     finish = chunk.finish_reason
-                done = cut >= 0 or chunk.finish_reason is not None
+                if self.cancelled:
+                    finish = "cancelled"
+                done = cut >= 0 or chunk.finish_reason is not None or self.cancelled
                 # Hold back a tail that is a prefix of a stop string, and an incomplete UTF-8 character.
                 safe = len(text) if done else len(text) - _held_back(text, self.stop)
                 if safe > emitted:
@@ -455,14 +476,3 @@ def _held_back(text: str, stops: list[str]) -> int:
                 hold = max(hold, n)
                 break
     return hold
-
-
-def _chat_chunks(pieces: _Stream, completion_id: str, created: int, model_name: str) -> Iterator[dict]:
-    def chunk(delta: dict, finish: str | None) -> dict:
-        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-    yield chunk({"role": "assistant"}, None)
-    for piece in pieces:
-        yield chunk({"content": piece}, None)
-    yield chunk({}, pieces.result.finish_reason)

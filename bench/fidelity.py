@@ -290,7 +290,8 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
     width = max([7] + [len(r.get("adapter", "identity")) for r in results])
     lines = [f"config={settings['config']} (build {(build or {}).get('backend')}, flavour "
              f"{(build or {}).get('flavour')}) threads={settings['threads']} "
-             f"n_gpu_layers={settings.get('n_gpu_layers', 0)} adapter={settings.get('adapter') or 'identity'}",
+             f"n_gpu_layers={settings.get('n_gpu_layers', 0)} adapter={settings.get('adapter') or 'identity'}"
+             + (" fused cycles" if settings.get("fused") else ""),
              f"requested: {settings['prompts']} prompts x {settings['tokens']} tokens x {requested} configurations "
              f"({len(quants)} quants x {len(fas)} fa x {len(ks)} K) = {settings['prompts'] * requested} runs",
              f"covered:   {len(results)} runs = {len(configs_done)} configurations, {len(prompts_done)} distinct "
@@ -300,14 +301,15 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
              "builds:    " + ", ".join(f"{key} ({n} runs)" for key, n in sorted(Counter(
                  r.get("build_key") or "unrecorded" for r in results).items())), "",
              f"{'quant':7} {'fa':3} {'K':>3} {'adapter':>{width}} {'identical':>10} {'tokens':>7} {'tok/cycle':>9} "
-             f"{'acc/cycle':>9} {'AR s':>7} {'Orth s':>7}"]
+             f"{'acc/cycle':>9} {'carried':>7} {'AR s':>7} {'Orth s':>7}"]
     for q, fa, K in configs_done:
         rs = [r for r in results if (r["quant"], r["fa"], r["K"]) == (q, fa, K)]
         cycles = max(1, sum(r["cycles"] for r in rs))
         adapter = ",".join(sorted({r.get("adapter", "identity") for r in rs}))
         lines.append(f"{q:7} {fa:3} {K:>3} {adapter:>{width}} {sum(r['identical'] for r in rs):>4}/{len(rs):<5} "
                      f"{sum(r['n_tokens'] for r in rs):7} {sum(r['n_tokens'] for r in rs) / cycles:9.2f} "
-                     f"{sum(r['accepted'] for r in rs) / cycles:9.2f} {sum(r['t_ar_s'] for r in rs):7.1f} "
+                     f"{sum(r['accepted'] for r in rs) / cycles:9.2f} {sum(r.get('carried', 0) for r in rs):7} "
+                     f"{sum(r['t_ar_s'] for r in rs):7.1f} "
                      f"{sum(r['t_orthrus_s'] for r in rs):7.1f}")
     bad = [r for r in results if not r["identical"]]
     lines += ["", f"{len(results) - len(bad)}/{len(results)} runs token-identical to greedy AR"]

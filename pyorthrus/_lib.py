@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointer, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 4
+LLAMA_ORTHRUS_API_VERSION = 5
 
 _lib = _llama_cpp._lib
 
@@ -290,6 +290,14 @@ def llama_orthrus_set_argmax(ctx: Optional[int], argmax: bool, /) -> None:
 @ctypes_function("llama_orthrus_get_argmax_ith", [llama_context_p_ctypes, ctypes.c_int32], llama_token)
 def llama_orthrus_get_argmax_ith(ctx: Optional[int], i: int, /) -> int:
     """Argmax of output row i of the last decode in argmax mode; LLAMA_TOKEN_NULL (-1) if none."""
+    ...
+
+
+# int32_t llama_orthrus_set_fused(struct llama_context * ctx, int32_t n_verify);
+@ctypes_function("llama_orthrus_set_fused", [llama_context_p_ctypes, ctypes.c_int32], ctypes.c_int32)
+def llama_orthrus_set_fused(ctx: Optional[int], n_verify: int, /) -> int:
+    """Fused pass for the next decodes: rows [0, n_verify) verify in the AR view, the rest draft in the diffusion
+    view (0: off); 0, or -1 on error."""
     ...
 
 

@@ -28,14 +28,27 @@ from .shapes import SHAPES
 from .profile import BENCH_SIZES, PassCosts, measure_pass_costs
 
 
-def mode_key(block_size: int | str) -> str:
-    return f"orthrus_{block_size}" if block_size == AUTO else f"orthrus_k{block_size}"
+FUSED_SUFFIX = "f"  # --block-sizes 4f: K=4 with fused cycles
 
 
-def device_profile(llm, reps: int) -> dict:
-    """The pass-cost curve over BENCH_SIZES up to the trained K (included; twice that for fused cycles, whose verify
+def mode_options(mode: int | str) -> dict:
+    """generate() arguments of a bench mode: an integer K, "auto", or "Kf" (K with fused cycles)."""
+    if isinstance(mode, str) and mode.endswith(FUSED_SUFFIX):
+        return {"block_size": int(mode[:-1]), "fused": True}
+    return {"block_size": mode}
+
+
+def mode_key(mode: int | str) -> str:
+    if mode == AUTO:
+        return "orthrus_auto"
+    options = mode_options(mode)
+    return f"orthrus_k{options['block_size']}" + ("_fused" if options.get("fused") else "")
+
+
+def device_profile(llm, reps: int, fused: bool) -> dict:
+    """The pass-cost curve over BENCH_SIZES up to the trained K (included; twice that with fused cycles, whose verify
     pass decodes 2K tokens), median of `reps` passes each."""
-    largest = min((1 if llm.fused is False else 2) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
+    largest = min((2 if fused else 1) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
     return measure_pass_costs(llm, {k for k in BENCH_SIZES if k <= largest} | {largest}, reps=reps).as_dict()
 
 
@@ -66,8 +79,8 @@ def run_modes(llm, prompts: list[dict], block_sizes: list[int | str], max_tokens
     ar = llm.ar_view()
     warmup = llm.tokenize("Hello")
     ar.generate(warmup, max_tokens=8)
-    for k in block_sizes:
-        llm.generate(warmup, max_tokens=8, block_size=k)
+    for mode in block_sizes:
+        llm.generate(warmup, max_tokens=8, **mode_options(mode))
     modes = ["ar", *block_sizes] + (["peer"] if peer is not None else [])
     rows = []
     for i, prompt in enumerate(tqdm(prompts, desc="bench", unit="prompt", file=sys.stderr)):
@@ -79,8 +92,8 @@ def run_modes(llm, prompts: list[dict], block_sizes: list[int | str], max_tokens
                 reply = peer.create_completion(llm.detokenize(tokens), max_tokens=max_tokens, temperature=0.0)
                 done[mode] = (reply["usage"]["completion_tokens"], time.perf_counter() - start)
             else:
-                out = (ar if mode == "ar" else llm).generate(tokens, max_tokens=max_tokens,
-                                                             block_size=None if mode == "ar" else mode)
+                out = ar.generate(tokens, max_tokens=max_tokens) if mode == "ar" else \
+                    llm.generate(tokens, max_tokens=max_tokens, **mode_options(mode))
                 done[mode] = (out, _kv_cache(llm))
         base = done["ar"][0]
         row = {"prompt": prompt["prompt"][:80], "ar": {**_mode_row(base), **done["ar"][1]}}
@@ -142,7 +155,7 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fus
                  "ar_step_share": ar_steps / tokens if tokens else 0.0, "block_size_histogram": histogram}
         # the time the profile predicts for what the mode did: its cycles at their K, its AR steps at t(1); a fused
         # cycle is a 2K-token verify pass plus a draft pass unless its draft was carried over
-        if fused:
+        if fused or mode_options(k).get("fused"):
             carried = sum(m["carried"] for m in mode)
             mean_draft = sum(n * costs.draft(size) for size, n in histogram.items()) / cycles if cycles else 0.0
             predicted_s = sum(n * (costs.verify(2 * size) + costs.draft(size)) for size, n in histogram.items()) \
@@ -206,8 +219,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", default="gsm8k", help="mix, chat, gsm8k, humaneval or a JSONL file")
     parser.add_argument("--n-prompts", type=int, default=10, help="number of prompts")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens per prompt")
-    parser.add_argument("--block-sizes", default="4,8,16,auto",
-                        help="comma-separated block sizes to run: integers K and/or 'auto'")
+    parser.add_argument("--block-sizes", default="4,8,16,4f,8f,16f,auto",
+                        help="comma-separated modes to run: integers K, 'Kf' (K with fused cycles: each verify "
+                             "pass also drafts the next block) and/or 'auto'")
     parser.add_argument("--no-peer", action="store_true", help="skip the prompt-lookup peer")
     parser.add_argument("--profile-only", action="store_true", help="only the device pass-cost profile")
     parser.add_argument("--profile-reps", type=int, default=7, help="timed passes per K in the device profile")
@@ -241,8 +255,10 @@ def _parse_block_sizes(text: str) -> list[int | str]:
     for item in (part.strip() for part in text.split(",")):
         if item == AUTO or item.isdigit():
             sizes.append(item if item == AUTO else int(item))
+        elif item.endswith(FUSED_SUFFIX) and item[:-1].isdigit():
+            sizes.append(item)
         elif item:
-            raise PyorthrusError(f"--block-sizes {text!r}: {item!r} is neither an integer K nor 'auto'")
+            raise PyorthrusError(f"--block-sizes {text!r}: {item!r} is neither an integer K, 'Kf' nor 'auto'")
     if not sizes:
         raise PyorthrusError("--block-sizes names no block size")
     return sizes
@@ -261,12 +277,14 @@ def run(args: argparse.Namespace) -> int:
     if args.profile_reps < 1:
         raise PyorthrusError(f"--profile-reps {args.profile_reps}: must be >= 1")
     adapter = adapter_path(args)
-    numeric = [k for k in block_sizes if k != AUTO]
+    numeric = [mode_options(k)["block_size"] for k in block_sizes if k != AUTO]
     args.block_size = max(numeric) if numeric else AUTO
     with open_model(args) as llm:
-        for k in block_sizes:  # refuse a bad K before minutes of profiling
-            llm._checked_block_size(k)
-        profile = device_profile(llm, args.profile_reps)
+        for mode in block_sizes:  # refuse a bad K before minutes of profiling
+            options = mode_options(mode)
+            llm._checked_block_size(options["block_size"], options.get("fused"))
+        any_fused = llm.fused is not False or any(mode_options(m).get("fused") for m in block_sizes)
+        profile = device_profile(llm, args.profile_reps, any_fused)
         report = {"model": str(llm.llm.model_path), "adapter": str(adapter) if adapter else None,
                   "device": device_info(llm, args.n_gpu_layers), "strict": llm.strict, "profile": profile,
                   "prompts": args.prompts, "n_prompts": args.n_prompts, "max_tokens": args.max_tokens,

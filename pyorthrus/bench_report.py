@@ -12,14 +12,18 @@ from .errors import PyorthrusError
 NAN = float("nan")
 
 
-def _fixed_k(summary: dict) -> list[tuple[int, dict]]:
-    """(K, summary entry) of each fixed-block-size Orthrus mode, in increasing K."""
-    return sorted((int(key[len("orthrus_k"):]), e) for key, e in summary.items() if key.startswith("orthrus_k"))
+def _fixed_k(summary: dict, fused: bool = False) -> list[tuple[int, dict]]:
+    """(K, summary entry) of each fixed-block-size Orthrus mode (fused: of each fused one), in increasing K."""
+    suffix = "_fused" if fused else ""
+    return sorted((int(key[len("orthrus_k"):len(key) - len(suffix)]), e) for key, e in summary.items()
+                  if key.startswith("orthrus_k") and key.endswith("_fused") == fused)
 
 
 def _modes(summary: dict) -> list[tuple[str, str, dict]]:
-    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, then auto."""
+    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, fused ones the same, then
+    auto."""
     modes = [(f"K={k}", f"orthrus_k{k}", e) for k, e in _fixed_k(summary)]
+    modes += [(f"K={k} fused", f"orthrus_k{k}_fused", e) for k, e in _fixed_k(summary, fused=True)]
     return modes + ([("auto", "orthrus_auto", summary["orthrus_auto"])] if "orthrus_auto" in summary else [])
 
 
@@ -54,9 +58,10 @@ def markdown(report: dict, plots: list[Path] | None = None) -> str:
                      f"{s['peer_prompt_lookup_speedup_median']:.2f} | | | | | | |")
     lines += ["", "Predicted: the device profile's time for what the mode ran (its cycles at their K, its AR steps "
               "at one step each); loop overhead: the share of decode time outside the passes."]
-    if report.get("fused"):
-        shares = ", ".join(f"{label}: {e.get('carried_share', 0.0):.0%} ({_number(e.get('passes_per_cycle'))} "
-                           "passes/cycle)" for label, _, e in _modes(s))
+    fused = [(label, e) for label, _, e in _modes(s) if "carried_share" in e]
+    if fused:
+        shares = ", ".join(f"{label}: {e['carried_share']:.0%} ({_number(e.get('passes_per_cycle'))} "
+                           "passes/cycle)" for label, e in fused)
         lines += ["", "Fused cycles (each verify pass also drafts the next block); cycles whose draft was carried "
                   f"over (one pass instead of two): {shares}."]
     if "orthrus_auto" in s:
@@ -136,6 +141,10 @@ def plot(report: dict, out: Path) -> list[Path] | None:
         ax.errorbar(ks, measured, yerr=errors, marker="o", capsize=3, label="measured (median, min-max)")
         ax.plot(ks, [e.get("predicted_speedup", NAN) for _, e in fixed], marker="s", linestyle="--",
                 label="predicted (profile x tokens/cycle)")
+    fused = _fixed_k(s, fused=True)
+    if fused:
+        ax.plot([k for k, _ in fused], [e["speedup_median"] for _, e in fused], marker="^",
+                label="measured, fused cycles (median)")
     ceiling = [(int(k), p["ceiling_speedup"]) for k, p in report["profile"]["passes"].items() if p["ceiling_speedup"]]
     ax.plot([k for k, _ in ceiling], [c for _, c in ceiling], linestyle=":", color="gray",
             label="ceiling (every draft accepted)")

@@ -174,7 +174,7 @@ class Orthrus:
         self.trained_block_size = trained_k
         self.block_size = self._checked_block_size(block_size or trained_k)
 
-    def _checked_block_size(self, block_size: int | str) -> int | str:
+    def _checked_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
         if block_size == AUTO:
             largest = self.trained_block_size
         elif isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
@@ -184,11 +184,20 @@ class Orthrus:
                                      "(trained K)")
         else:
             raise PyorthrusError(f"block_size {block_size!r}: give an integer K or 'auto'")
-        fused = self.fused or (self.fused is None and block_size == AUTO)
+        if fused is None:
+            fused = self.fused or (self.fused is None and block_size == AUTO)
         if (2 if fused else 1) * largest > self.llm.n_batch:
             raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}"
                                  + (" / 2 (fused cycles decode 2K tokens)" if fused else ""))
         return block_size
+
+    def round_cells(self, block_size: int | str | None = None, fused: bool | None = None) -> int:
+        """The most cache cells a decode round may hold beyond the committed tokens: K, or 2K for a fused pass
+        (which caches the next draft block too); for "auto" those of the trained K."""
+        block_size = self.block_size if block_size is None else block_size
+        largest = self.trained_block_size if block_size == AUTO else block_size
+        fused = bool(self.fused) if fused is None else fused
+        return largest * (2 if fused or (block_size == AUTO and self.fused is not False) else 1)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def ar_view(self) -> "Orthrus":
@@ -284,7 +293,7 @@ class Orthrus:
             raise PyorthrusError(f"llama_orthrus_step failed: {lib.last_error()}")
         return [out[0]], bool(step.stopped)
 
-    def _decode_rounds(self, prompt, max_tokens, block_size, params, stop_tokens, stats) -> Iterator[_Chunk]:
+    def _decode_rounds(self, prompt, max_tokens, block_size, fused, params, stop_tokens, stats) -> Iterator[_Chunk]:
         """One chunk per round: an Orthrus cycle at block_size, or a plain AR step (mode "ar", or when the auto
         controller says so), both in C. Both leave the cache at the convention of llama_orthrus_cycle (the newest
         committed token known but not cached), so either may follow the other. A greedy generation runs in argmax
@@ -297,11 +306,11 @@ class Orthrus:
         cycle = lib.llama_orthrus_stats()
         lib.llama_orthrus_set_argmax(self._ctx, params.temperature <= 0)
         try:
-            yield from self._rounds(prompt[-1], max_tokens, block_size, auto, params, out, cycle, stats)
+            yield from self._rounds(prompt[-1], max_tokens, block_size, fused, auto, params, out, cycle, stats)
         finally:
             lib.llama_orthrus_set_argmax(self._ctx, False)
 
-    def _rounds(self, last, max_tokens, block_size, auto, params, out, cycle, stats) -> Iterator[_Chunk]:
+    def _rounds(self, last, max_tokens, block_size, fused, auto, params, out, cycle, stats) -> Iterator[_Chunk]:
         produced = 0
         while produced < max_tokens:
             k = 1 if self.mode == "ar" else auto.choose(max_tokens - produced) if auto else block_size
@@ -317,7 +326,7 @@ class Orthrus:
                 else:
                     stats.n_cycles += 1
             else:
-                params.fused = auto.next_fused if auto else bool(self.fused)
+                params.fused = auto.next_fused if auto else fused
                 tokens, stopped = self._orthrus_cycle(last, k, params, out, min(k, max_tokens - produced), cycle,
                                                       stats)
                 if auto:
@@ -331,23 +340,24 @@ class Orthrus:
                 return
             yield _Chunk(tokens, "length" if produced >= max_tokens else None)
 
-    def _chunks(self, prompt: list[int], max_tokens: int, block_size: int | str, temperature: float, top_k: int,
+    def _chunks(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, temperature: float,
+                top_k: int,
                 top_p: float, min_p: float, stop_tokens: Sequence[int], seed: int,
                 stats: GenerationStats) -> Iterator[_Chunk]:
         if not prompt:
             raise PyorthrusError("empty prompt")
-        largest = self.trained_block_size if block_size == AUTO else block_size
+        largest = self.round_cells(block_size, fused)
         if len(prompt) + max_tokens + largest > self.llm.n_ctx():
-            raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + block size "
-                                 f"({largest}) exceeds n_ctx ({self.llm.n_ctx()})")
+            raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + the cells of one "
+                                 f"decode round ({largest}) exceeds n_ctx ({self.llm.n_ctx()})")
         if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
             from .auto import AutoBlockSize
             from .profile import auto_sizes, measure_pass_costs
 
             start = time.perf_counter()
-            fused = self.fused is not False
-            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, fused), statistic=min)
-            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, fused)
+            may_fuse = self.fused is not False
+            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, may_fuse), statistic=min)
+            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse)
             stats.t_profile_s = time.perf_counter() - start
         start = time.perf_counter()
         self._prefill(prompt)
@@ -356,7 +366,7 @@ class Orthrus:
         params = self._lib.llama_orthrus_default_params()
         params.temperature, params.top_k, params.top_p, params.min_p = temperature, top_k, top_p, min_p
         params.seed = seed
-        for chunk in self._decode_rounds(prompt, max_tokens, block_size, params, list(stop_tokens), stats):
+        for chunk in self._decode_rounds(prompt, max_tokens, block_size, fused, params, list(stop_tokens), stats):
             stats.n_generated += len(chunk.tokens)
             stats.t_total_s = time.perf_counter() - start
             if not stats.t_first_token_s:
@@ -367,13 +377,16 @@ class Orthrus:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
                  stop_tokens: Sequence[int] = (), stream: bool = False, block_size: int | str | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, fused: bool | None = None):
         """Generate a continuation. Returns a `Generation`, or with stream=True an iterator of text pieces whose
         `.result` is set to the `Generation` once exhausted (its `cancel()` ends the generation at the next decode
         round, from any thread). temperature <= 0 is greedy. block_size overrides the instance's block size (an
-        integer K or "auto") and seed its sampling seed for this call."""
-        block = self.block_size if block_size is None else self._checked_block_size(block_size)
-        it = _Stream(self, prompt, max_tokens, block, temperature, top_k, top_p, min_p, list(stop),
+        integer K or "auto"), seed its sampling seed and fused its fused setting (fixed K only: "auto" decides per
+        cycle) for this call."""
+        block = self.block_size if block_size is None and fused is None else \
+            self._checked_block_size(self.block_size if block_size is None else block_size, fused)
+        fused = bool(self.fused) if fused is None else fused
+        it = _Stream(self, prompt, max_tokens, block, fused, temperature, top_k, top_p, min_p, list(stop),
                      list(stop_tokens), self.seed if seed is None else seed)
         if stream:
             return it
@@ -425,11 +438,11 @@ class Orthrus:
 class _Stream:
     """Iterator of text pieces; holds back text that could still become a stop string."""
 
-    def __init__(self, owner: Orthrus, prompt, max_tokens, block_size, temperature, top_k, top_p, min_p, stop,
+    def __init__(self, owner: Orthrus, prompt, max_tokens, block_size, fused, temperature, top_k, top_p, min_p, stop,
                  stop_tokens, seed):
         self.owner, self.stop, self.block_size = owner, [s for s in stop if s], block_size
         self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self.args = (max_tokens, block_size, temperature, top_k, top_p, min_p, stop_tokens, seed)
+        self.args = (max_tokens, block_size, fused, temperature, top_k, top_p, min_p, stop_tokens, seed)
         self.result: Generation | None = None
         self.cancelled = False
 

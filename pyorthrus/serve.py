@@ -148,11 +148,10 @@ def _prompt_tokens(slot: Slot, body, chat: bool) -> list[int]:
 def _max_tokens(slot: Slot, body, n_prompt: int) -> int:
     """max_tokens, limited to what the context holds; no limit given: up to the context's end."""
     model = slot.model
-    largest = model.trained_block_size if model.block_size == "auto" else model.block_size
-    room = model.llm.n_ctx() - n_prompt - largest
+    room = model.llm.n_ctx() - n_prompt - model.round_cells()
     if room < 1:
-        raise RequestError(f"the prompt is {n_prompt} tokens; with block size {largest} it leaves no room in the "
-                           f"context of {model.llm.n_ctx()} tokens (start the server with a larger --ctx-size)",
+        raise RequestError(f"the prompt is {n_prompt} tokens; with block size {model.block_size} it leaves no room "
+                           f"in the context of {model.llm.n_ctx()} tokens (start the server with a larger --ctx-size)",
                            code="context_length_exceeded", param="messages")
     return min(body.max_tokens or room, room)
 

@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+from pytest import approx
 
 from pyorthrus import Orthrus, PyorthrusError, assets, cli
 from pyorthrus.auto import FIRST_PROBE_GAP, AutoBlockSize
@@ -195,7 +196,7 @@ def test_controller_stops_fusing_when_the_guess_keeps_failing():
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
-    assert cli.main(["bench", "--n-prompts", "1", "-n", "16", "--block-sizes", "4,auto", "--no-peer", "-t", "2",
+    assert cli.main(["bench", "--n-prompts", "1", "-n", "16", "--block-sizes", "4,4f,auto", "--no-peer", "-t", "2",
                      "--profile-reps", "1", "--out", str(out)]) == 0
     return out
 
@@ -203,8 +204,8 @@ def bench_run(tmp_path_factory):
 def test_bench_writes_the_new_fields(bench_run):
     report = json.loads(bench_run.with_suffix(".json").read_text())
     summary, row = report["summary"], report["rows"][0]
-    assert report["block_sizes"] == [4, "auto"]
-    for key in ("orthrus_k4", "orthrus_auto"):
+    assert report["block_sizes"] == [4, "4f", "auto"]
+    for key in ("orthrus_k4", "orthrus_k4_fused", "orthrus_auto"):
         entry = summary[key]
         for field in ("predicted_speedup", "measured_over_predicted", "loop_overhead_share", "first_token_s_median",
                       "kv_bytes_per_cell", "ar_step_share", "block_size_histogram", "accepted_histogram"):
@@ -218,6 +219,12 @@ def test_bench_writes_the_new_fields(bench_run):
     assert "pass_costs" in report["auto_state"]
     text = bench_run.with_suffix(".md").read_text()
     assert "| Orthrus auto |" in text and "| Orthrus K=4 |" in text and "KV cache" in text
+    # fused and unfused K=4 side by side: the same tokens; a fused cycle runs 2 passes, or 1 when its draft was
+    # carried over from the previous cycle's fused pass
+    fused, plain = summary["orthrus_k4_fused"], summary["orthrus_k4"]
+    assert row["orthrus_k4_fused"]["identical"] and "carried_share" not in plain
+    assert fused["passes_per_cycle"] == approx(2 - fused["carried_share"])
+    assert "| Orthrus K=4 fused |" in text and "Fused cycles" in text
 
 
 def test_bench_plots(bench_run):

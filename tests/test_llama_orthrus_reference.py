@@ -89,6 +89,74 @@ def _check_views(ref, model, name, flash_attn):
         assert float(np.max(np.abs(got_draft - ref_verify))) > 1e-3  # the views really differ
 
 
+@pytest.mark.parametrize("name", ["qwen3", "llama", "llama-bias"])
+def test_fused_pass_rows_equal_separate_passes_and_reference(merged, name):
+    """A fused pass [verify block at s | next draft block at s+K] (patch 0010's llama_orthrus_set_fused, what a fused
+    cycle runs): its verify rows are exactly a plain verify pass's, and its draft rows exactly what a separate
+    draft pass computes for the same anchor after the verify block is cached (strict CPU: bit for bit, flash
+    attention off and on), and both match the PyTorch reference as the separate passes do."""
+    path = merged[name]
+    ref = reference.load_gguf(path)
+    model = Model(path)
+    rng = np.random.default_rng(7)
+    prefix = [int(t) for t in rng.integers(0, 151000, size=13)]
+    verify = [int(t) for t in rng.integers(0, 151000, size=BLOCK)]  # [x_s, d_1 ... d_{K-1}]
+    guess = int(rng.integers(0, 151000))
+    next_block = [guess] + [fixtures.QWEN3_MASK_TOKEN_ID] * (BLOCK - 1)
+    s = len(prefix)
+    with torch.no_grad():
+        cache = ref.new_cache()
+        ref.forward_ar(prefix, cache)
+        ref_verify = ref.forward_ar(verify, cache).float().numpy()
+        ref_draft = ref.forward_draft(next_block, cache).float().numpy()
+    try:
+        for flash_attn in (False, True):
+            ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True)
+            try:
+                assert ctx.decode(prefix, 0) == 0
+                assert ctx.decode(verify, s, all_logits=True) == 0  # separate passes: verify, then draft
+                sep_verify = ctx.logits_rows(BLOCK)
+                assert O.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
+                assert ctx.decode(next_block, s + BLOCK, all_logits=True) == 0
+                sep_draft = ctx.logits_rows(BLOCK)
+                assert O.llama_orthrus_set_diffusion(ctx.ptr, False) == 0
+                assert ctx.seq_rm(s)
+                assert O.llama_orthrus_set_fused(ctx.ptr, BLOCK) == 0  # one fused pass
+                assert ctx.decode(verify + next_block, s, all_logits=True) == 0
+                fused = ctx.logits_rows(2 * BLOCK)
+                assert O.llama_orthrus_set_fused(ctx.ptr, 0) == 0
+                assert ctx.pos_max() == s + 2 * BLOCK - 1  # its cells are cached as a draft pass's are
+            finally:
+                ctx.close()
+            tol = TOL_FA if flash_attn else TOL
+            for what, got, separate, want in (("verify", fused[:BLOCK], sep_verify, ref_verify),
+                                              ("draft", fused[BLOCK:], sep_draft, ref_draft)):
+                assert np.array_equal(got, separate), \
+                    f"{name} fa={flash_attn} fused {what} rows differ from the separate pass by " \
+                    f"{float(np.max(np.abs(got - separate)))}"
+                err = float(np.max(np.abs(got - want)))
+                assert err < tol, f"{name} fa={flash_attn} fused {what}: max |llama.cpp - reference| = {err}"
+    finally:
+        model.close()
+
+
+def test_fused_pass_setting_is_checked(merged):
+    model = Model(merged["llama"])
+    ctx = Context(model, n_ctx=64, n_batch=32)
+    try:
+        assert O.llama_orthrus_set_fused(ctx.ptr, -1) == -1 and "n_verify" in O.last_error()
+        assert O.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
+        assert O.llama_orthrus_set_fused(ctx.ptr, 4) == -1 and "diffusion view" in O.last_error()
+        assert O.llama_orthrus_set_diffusion(ctx.ptr, False) == 0
+        assert O.llama_orthrus_set_fused(ctx.ptr, 4) == 0
+        assert ctx.decode([1, 2, 3], 0) != 0  # a fused pass needs rows after its verify block
+        assert O.llama_orthrus_set_fused(ctx.ptr, 0) == 0
+        assert ctx.decode([1, 2, 3], 0) == 0
+    finally:
+        ctx.close()
+        model.close()
+
+
 @pytest.mark.parametrize("name", ["qwen3", "llama"])
 def test_cycle_on_merged_model_without_adapter(merged, name):
     """A merged file needs no adapter: block size and mask token come from its own metadata, and greedy

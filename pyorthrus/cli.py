@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import PyorthrusError
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = parser._subparsers._group_actions[0].choices[known.verb]  # noqa: SLF001 - argparse has no getter
     module.configure(sub_parser)
     args = parser.parse_args(argv)
+    # library warnings (e.g. low-precision diff weights) as one line each, like the errors below
+    warnings.showwarning = lambda message, *_, **__: print(f"pyorthrus {known.verb}: warning: {message}",
+                                                           file=sys.stderr)
     try:
         return int(module.run(args) or 0)
     except PyorthrusError as exc:

@@ -1,4 +1,6 @@
-"""`pyorthrus inspect FILE.gguf`: what a GGUF is (model / Orthrus adapter / merged Orthrus model) and how complete."""
+"""`pyorthrus inspect FILE.gguf [ADAPTER.gguf]`: what a GGUF is (model / Orthrus adapter / merged Orthrus model) and
+how complete; given a base and an adapter, whether the adapter fits the base, check by check, as
+llama_orthrus_adapter_init decides it (numpy and gguf-py only: nothing is loaded into llama.cpp)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,10 @@ from .errors import PyorthrusError
 DIFF_TENSORS = ("attn_q_diff", "attn_k_diff", "attn_v_diff", "attn_output_diff", "attn_q_norm_diff",
                 "attn_k_norm_diff")
 NO_QK_NORM_ARCHS = ("llama",)
+ADAPTER_ARCHS = ("llama", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
+# diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
+# per forward pass
+SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
 _DIFF_NAME = re.compile(r"^blk\.(\d+)\.(attn_\w+_diff)\.(weight|bias)$")
 
 
@@ -19,17 +25,23 @@ def _field(reader, key: str):
     return None if f is None else f.contents()
 
 
-def inspect_gguf(path) -> dict:
-    """A JSON-ready description of a GGUF file."""
+def open_reader(path):
+    """gguf.GGUFReader of a file, or a one-line PyorthrusError naming it."""
     import gguf
 
     path = Path(path)
     if not path.is_file():
         raise PyorthrusError(f"{path}: no such file")
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as exc:  # gguf-py raises assorted errors on damaged files
         raise PyorthrusError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_gguf(path) -> dict:
+    """A JSON-ready description of a GGUF file."""
+    path = Path(path)
+    reader = open_reader(path)
     arch = _field(reader, "general.architecture")
     is_adapter = _field(reader, "general.type") == "adapter"
     if is_adapter and _field(reader, "adapter.type") != "orthrus":
@@ -51,6 +63,7 @@ def inspect_gguf(path) -> dict:
         "tensor_count": len(reader.tensors),
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
         "diff_coverage": diff_coverage(reader, arch, block_count),
+        "low_precision_diff_tensors": low_precision_diff_tensors(reader),
         "base": {key.removeprefix("orthrus.base."): _field(reader, key)
                  for key in reader.fields if key.startswith("orthrus.base.")} or None,
     }
@@ -74,6 +87,55 @@ def diff_coverage(reader, arch: str, block_count: int | None) -> dict:
         "complete_layers": sum(1 for layer in layers if per_layer and layer not in missing),
         "missing": {str(layer): names for layer, names in missing.items()},
     }
+
+
+def low_precision_diff_tensors(reader) -> dict[str, int]:
+    """Type -> count of the diff weight matrices stored below Q8_0 (where drafts lose their acceptance)."""
+    return dict(Counter(t.tensor_type.name for t in reader.tensors if _DIFF_NAME.match(t.name)
+                        and len(t.shape) > 1 and t.tensor_type.name not in SAFE_DIFF_TYPES))
+
+
+def _vocab_size(reader, arch: str) -> int | None:
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
+
+
+def adapter_fit(base, adapter) -> dict:
+    """Whether an Orthrus adapter GGUF fits a base GGUF (paths or open readers): one entry per check, with both
+    values; `fits` is true when every check passes. The checks are the ones llama_orthrus_adapter_init makes."""
+    base_reader = base if not isinstance(base, (str, Path)) else open_reader(base)
+    adapter_reader = adapter if not isinstance(adapter, (str, Path)) else open_reader(adapter)
+    arch = _field(base_reader, "general.architecture")
+    vocab = _vocab_size(base_reader, arch)
+    mask = _field(adapter_reader, "tokenizer.ggml.mask_token_id")
+    checks = [("file type", "model" if _field(base_reader, "general.type") != "adapter" else "adapter",
+               f"{_field(adapter_reader, 'general.type')}/{_field(adapter_reader, 'adapter.type')}",
+               _field(base_reader, "general.type") != "adapter"
+               and (_field(adapter_reader, "general.type"), _field(adapter_reader, "adapter.type"))
+               == ("adapter", "orthrus")),
+              ("architecture", arch, _field(adapter_reader, "general.architecture"),
+               arch == _field(adapter_reader, "general.architecture") and arch in ADAPTER_ARCHS)]
+    for label, key, base_key in (("layers", "block_count", "block_count"),
+                                 ("width", "embedding_length", "embedding_length"),
+                                 ("attention heads", "head_count", "attention.head_count"),
+                                 ("KV heads", "head_count_kv", "attention.head_count_kv")):
+        want, got = _field(base_reader, f"{arch}.{base_key}"), _field(adapter_reader, f"orthrus.base.{key}")
+        checks.append((label, want, got, want == got))
+    got = _field(adapter_reader, "orthrus.base.vocab_size")
+    checks.append(("vocabulary", vocab, got, vocab == got))
+    checks.append(("mask token", f"< {vocab}", mask, isinstance(mask, int) and vocab is not None and 0 <= mask < vocab))
+    entries = [{"check": label, "base": want, "adapter": got, "ok": bool(ok)} for label, want, got, ok in checks]
+    return {"base": str(base_reader.data.filename), "adapter": str(adapter_reader.data.filename),
+            "fits": all(e["ok"] for e in entries), "checks": entries}
+
+
+def fit_error(fit: dict) -> str | None:
+    """The first failing check of adapter_fit as one line naming both files, or None when the adapter fits."""
+    bad = next((e for e in fit["checks"] if not e["ok"]), None)
+    if bad is None:
+        return None
+    return (f"{fit['adapter']} does not fit {fit['base']}: {bad['check']} is {bad['adapter']} in the adapter, "
+            f"{bad['base']} in the base")
 
 
 def _human(n: int) -> str:
@@ -102,15 +164,39 @@ def format_report(info: dict) -> str:
         lines.append(f"  layer {layer}: missing {', '.join(names)}")
     if info["base"]:
         lines.append("for base:      " + ", ".join(f"{k}={v}" for k, v in info["base"].items()))
+    if info["low_precision_diff_tensors"]:
+        lines.append("warning:       diff weights below Q8_0 ("
+                     + ", ".join(f"{n} {t}" for t, n in info["low_precision_diff_tensors"].items())
+                     + "): drafts may be accepted far less often; keep them at Q8_0 or better")
+    return "\n".join(lines)
+
+
+def format_fit(fit: dict) -> str:
+    lines = [f"base:     {fit['base']}", f"adapter:  {fit['adapter']}", "",
+             f"  {'check':<16} {'base':>12} {'adapter':>18}"]
+    for e in fit["checks"]:
+        lines.append(f"  {e['check']:<16} {e['base']!s:>12} {e['adapter']!s:>18}  {'ok' if e['ok'] else 'MISMATCH'}")
+    lines += ["", "the adapter fits this base" if fit["fits"] else fit_error(fit),
+              "(an adapter records the base's shape and vocabulary size, not its tokenizer: use it with the base "
+              "model it was trained for)"]
     return "\n".join(lines)
 
 
 def configure(parser) -> None:
+    parser.description = ("Describe a GGUF file (model, Orthrus adapter or merged Orthrus model). Given a base model "
+                          "and an adapter, say whether the adapter fits the base (architecture, layers, widths, "
+                          "heads, vocabulary, mask token): exit status 0 if it does, 1 if not.")
     parser.add_argument("file", metavar="FILE.gguf", help="a model, merged or adapter GGUF")
+    parser.add_argument("adapter", metavar="ADAPTER.gguf", nargs="?",
+                        help="an Orthrus adapter to check against FILE.gguf as its base")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
 
 
 def run(args) -> int:
-    info = inspect_gguf(args.file)
-    print(json.dumps(info, indent=2) if args.json else format_report(info))
-    return 0
+    if args.adapter is None:
+        info = inspect_gguf(args.file)
+        print(json.dumps(info, indent=2) if args.json else format_report(info))
+        return 0
+    fit = adapter_fit(args.file, args.adapter)
+    print(json.dumps(fit, indent=2) if args.json else format_fit(fit))
+    return 0 if fit["fits"] else 1

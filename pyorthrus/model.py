@@ -14,6 +14,7 @@ import numbers
 import os
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,9 @@ class Orthrus:
         if adapter_path is not None:
             self.adapter = _lib.llama_orthrus_adapter_init(model, str(adapter_path).encode())
             if not self.adapter:
-                raise PyorthrusError(f"{adapter_path}: {_lib.last_error() or 'not a valid Orthrus adapter'}")
+                reason = (_lib.last_error() or "not a valid Orthrus adapter").removeprefix(f"adapter '{adapter_path}': ")
+                self.close()
+                raise PyorthrusError(f"{adapter_path} on {model_path}: {reason}")
             _lib.llama_orthrus_set_adapter(self._ctx, self.adapter)
             trained_k = _lib.llama_orthrus_adapter_block_size(self.adapter)
         else:
@@ -173,6 +176,8 @@ class Orthrus:
                                  "GGUF) or use mode='ar'")
         self.trained_block_size = trained_k
         self.block_size = self._checked_block_size(block_size or trained_k)
+        if mode == "orthrus":
+            _warn_low_precision_diff(adapter_path or model_path)
 
     def _checked_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
         if block_size == AUTO:
@@ -433,6 +438,19 @@ class Orthrus:
                                         bos_token=vocab.token_get_text(vocab.token_bos()),
                                         add_generation_prompt=True)
         return formatter(messages=messages).prompt
+
+
+def _warn_low_precision_diff(path) -> None:
+    """Warn when the file holding the diff weights stores them below Q8_0 (e.g. a merged file quantized to Q4_K_M
+    as a whole): the drafts then lose much of their acceptance, which no error would reveal."""
+    from .inspect import low_precision_diff_tensors, open_reader
+
+    low = low_precision_diff_tensors(open_reader(path))
+    if low:
+        warnings.warn(f"{path}: {sum(low.values())} diff weight matrices are stored below Q8_0 ("
+                      + ", ".join(f"{n} {t}" for t, n in low.items()) + "); drafts may be accepted far less often "
+                      "(quantize the diff tensors to Q8_0 or better, e.g. `pyorthrus convert --outtype q8_0`)",
+                      stacklevel=3)
 
 
 class _Stream:

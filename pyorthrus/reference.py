@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import PyorthrusError
+from .inspect import adapter_fit, fit_error
 from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, SUPPORTED_BASES,  # noqa: F401
                       OrthrusConfig, config_from_hf, llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
 
@@ -407,14 +408,9 @@ def load_gguf(base_gguf, adapter_gguf=None, dtype: torch.dtype = torch.float32) 
     sources = [(reader, _gguf_name(reader))]
     if adapter_gguf is not None:
         adapter = _read_gguf(adapter_gguf)
-        if (gguf_field(adapter, "general.type"), gguf_field(adapter, "adapter.type")) != ("adapter", "orthrus"):
-            raise PyorthrusError(f"{_gguf_name(adapter)}: not an Orthrus adapter (general.type/adapter.type)")
-        expected = {"block_count": cfg.num_layers, "embedding_length": cfg.hidden_size, "head_count": cfg.num_heads,
-                    "head_count_kv": cfg.num_kv_heads, "vocab_size": cfg.vocab_size}
-        for key, value in expected.items():
-            if gguf_field(adapter, f"orthrus.base.{key}", value) != value:
-                raise PyorthrusError(f"{_gguf_name(adapter)}: made for a base with {key} "
-                                     f"{gguf_field(adapter, f'orthrus.base.{key}')}, this base has {value}")
+        mismatch = fit_error(adapter_fit(reader, adapter))
+        if mismatch:
+            raise PyorthrusError(mismatch)
         cfg = replace(cfg, block_size=gguf_field(adapter, "orthrus.diffusion.block_size", cfg.block_size),
                       mask_token_id=gguf_field(adapter, "tokenizer.ggml.mask_token_id", cfg.mask_token_id))
         sources.append((adapter, _gguf_name(adapter)))

@@ -201,13 +201,10 @@ def _mem_available() -> int | None:
 def make_shape_gguf(name: str, weight_type: str, cache: Path, threads: int | None = None,
                     progress: bool = True) -> Path:
     """The cached merged GGUF of shape `name` in `weight_type` (f16, q8_0, q4_k_m), made on first use."""
-    import llama_cpp.llama_cpp as L
-
     if name not in SHAPES:
         raise PyorthrusError(f"unknown shape {name!r}: choose from {', '.join(SHAPES)}")
-    types = weight_types()
-    if weight_type not in types:
-        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(types)}")
+    if weight_type not in weight_types():
+        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(weight_types())}")
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{name}.{weight_type}.gguf"
     if path.is_file():
@@ -218,17 +215,29 @@ def make_shape_gguf(name: str, weight_type: str, cache: Path, threads: int | Non
         write_f16(name, f16, progress=progress)
     if weight_type == "f16":
         return f16
+    return quantize_gguf(f16, path, weight_type, threads)
+
+
+def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None = None) -> Path:
+    """llama_model_quantize of a GGUF model to `weight_type` (f16, q8_0, q4_k_m), written to a temporary file
+    and renamed to `out` only when complete."""
+    import llama_cpp.llama_cpp as L
+
+    types = weight_types()
+    if weight_type not in types:
+        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(types)}")
     params = L.llama_model_quantize_default_params()
     params.nthread = threads or os.cpu_count() or 1
     params.ftype = types[weight_type]
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    params.allow_requantize = True
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     try:
-        if L.llama_model_quantize(str(f16).encode(), str(tmp).encode(), params) != 0:
-            raise PyorthrusError(f"{f16}: llama_model_quantize to {weight_type} failed")
-        os.replace(tmp, path)
+        if L.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+            raise PyorthrusError(f"{source}: llama_model_quantize to {weight_type} failed")
+        os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+    return out
 
 
 def default_cache() -> Path:

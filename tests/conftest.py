@@ -29,3 +29,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def qwen3_journey(tmp_path_factory):
+    """What a Qwen3 user holds (issue 16): a plain `qwen3` base GGUF made the way community files are made (the
+    patched tree's convert_hf_to_gguf.py on the base weights of an upstream-format Orthrus checkpoint, real Qwen3
+    tokenizer), quantized by llama_model_quantize, and the adapter-only GGUF that `pyorthrus convert` makes from the
+    same checkpoint. Widths are multiples of 256 so that Q4_K_M really stores K-quants; the output matrix is untied,
+    as in Qwen3-8B (tied random embeddings would make every token predict itself with certainty)."""
+    from pyorthrus import cli, fixtures, shapes
+    from pyorthrus.convert.checkpoint import OrthrusCheckpoint
+    from pyorthrus.convert.hf_base import convert_base_to_gguf
+
+    out = tmp_path_factory.mktemp("qwen3-journey")
+    ckpt = fixtures.write_tiny_orthrus_qwen3(out / "Orthrus-Qwen3-tiny", seed=31, hidden_size=256, num_heads=4,
+                                             num_kv_heads=2, head_dim=64, intermediate_size=512,
+                                             tie_word_embeddings=False)
+    files = {"checkpoint": ckpt, "f32": convert_base_to_gguf(OrthrusCheckpoint(ckpt), "f32", out),
+             "adapter": out / "orthrus-qwen3-tiny.gguf"}
+    assert cli.main(["convert", str(ckpt), "--adapter-out", str(files["adapter"]), "--outtype", "f32"]) == 0
+    for weight_type in ("q8_0", "q4_k_m"):
+        files[weight_type] = shapes.quantize_gguf(files["f32"], out / f"qwen3-tiny.{weight_type}.gguf", weight_type,
+                                                  threads=2)
+    return files

@@ -48,10 +48,32 @@ def test_views_match_reference(merged, name):
         model.close()
 
 
-def _check_views(ref, model, name, flash_attn):
-    if True:
+def test_views_match_reference_on_a_plain_qwen3_base_with_an_adapter_file(qwen3_journey):
+    """The upstream user's path: a plain `qwen3` F32 base GGUF (llama.cpp's own converter) and the adapter-only GGUF
+    of the same checkpoint, attached to the context; both views match the reference built from the same two files,
+    which equals the reference built from the HF checkpoint itself."""
+    ref = reference.load_gguf(qwen3_journey["f32"], qwen3_journey["adapter"])
+    hf = reference.load_hf(qwen3_journey["checkpoint"])
+    for (name, value), (_, want) in zip(ref.state_dict().items(), hf.state_dict().items()):
+        assert torch.equal(value, want.float()), name
+    model = Model(qwen3_journey["f32"])
+    adapter = model.load_adapter(qwen3_journey["adapter"])
+    try:
+        assert adapter and not O.llama_orthrus_model_has_diff(model.ptr)
+        for flash_attn in (False, True):
+            _check_views(ref, model, "qwen3 base + adapter", flash_attn, adapter)
+    finally:
+        O.llama_orthrus_adapter_free(adapter)
+        model.close()
+
+
+def _check_views(ref, model, name, flash_attn, adapter=None):
+    """Prefix, draft and verify logits of llama.cpp against the reference; the diff weights come from the model
+    file, or from `adapter` (attached to the context)."""
+    if adapter is None:
         assert O.llama_orthrus_model_has_diff(model.ptr)
         assert O.llama_orthrus_model_block_size(model.ptr) == BLOCK
+    if True:
         rng = np.random.default_rng(0)
         prefix = [int(t) for t in rng.integers(0, 151000, size=11)]
         x = int(rng.integers(0, 151000))
@@ -69,6 +91,8 @@ def _check_views(ref, model, name, flash_attn):
 
         ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True)  # F16 cache: ~1e-2
         try:
+            if adapter is not None:
+                assert O.llama_orthrus_set_adapter(ctx.ptr, adapter) == 0
             assert ctx.decode(prefix, 0, all_logits=True) == 0
             got_prefix = ctx.logits_rows(s)
             assert O.llama_orthrus_set_diffusion(ctx.ptr, True) == 0

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pyorthrus import Orthrus, assets, prompts
 from pyorthrus.convert.base_gguf import copied_metadata
-from pyorthrus.convert.gguf_out import PlannedTensor, tensor_nbytes, write_gguf
+from pyorthrus.convert.gguf_out import PlannedTensor, tensor_nbytes, uint32, write_gguf
 
 
 def requantized_adapter(source: Path, qtype: gguf.GGMLQuantizationType, out: Path) -> Path:
@@ -39,8 +39,9 @@ def requantized_adapter(source: Path, qtype: gguf.GGMLQuantizationType, out: Pat
         values = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
         planned.append(PlannedTensor(t.name, shape, qtype, tensor_nbytes(shape, qtype),
                                      lambda v=values: np.asarray(quantize(v, qtype)).view(np.uint8).reshape(-1)))
-    write_gguf(out, reader.fields["general.architecture"].contents(), copied_metadata(reader), planned,
-               progress=False)
+    mask = reader.fields["tokenizer.ggml.mask_token_id"].contents()  # copied_metadata leaves it to the writer
+    write_gguf(out, reader.fields["general.architecture"].contents(),
+               copied_metadata(reader) + [uint32("tokenizer.ggml.mask_token_id", mask)], planned, progress=False)
     return out
 
 

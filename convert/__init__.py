@@ -15,9 +15,9 @@ from .hf_base import convert_base_to_gguf
 __all__ = ["convert_checkpoint", "OUTTYPES"]
 
 # general.architecture of a merged file, per base GGUF architecture (Qwen3: the community `orthrus` format).
-MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "llama": "llama"}
+MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama"}
 # general.architecture of an adapter: the base model's own.
-ADAPTER_ARCH = {"qwen3": "qwen3", "llama": "llama"}
+ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
 
 def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, outtype: str = "f32",

@@ -148,9 +148,8 @@ class OrthrusCheckpoint:
         q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         shapes = {"q_proj_diff.weight": (q_out, cfg.hidden_size), "k_proj_diff.weight": (kv_out, cfg.hidden_size),
                   "v_proj_diff.weight": (kv_out, cfg.hidden_size), "o_proj_diff.weight": (cfg.hidden_size, q_out)}
-        if cfg.attention_bias:
-            shapes.update({"q_proj_diff.bias": (q_out,), "k_proj_diff.bias": (kv_out,),
-                           "v_proj_diff.bias": (kv_out,), "o_proj_diff.bias": (cfg.hidden_size,)})
+        widths = {"q_proj": q_out, "k_proj": kv_out, "v_proj": kv_out, "o_proj": cfg.hidden_size}
+        shapes.update({f"{proj}_diff.bias": (widths[proj],) for proj in cfg.biased_projections})
         if cfg.has_qk_norm:
             shapes.update({"q_norm_diff.weight": (cfg.head_dim,), "k_norm_diff.weight": (cfg.head_dim,)})
         return shapes

@@ -19,7 +19,7 @@ from pyorthrus.errors import PyorthrusError
 
 from .checkpoint import OrthrusCheckpoint
 
-HF_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+HF_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 _ORTHRUS_CONFIG_KEYS = ("block_size", "mask_token_id", "base_model_type")
 _SKIPPED_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer_config.json"}
 

@@ -3,8 +3,9 @@
 `write_tiny_orthrus_qwen3` reproduces the published Orthrus-Qwen3 format: a Qwen3 config with model_type "orthrus",
 architectures ["OrthrusLM"], block_size and mask_token_id = len(tokenizer) = 151669, the genuine Qwen3 tokenizer files
 (with `extra_special_tokens` written as a list, as upstream does), bf16 safetensors with the `_diff` tensors next to
-the base ones, optionally sharded with a model.safetensors.index.json. `write_tiny_orthrus_llama` writes the same
-layout on a Llama base (`base_model_type: "llama"`, our extension). `diff_only=True` writes what the trainer writes:
+the base ones, optionally sharded with a model.safetensors.index.json. `write_tiny_orthrus_llama` and
+`write_tiny_orthrus_qwen2` write the same layout on a Llama or Qwen2 base (`base_model_type`, our extension).
+`diff_only=True` writes what the trainer writes:
 the config plus the `_diff` tensors alone. The real vocabulary makes the embedding the bulk of the file, so hidden
 sizes stay tiny.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .assets import qwen3_tokenizer_dir
+from .formats import config_from_hf
 from .reference import ATTENTION_PROJECTIONS, QK_NORMS
 
 QWEN3_MASK_TOKEN_ID = 151669  # len(tokenizer) of Qwen3: the first id past the added tokens
@@ -52,6 +54,21 @@ def write_tiny_orthrus_llama(out_dir, seed: int = 0, *, hidden_size: int = 32, n
     config.update(model_type="orthrus", base_model_type="llama", architectures=["OrthrusLM"],
                   attention_bias=attention_bias,
                   mlp_bias=False, pretraining_tp=1, block_size=block_size, mask_token_id=QWEN3_MASK_TOKEN_ID)
+    return _write(Path(out_dir), config, seed, qk_norm=False, shards=shards, diff_only=diff_only, dtype=dtype)
+
+
+def write_tiny_orthrus_qwen2(out_dir, seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2,
+                             num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 64,
+                             block_size: int = 8, shards: int = 1, diff_only: bool = False,
+                             dtype: torch.dtype = torch.bfloat16, tie_word_embeddings: bool = True) -> Path:
+    """Qwen2/Qwen2.5 base: q/k/v projections with biases (both views), no o bias, no q/k norms, head_dim =
+    hidden_size / num_heads. It borrows the Qwen3 tokenizer (Qwen2.5 has the same vocabulary size)."""
+    config = _base_config(hidden_size, num_layers, num_heads, num_kv_heads, hidden_size // num_heads,
+                          intermediate_size, tie_word_embeddings, dtype)
+    del config["head_dim"], config["attention_bias"]  # not Qwen2 config fields
+    config.update(model_type="orthrus", base_model_type="qwen2", architectures=["OrthrusLM"],
+                  use_sliding_window=False, sliding_window=None, max_window_layers=num_layers,
+                  block_size=block_size, mask_token_id=QWEN3_MASK_TOKEN_ID)
     return _write(Path(out_dir), config, seed, qk_norm=False, shards=shards, diff_only=diff_only, dtype=dtype)
 
 
@@ -125,8 +142,9 @@ def _random_weights(config: dict, seed: int, qk_norm: bool) -> dict[str, torch.T
     """HF-named random weights scaled so logits are well spread (no near-ties in greedy tests)."""
     gen = torch.Generator().manual_seed(seed)
     hidden, inter = config["hidden_size"], config["intermediate_size"]
-    q_out = config["num_attention_heads"] * config["head_dim"]
-    kv_out = config["num_key_value_heads"] * config["head_dim"]
+    cfg = config_from_hf(config)
+    head_dim, biased = cfg.head_dim, cfg.biased_projections
+    q_out, kv_out = cfg.num_heads * head_dim, cfg.num_kv_heads * head_dim
 
     def linear(out_features: int, in_features: int) -> torch.Tensor:
         return torch.randn(out_features, in_features, generator=gen) / in_features**0.5
@@ -144,11 +162,11 @@ def _random_weights(config: dict, seed: int, qk_norm: bool) -> dict[str, torch.T
         for suffix in ("", "_diff"):
             for proj in ATTENTION_PROJECTIONS:
                 tensors[f"{p}self_attn.{proj}{suffix}.weight"] = linear(*shapes[proj])
-                if config["attention_bias"]:
+                if proj in biased:
                     tensors[f"{p}self_attn.{proj}{suffix}.bias"] = 0.1 * torch.randn(shapes[proj][0], generator=gen)
             if qk_norm:
                 for qk in QK_NORMS:
-                    tensors[f"{p}self_attn.{qk}{suffix}.weight"] = norm(config["head_dim"])
+                    tensors[f"{p}self_attn.{qk}{suffix}.weight"] = norm(head_dim)
         tensors[p + "mlp.gate_proj.weight"] = linear(inter, hidden)
         tensors[p + "mlp.up_proj.weight"] = linear(inter, hidden)
         tensors[p + "mlp.down_proj.weight"] = linear(hidden, inter)

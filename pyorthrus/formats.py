@@ -10,17 +10,18 @@ from dataclasses import dataclass
 from .errors import PyorthrusError
 
 QWEN3 = "qwen3"
+QWEN2 = "qwen2"
 LLAMA = "llama"
-SUPPORTED_BASES = (QWEN3, LLAMA)
-# GGUF architecture names that mean "a Qwen3 base": the community merged format calls it `orthrus`.
-GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "llama": LLAMA}
+SUPPORTED_BASES = (QWEN3, QWEN2, LLAMA)
+# GGUF architecture -> base ("orthrus" is the community merged format of a Qwen3 base).
+GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": LLAMA}
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 QK_NORMS = ("q_norm", "k_norm")
 
 
 @dataclass(frozen=True)
 class OrthrusConfig:
-    base: str  # "qwen3" or "llama"
+    base: str  # "qwen3", "qwen2" or "llama"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -31,7 +32,7 @@ class OrthrusConfig:
     rms_norm_eps: float
     rope_theta: float
     tie_word_embeddings: bool
-    attention_bias: bool = False
+    attention_bias: bool = False  # Llama's flag: biases on all four projections (Qwen2 has q/k/v biases always)
     block_size: int = 32
     mask_token_id: int | None = None
 
@@ -39,10 +40,17 @@ class OrthrusConfig:
     def has_qk_norm(self) -> bool:
         return self.base == QWEN3
 
+    @property
+    def biased_projections(self) -> tuple[str, ...]:
+        """The attention projections that carry a bias, in both views."""
+        if self.base == QWEN2:
+            return ATTENTION_PROJECTIONS[:3]
+        return ATTENTION_PROJECTIONS if self.attention_bias else ()
+
 
 def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
-    """OrthrusConfig from an Orthrus (or plain Qwen3/Llama) config.json. Upstream Orthrus configs are Qwen3 configs
-    with model_type "orthrus"; our Llama-based checkpoints add `base_model_type: "llama"`."""
+    """OrthrusConfig from an Orthrus (or plain Qwen3/Qwen2/Llama) config.json. Upstream Orthrus configs are Qwen3
+    configs with model_type "orthrus"; our Llama- and Qwen2-based checkpoints add `base_model_type`."""
     model_type = hf.get("model_type")
     base = hf.get("base_model_type", QWEN3) if model_type == "orthrus" else model_type
     if base not in SUPPORTED_BASES:

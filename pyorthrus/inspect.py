@@ -12,8 +12,8 @@ from .errors import PyorthrusError
 
 DIFF_TENSORS = ("attn_q_diff", "attn_k_diff", "attn_v_diff", "attn_output_diff", "attn_q_norm_diff",
                 "attn_k_norm_diff")
-NO_QK_NORM_ARCHS = ("llama",)
-ADAPTER_ARCHS = ("llama", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
+NO_QK_NORM_ARCHS = ("llama", "qwen2")
+ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
 # per forward pass
 SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")

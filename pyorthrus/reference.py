@@ -47,11 +47,11 @@ class AttentionWeights(nn.Module):
     def __init__(self, cfg: OrthrusConfig):
         super().__init__()
         q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, q_out, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv_out, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv_out, bias=bias)
-        self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=bias)
+        biased = cfg.biased_projections
+        self.q_proj = nn.Linear(cfg.hidden_size, q_out, bias="q_proj" in biased)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv_out, bias="k_proj" in biased)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv_out, bias="v_proj" in biased)
+        self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias="o_proj" in biased)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.has_qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.has_qk_norm else None
 
@@ -341,7 +341,7 @@ def config_from_gguf(reader, source: str) -> OrthrusConfig:
         rms_norm_eps=gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6),
         rope_theta=gguf_field(reader, f"{arch}.rope.freq_base", 10000.0),
         tie_word_embeddings="output.weight" not in tensors,
-        attention_bias="blk.0.attn_q.bias" in tensors,
+        attention_bias="blk.0.attn_output.bias" in tensors,
         block_size=gguf_field(reader, f"{arch}.diffusion.block_size", 32),
         mask_token_id=gguf_field(reader, "tokenizer.ggml.mask_token_id"),
     )

@@ -31,25 +31,42 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def qwen3_journey(tmp_path_factory):
-    """What a Qwen3 user holds (issue 16): a plain `qwen3` base GGUF made the way community files are made (the
-    patched tree's convert_hf_to_gguf.py on the base weights of an upstream-format Orthrus checkpoint, real Qwen3
-    tokenizer), quantized by llama_model_quantize, and the adapter-only GGUF that `pyorthrus convert` makes from the
-    same checkpoint. Widths are multiples of 256 so that Q4_K_M really stores K-quants; the output matrix is untied,
-    as in Qwen3-8B (tied random embeddings would make every token predict itself with certainty)."""
-    from pyorthrus import cli, fixtures, shapes
+def _user_files(out, write_checkpoint) -> dict:
+    """A plain base GGUF made the way community files are made (the patched tree's convert_hf_to_gguf.py on the
+    base weights of an upstream-format Orthrus checkpoint, real Qwen3 tokenizer), quantized to Q8_0 and Q4_K_M by
+    llama_model_quantize, and the adapter-only GGUF that `pyorthrus convert` makes from the same checkpoint."""
+    from pyorthrus import cli, shapes
     from pyorthrus.convert.checkpoint import OrthrusCheckpoint
     from pyorthrus.convert.hf_base import convert_base_to_gguf
 
-    out = tmp_path_factory.mktemp("qwen3-journey")
-    ckpt = fixtures.write_tiny_orthrus_qwen3(out / "Orthrus-Qwen3-tiny", seed=31, hidden_size=256, num_heads=4,
-                                             num_kv_heads=2, head_dim=64, intermediate_size=512,
-                                             tie_word_embeddings=False)
+    ckpt = write_checkpoint(out / "Orthrus-tiny")
     files = {"checkpoint": ckpt, "f32": convert_base_to_gguf(OrthrusCheckpoint(ckpt), "f32", out),
-             "adapter": out / "orthrus-qwen3-tiny.gguf"}
+             "adapter": out / "orthrus-tiny.gguf"}
     assert cli.main(["convert", str(ckpt), "--adapter-out", str(files["adapter"]), "--outtype", "f32"]) == 0
     for weight_type in ("q8_0", "q4_k_m"):
-        files[weight_type] = shapes.quantize_gguf(files["f32"], out / f"qwen3-tiny.{weight_type}.gguf", weight_type,
+        files[weight_type] = shapes.quantize_gguf(files["f32"], out / f"base.{weight_type}.gguf", weight_type,
                                                   threads=2)
     return files
+
+
+# Widths are multiples of 256 so that Q4_K_M really stores K-quants; the output matrix is untied, as in Qwen3-8B
+# (tied random embeddings would make every token predict itself with certainty).
+JOURNEY_SHAPE = dict(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def qwen3_journey(tmp_path_factory):
+    """What a Qwen3 user holds (issue 16): a plain `qwen3` base GGUF (F32, Q8_0, Q4_K_M) and an adapter file."""
+    from pyorthrus import fixtures
+
+    return _user_files(tmp_path_factory.mktemp("qwen3-journey"),
+                       lambda d: fixtures.write_tiny_orthrus_qwen3(d, seed=31, head_dim=64, **JOURNEY_SHAPE))
+
+
+@pytest.fixture(scope="session")
+def qwen2_journey(tmp_path_factory):
+    """The same for a Qwen2/Qwen2.5 base (architecture `qwen2`: q/k/v biases, no q/k norms)."""
+    from pyorthrus import fixtures
+
+    return _user_files(tmp_path_factory.mktemp("qwen2-journey"),
+                       lambda d: fixtures.write_tiny_orthrus_qwen2(d, seed=33, **JOURNEY_SHAPE))

@@ -119,7 +119,7 @@ def test_adapter_round_trip(ckpt_name, outtype, request, tmp_path):
         "orthrus.base.head_count": cfg.num_heads, "orthrus.base.head_count_kv": cfg.num_kv_heads,
         "orthrus.base.vocab_size": cfg.vocab_size}
     source = hf_tensors(ckpt)
-    per_layer = (6 if cfg.has_qk_norm else 4) + (4 if cfg.attention_bias else 0)
+    per_layer = (6 if cfg.has_qk_norm else 4) + len(cfg.biased_projections)
     assert len(reader.tensors) == per_layer * cfg.num_layers
     for tensor in reader.tensors:
         expected = source[gguf_to_hf_name(tensor.name)]

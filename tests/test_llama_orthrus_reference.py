@@ -1,7 +1,8 @@
 """llama.cpp's two views against the PyTorch reference on tiny F32 merged files (issue 7, "must show" 2).
 
-Merged GGUFs of the tiny Qwen3-format (arch "orthrus", the community format) and Llama-format (arch "llama" with
-optional diff tensors; with and without attention bias) fixtures, converted by pyorthrus.convert. AR logits of the
+Merged GGUFs of the tiny Qwen3-format (arch "orthrus", the community format), Llama-format (arch "llama" with
+optional diff tensors; with and without attention bias) and Qwen2-format (arch "qwen2", q/k/v biases) fixtures,
+converted by pyorthrus.convert; and plain Qwen3/Qwen2 base GGUFs with an adapter file (the user's path). AR logits of the
 prefix, draft-view logits of a block [x, MASK...] and verify-view logits of the block must match
 pyorthrus.reference within 1e-4 (max abs) with flash attention off (F32 KV cache); with flash attention on, the
 CPU kernel's F16 rounding gives ~1e-2 already on the unpatched AR path, so those are held to 5e-2.
@@ -29,14 +30,15 @@ def merged(tmp_path_factory):
     paths = {}
     for name, write in (("qwen3", lambda d: fixtures.write_tiny_orthrus_qwen3(d, seed=3)),
                         ("llama", lambda d: fixtures.write_tiny_orthrus_llama(d, seed=4)),
-                        ("llama-bias", lambda d: fixtures.write_tiny_orthrus_llama(d, seed=5, attention_bias=True))):
+                        ("llama-bias", lambda d: fixtures.write_tiny_orthrus_llama(d, seed=5, attention_bias=True)),
+                        ("qwen2", lambda d: fixtures.write_tiny_orthrus_qwen2(d, seed=6))):
         ckpt = write(out / f"ckpt-{name}")
         paths[name] = out / f"{name}.gguf"
         convert_checkpoint(ckpt, merged_out=paths[name], outtype="f32", progress=False)
     return paths
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama", "llama-bias"])
+@pytest.mark.parametrize("name", ["qwen3", "llama", "llama-bias", "qwen2"])
 def test_views_match_reference(merged, name):
     path = merged[name]
     ref = reference.load_gguf(path)
@@ -48,20 +50,22 @@ def test_views_match_reference(merged, name):
         model.close()
 
 
-def test_views_match_reference_on_a_plain_qwen3_base_with_an_adapter_file(qwen3_journey):
-    """The upstream user's path: a plain `qwen3` F32 base GGUF (llama.cpp's own converter) and the adapter-only GGUF
-    of the same checkpoint, attached to the context; both views match the reference built from the same two files,
-    which equals the reference built from the HF checkpoint itself."""
-    ref = reference.load_gguf(qwen3_journey["f32"], qwen3_journey["adapter"])
-    hf = reference.load_hf(qwen3_journey["checkpoint"])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2"])
+def test_views_match_reference_on_a_plain_base_with_an_adapter_file(arch, request):
+    """The upstream user's path: a plain `qwen3` (or `qwen2`) F32 base GGUF made by llama.cpp's own converter and
+    the adapter-only GGUF of the same checkpoint, attached to the context; both views match the reference built
+    from the same two files, which equals the reference built from the HF checkpoint itself."""
+    journey = request.getfixturevalue(f"{arch}_journey")
+    ref = reference.load_gguf(journey["f32"], journey["adapter"])
+    hf = reference.load_hf(journey["checkpoint"])
     for (name, value), (_, want) in zip(ref.state_dict().items(), hf.state_dict().items()):
         assert torch.equal(value, want.float()), name
-    model = Model(qwen3_journey["f32"])
-    adapter = model.load_adapter(qwen3_journey["adapter"])
+    model = Model(journey["f32"])
+    adapter = model.load_adapter(journey["adapter"])
     try:
         assert adapter and not O.llama_orthrus_model_has_diff(model.ptr)
         for flash_attn in (False, True):
-            _check_views(ref, model, "qwen3 base + adapter", flash_attn, adapter)
+            _check_views(ref, model, f"{arch} base + adapter", flash_attn, adapter)
     finally:
         O.llama_orthrus_adapter_free(adapter)
         model.close()
@@ -113,7 +117,7 @@ def _check_views(ref, model, name, flash_attn, adapter=None):
         assert float(np.max(np.abs(got_draft - ref_verify))) > 1e-3  # the views really differ
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama", "llama-bias"])
+@pytest.mark.parametrize("name", ["qwen3", "llama", "llama-bias", "qwen2"])
 def test_fused_pass_rows_equal_separate_passes_and_reference(merged, name):
     """A fused pass [verify block at s | next draft block at s+K] (patch 0010's llama_orthrus_set_fused, what a fused
     cycle runs): its verify rows are exactly a plain verify pass's, and its draft rows exactly what a separate
@@ -181,7 +185,7 @@ def test_fused_pass_setting_is_checked(merged):
         model.close()
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama"])
+@pytest.mark.parametrize("name", ["qwen3", "llama", "qwen2"])
 def test_cycle_on_merged_model_without_adapter(merged, name):
     """A merged file needs no adapter: block size and mask token come from its own metadata, and greedy
     Orthrus equals greedy AR."""

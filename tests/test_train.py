@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pyorthrus import fixtures, reference
+from pyorthrus.convert import convert_checkpoint
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.train import model as tmodel
 from pyorthrus.train.loop import TrainConfig, train
@@ -52,7 +53,8 @@ def _check_against_reference(model, sequences, block_size):
     assert worst_ar < 2e-4, worst_ar
 
 
-@pytest.mark.parametrize("writer", [fixtures.write_tiny_orthrus_llama, fixtures.write_tiny_orthrus_qwen3])
+@pytest.mark.parametrize("writer", [fixtures.write_tiny_orthrus_llama, fixtures.write_tiny_orthrus_qwen3,
+                                    fixtures.write_tiny_orthrus_qwen2])
 def test_packed_forward_equals_reference_draft(tmp_path, writer):
     """Several documents per packed sequence, blocks at arbitrary phases, a block cut by the document end: every
     diffusion row equals the reference's forward_draft of that block with the document prefix cached."""
@@ -152,8 +154,6 @@ def test_resume_continues_exactly(tiny, tmp_path):
 def test_checkpoint_format_and_conversion(tiny, tmp_path):
     import gguf
 
-    from pyorthrus.convert import convert_checkpoint
-
     out = tmp_path / "run"
     train(_cfg(tiny, out, max_steps=2))
     config = json.loads((out / "config.json").read_text())
@@ -192,6 +192,18 @@ def test_qwen3_base_trains_norms(tmp_path):
                       max_steps=1, progress=False))
     names = set(reference.read_hf_tensors(out))
     assert "model.layers.0.self_attn.q_norm_diff.weight" in names and "model.layers.1.self_attn.k_norm_diff.weight" in names
+
+
+def test_qwen2_base_trains_its_qkv_biases(tmp_path):
+    base = fixtures.write_tiny_orthrus_qwen2(tmp_path / "base", seed=1)
+    data = _tiny_data(tmp_path / "d.jsonl", n_docs=2)
+    out = tmp_path / "run"
+    train(TrainConfig(base=str(base), data=[str(data)], out=str(out), block_size=K, seq_len=64, batch_size=1,
+                      max_steps=1, progress=False))
+    names = set(reference.read_hf_tensors(out))
+    assert {f"model.layers.1.self_attn.{p}_proj_diff.bias" for p in "qkv"} <= names
+    assert "model.layers.1.self_attn.o_proj_diff.bias" not in names
+    assert convert_checkpoint(out, adapter_out=tmp_path / "a.gguf", progress=False)["diff_tensors"] == 2 * 7
 
 
 def test_user_errors(tiny, tmp_path):

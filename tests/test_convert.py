@@ -341,6 +341,14 @@ def test_truncated_safetensors(small_ckpt, tmp_path):
     expect_failure(f"{shard}: truncated safetensors file", out, ckpt_dir=ckpt, adapter_out=out)
 
 
+def test_truncated_shard_of_a_sharded_checkpoint(tmp_path):
+    ckpt = fixtures.write_tiny_orthrus_qwen3(tmp_path / "ckpt", seed=22, shards=3)
+    shard = ckpt / "model-00002-of-00003.safetensors"
+    os.truncate(shard, shard.stat().st_size - 1000)
+    out = tmp_path / "a.gguf"
+    expect_failure(f"{shard}: truncated safetensors file", out, ckpt_dir=ckpt, adapter_out=out)
+
+
 def test_corrupt_safetensors(small_ckpt, tmp_path):
     ckpt = damaged_copy(small_ckpt, tmp_path / "ckpt")
     shard = ckpt / "model.safetensors"

@@ -9,8 +9,8 @@ PYORTHRUS_TEST_N_GPU_LAYERS (default 0; -1 offloads every layer) runs the same c
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -23,24 +23,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp.llama_cpp as L  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 
-_LOG_LEVEL = 4  # GGML_LOG_LEVEL_ERROR and above
-
-
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _log_cb(level, text, user):  # pragma: no cover - diagnostics only
-    if level >= _LOG_LEVEL and level != 5 and text:
-        sys.stderr.write(text.decode("utf-8", "replace"))
-
-
 _initialised = False
 
 
-def init_backend(quiet: bool = True) -> None:
+def init_backend() -> None:
     global _initialised
     if _initialised:
         return
-    if quiet:
-        L.llama_log_set(_log_cb, None)
+    # llama.cpp's messages go through llama-cpp-python's log callback (installed by `import llama_cpp`, shared by
+    # the whole process); quiet it the way llama_cpp.Llama(verbose=False) does rather than install a callback of
+    # our own, which would outlive this harness and print into every later test's captured stderr.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     L.llama_backend_init()
     _initialised = True
 

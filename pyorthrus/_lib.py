@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointer, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 5
+LLAMA_ORTHRUS_API_VERSION = 6
 
 _lib = _llama_cpp._lib
 
@@ -177,7 +177,7 @@ def llama_orthrus_adapter_init(model: Optional[int], path: bytes, /) -> Optional
 # void llama_orthrus_adapter_free(struct llama_orthrus_adapter * adapter);
 @ctypes_function("llama_orthrus_adapter_free", [llama_orthrus_adapter_p_ctypes], None)
 def llama_orthrus_adapter_free(adapter: Optional[int], /) -> None:
-    """Free an adapter (detach it from every context first; free it before its model)."""
+    """Free an adapter now (else its model frees it); every context it is attached to lets go of it."""
     ...
 
 

@@ -34,7 +34,10 @@ BUILD_INFO_FILE = "_pyorthrus_build.json"  # written into the llama_cpp package 
 BACKENDS = ("auto", "cpu", "cuda", "metal")
 FLAVOURS = ("strict", "fast")
 
-REPO_PATCHES = Path(__file__).resolve().parent.parent / "patches"
+# The patch series: patches/ of a checkout (editable install), else the copy a regular install ships inside the
+# package (pyproject maps it to pyorthrus/patches), so `pip install .` then `pyorthrus build` works too.
+_CHECKOUT_PATCHES = Path(__file__).resolve().parent.parent / "patches"
+REPO_PATCHES = _CHECKOUT_PATCHES if _CHECKOUT_PATCHES.is_dir() else Path(__file__).resolve().parent / "patches"
 
 # Flags of every build: no llava/mtmd library (we never use it; saves a third of the build time).
 COMMON_CMAKE_ARGS = ["-DLLAVA_BUILD=OFF"]

@@ -50,7 +50,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("orthrus", "ar"), default="orthrus",
                         help="orthrus (draft/verify) or ar (the same model, one token per step)")
-    sampling = parser.add_argument_group("sampling (temperature 0 = greedy)")
+    sampling = parser.add_argument_group(
+        "sampling (temperature 0 = greedy; as in llama.cpp, top-k, top-p and min-p filter the raw logits, then "
+        "temperature applies)")
     sampling.add_argument("--seed", type=int, default=0, help="sampling seed")
     sampling.add_argument("--temp", type=float, default=0.0, help="temperature")
     sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
@@ -124,4 +126,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print()
         print(stats_footer(result.stats), file=sys.stderr)
+        if not result.text and result.finish_reason == "stop" and not args.chat:
+            print("pyorthrus generate: the model ended its reply at once; -p is continued as plain text, so for a "
+                  "question to a chat model add --chat (its chat template)", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ chooses the block size, or a plain AR step, before every round (pyorthrus.auto).
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import ctypes
@@ -141,7 +142,6 @@ class Orthrus:
         self._lib = _lib
         self._lock = threading.Lock()
         self._owner = True  # False for ar_view(): it shares this instance's model, context and adapter
-        self._perturb_at: int | None = None  # test-only: replace the generated token at this index
         self.mode = mode
         self.seed = seed
         # fused cycles (verify block n and draft block n+1 in one pass): True for every cycle, None where
@@ -208,15 +208,14 @@ class Orthrus:
     def ar_view(self) -> "Orthrus":
         """The same model, context and build decoding one token per step: what Orthrus must reproduce."""
         view = copy.copy(self)
-        view.mode, view._owner, view._perturb_at = "ar", False, None
+        view.mode, view._owner = "ar", False
         return view
 
     def close(self) -> None:
-        """Detach and free the adapter, then the model (the adapter must go first)."""
+        """Free the adapter (which detaches it from the context), then the model."""
         if not getattr(self, "_owner", False):
             return
         if getattr(self, "adapter", None):
-            self._lib.llama_orthrus_set_adapter(self._ctx, None)
             self._lib.llama_orthrus_adapter_free(self.adapter)
             self.adapter = None
         if getattr(self, "llm", None) is not None:
@@ -336,8 +335,6 @@ class Orthrus:
                                                       stats)
                 if auto:
                     auto.observe_cycle(k, cycle.n_accepted, time.perf_counter() - start, cycle.fused, cycle.carried)
-            if self._perturb_at is not None and produced <= self._perturb_at < produced + len(tokens):
-                tokens[self._perturb_at - produced] = (tokens[self._perturb_at - produced] + 1) % self.llm.n_vocab()
             produced += len(tokens)
             last = tokens[-1]
             if stopped:
@@ -473,15 +470,19 @@ class _Stream:
         stats = GenerationStats(owner.mode, self.block_size if owner.mode == "orthrus" else 1,
                                 n_prompt=len(self.prompt))
         tokens: list[int] = []
-        visible: list[int] = []  # tokens without EOG ones: what the text is made of
+        # Text grows by each chunk's bytes (a token's text is its own piece, so this is detokenize(all tokens)); the
+        # decoder keeps a character split across chunks until its last byte comes, and only the new text's
+        # neighbourhood is searched for stop strings: a long generation costs linear time, not quadratic.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        longest_stop = max(map(len, self.stop), default=0)
         emitted = 0  # characters of text already yielded
         text, finish = "", "length"
         with owner._lock:
             for chunk in owner._chunks(self.prompt, *self.args, stats):
                 tokens += chunk.tokens
-                visible += [t for t in chunk.tokens if not owner._is_eog(t)]
-                text = owner.detokenize(visible)
-                cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+                searched = max(0, len(text) - longest_stop + 1)  # a stop string may begin in the old text's tail
+                text += decoder.decode(owner.llm.detokenize([t for t in chunk.tokens if not owner._is_eog(t)]))
+                cut = min((i for i in (text.find(s, searched) for s in self.stop) if i >= 0), default=-1)
                 if cut >= 0:
                     text, finish = text[:cut], "stop"
                 elif chunk.finish_reason:
@@ -489,7 +490,9 @@ class _Stream:
                 if self.cancelled:
                     finish = "cancelled"
                 done = cut >= 0 or chunk.finish_reason is not None or self.cancelled
-                # Hold back a tail that is a prefix of a stop string, and an incomplete UTF-8 character.
+                if done and cut < 0:
+                    text += decoder.decode(b"", final=True)  # an unfinished character at the very end: U+FFFD
+                # Hold back a tail that is a prefix of a stop string.
                 safe = len(text) if done else len(text) - _held_back(text, self.stop)
                 if safe > emitted:
                     yield text[emitted:safe]
@@ -500,7 +503,7 @@ class _Stream:
 
 
 def _held_back(text: str, stops: list[str]) -> int:
-    hold = 1 if text.endswith("\ufffd") else 0
+    hold = 0
     for stop in stops:
         for n in range(min(len(stop) - 1, len(text)), 0, -1):
             if text.endswith(stop[:n]):

@@ -519,24 +519,28 @@ def greedy_generate(model: OrthrusModel, prompt_ids, max_new_tokens: int, block_
     return out.tokens, stats
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Row-wise probabilities after temperature, top-k (0 = off) and top-p (1 = off), in float64.
-    Temperature <= 0 means greedy: all mass on the argmax (speculative sampling then reduces to greedy verify)."""
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                   min_p: float = 0.0) -> torch.Tensor:
+    """Row-wise probabilities in float64 as llama.cpp's samplers leave them: top-k (0 = off), top-p (1 = off, the
+    mass of the survivors' softmax) and min-p (0 = off) on the raw logits, then softmax(logit / temperature) over the
+    kept tokens. Temperature <= 0 means greedy: all mass on the argmax (speculative sampling then reduces to greedy
+    verify)."""
     if temperature <= 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
-    logits = logits.double() / temperature
+    logits = logits.double()
+    top = logits.max(-1, keepdim=True).values
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+        dropped = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        drop = torch.zeros_like(dropped).scatter(-1, order, dropped)
+        logits = logits.masked_fill(drop, -math.inf)
+    if min_p > 0.0:
+        logits = logits.masked_fill(logits < top + math.log(min_p), -math.inf)
+    return torch.softmax(logits / temperature, dim=-1)
 
 
 @torch.no_grad()

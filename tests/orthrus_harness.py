@@ -222,22 +222,22 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
 
 def processed_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0,
                     min_p: float = 0.0) -> np.ndarray:
-    """The distribution llama_orthrus_cycle samples from: temperature, softmax, top-k, top-p, min-p, renorm."""
-    z = (logits.astype(np.float64) - logits.max()) / temperature
-    p = np.exp(z)
-    p /= p.sum()
-    order = np.lexsort((np.arange(len(p)), -p))  # descending prob, lower id first on ties
-    keep = len(p)
-    if 0 < top_k < len(p):
+    """The distribution llama.cpp samples from with these flags, written out independently of it: top-k, top-p
+    (mass of the survivors' softmax) and min-p on the raw logits, then softmax(logit / temperature) over what is
+    kept (common_sampler's and llama_cpp.Llama's order)."""
+    z = logits.astype(np.float64)
+    order = np.lexsort((np.arange(len(z)), -z))  # descending logit, lower id first on ties
+    top = z[order[0]]
+    keep = len(z)
+    if 0 < top_k < keep:
         keep = top_k
     if top_p < 1.0:
-        c = np.cumsum(p[order[:keep]])
-        keep = min(keep, int(np.searchsorted(c, top_p)) + 1)
+        p = np.exp(z[order[:keep]] - top)
+        keep = min(keep, int(np.searchsorted(np.cumsum(p / p.sum()), top_p)) + 1)
     if min_p > 0.0:
-        thr = p[order[0]] * min_p
-        keep = max(1, int(np.sum(p[order[:keep]] >= thr)))
-    q = np.zeros_like(p)
-    q[order[:keep]] = p[order[:keep]]
+        keep = max(1, int(np.sum(z[order[:keep]] >= top + np.log(min_p))))
+    q = np.zeros_like(z)
+    q[order[:keep]] = np.exp((z[order[:keep]] - top) / temperature)
     return q / q.sum()
 
 

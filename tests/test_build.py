@@ -1,6 +1,7 @@
 """The patched build: it is what llama-cpp-python loads, it is cached, and bad input fails cleanly."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,10 +21,41 @@ def run_build(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 def test_llama_cpp_loads_the_patched_library():
     info = build.installed_build_info()
     assert info["patched"], "llama_cpp loaded a library without llama_orthrus_api_version"
-    assert info["orthrus_api_version"] >= 1
+    from pyorthrus import _lib
+
+    assert info["orthrus_api_version"] == _lib.LLAMA_ORTHRUS_API_VERSION
     # The installed wheel was built from exactly this checkout's patch series.
     assert info["build"]["patches_sha256"] == build.patch_series_hash(build.patch_files(build.REPO_PATCHES))
     assert info["build"]["patches"] == [p.name for p in build.patch_files(build.REPO_PATCHES)]
+
+
+def test_a_regular_install_builds_and_runs(tmp_path):
+    """`pip install .` (not editable) ships the patch series inside the package: its `pyorthrus build` finds the
+    same series (so the same cached wheel, already installed here) and its `pyorthrus generate` answers, from a
+    directory with no checkout in sight."""
+    repo = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # a copy, so setuptools' build/ and egg-info stay out of the checkout
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "tests",
+                                                                "bench", "__pycache__"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(site), str(source)], check=True, capture_output=True)
+    assert sorted(p.name for p in (site / "pyorthrus" / "patches").glob("*.patch")) == \
+        [p.name for p in build.patch_files(repo / "patches")]
+    env = dict(os.environ, PYTHONPATH=str(site))
+
+    def pyorthrus(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "pyorthrus", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    built = json.loads(pyorthrus("build", "--json"))
+    assert built["action"] == "already installed"
+    assert built["key"] == build.make_config().key
+    answer = json.loads(pyorthrus("generate", "--chat", "-p", "What is the capital of France?", "-n", "12",
+                                  "--json"))
+    assert "Paris" in answer["text"]
 
 
 def test_build_check_reports_patch(tmp_path):

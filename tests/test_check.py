@@ -55,7 +55,17 @@ def test_check_reports_full_trajectory_match(base, smollm2_path, smollm2_f16, tm
 def test_perturbed_decoding_fails_with_a_clear_report(smollm2_path, tmp_path):
     adapter = write_identity_adapter(smollm2_path, tmp_path / "adapter.gguf", block_size=16)
     with Orthrus(smollm2_path, adapter, block_size=8, n_ctx=512, n_threads=1, n_threads_batch=1) as model:
-        model._perturb_at = 5  # test-only hook: the 6th generated token is replaced after verification
+        verified_cycle = model._orthrus_cycle
+
+        def perturbed_cycle(last, block_size, params, out, n_max, cycle, stats):
+            """The cycle, then the 6th generated token replaced after verification (as a decoding bug would)."""
+            tokens, stopped = verified_cycle(last, block_size, params, out, n_max, cycle, stats)
+            i = 5 - stats.n_generated  # stats.n_generated: the tokens of earlier rounds
+            if 0 <= i < len(tokens):
+                tokens[i] = (tokens[i] + 1) % model.llm.n_vocab()
+            return tokens, stopped
+
+        model._orthrus_cycle = perturbed_cycle
         rows = [check.compare(model, model.ar_view(), p, max_tokens=24, chat=True) for p in prompts.load("mix", 2)]
     summary = check.summarize(rows)
     assert summary["exact_match_rate"] == 0.0

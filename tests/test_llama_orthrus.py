@@ -114,14 +114,17 @@ def test_ar_logits_unchanged_by_adapter_and_mode_toggles(ctx, model):
 
 @pytest.mark.parametrize("K", [4, 16])
 def test_greedy_orthrus_equals_greedy_ar(ctx, model, K):
-    """Token-identical to one-token-at-a-time greedy AR in the same build (4 prompts x 48 tokens)."""
+    """Token-identical to one-token-at-a-time greedy AR in the same build (4 prompts x 48 tokens), with drafts
+    accepted along the way (equality alone would also hold if every draft were rejected)."""
+    accepted = 0
     for text in PROMPTS:
         prompt = model.chat_prompt(text)
         ref = greedy_ar(ctx, prompt, 48)
         run = orthrus_generate(ctx, prompt, 48, block_size=K)  # checks the cache convention after every cycle
         assert run.tokens == ref, (text, K)
-        assert run.cycles <= len(ref)
         assert run.drafted == run.cycles * (K - 1)
+        accepted += run.accepted
+    assert accepted > 0
 
 
 def test_verify_len_shorter_than_block(ctx, model):
@@ -244,6 +247,36 @@ def test_adapter_mismatch_is_an_error_not_a_crash(model, smollm2_path, tmp_path,
     msg = O.last_error()
     assert word in msg, msg
     assert "\n" not in msg
+
+
+def test_any_order_of_frees_is_safe(smollm2_path, adapter_path):
+    """Adapters are owned by their model (as LoRA adapters are) and freeing one detaches it from its contexts: an
+    adapter freed while attached leaves its context with a clean error instead of freed tensors, a context freed
+    first drops out of its adapter, and a model freed with an adapter still loaded frees it."""
+    m = Model(smollm2_path)
+    first, second = Context(m, n_ctx=128, n_batch=32), Context(m, n_ctx=128, n_batch=32)
+    params = O.llama_orthrus_default_params()
+    params.block_size = 4
+    out, stats = (O.llama_token * 4)(), O.llama_orthrus_stats()
+
+    def cycle() -> int:
+        last = first.prefill(m.chat_prompt("Hi"))
+        return O.llama_orthrus_cycle(first.ptr, 0, last, ctypes.byref(params), out, 4, ctypes.byref(stats))
+
+    ad = m.load_adapter(adapter_path)
+    for c in (first, second):
+        assert O.llama_orthrus_set_adapter(c.ptr, ad) == 0
+    assert cycle() > 0
+    second.close()
+    O.llama_orthrus_adapter_free(ad)
+    assert not O.llama_orthrus_get_adapter(first.ptr)
+    assert cycle() < 0
+    assert "no diff weights" in O.last_error()
+    again = m.load_adapter(adapter_path)
+    assert O.llama_orthrus_set_adapter(first.ptr, again) == 0
+    assert cycle() > 0
+    first.close()
+    m.close()  # frees `again` with the model (a double free would abort the process here)
 
 
 def test_adapter_truncated_header_and_missing_file(model, adapter_path, tmp_path):

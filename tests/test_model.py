@@ -46,6 +46,7 @@ def test_orthrus_greedy_equals_ar_greedy(orthrus, ar, prompt):
     assert got.text == expected.text
     stats = got.stats
     assert stats.n_generated == len(got.tokens)
+    assert stats.n_cycles < stats.n_generated  # drafts were accepted: equality alone holds if none ever is
     assert sum(stats.accepted.values()) == stats.n_cycles
     # every cycle commits its accepted drafts plus one bonus token (the last cycle may be cut by max_tokens)
     assert sum(k * v for k, v in stats.accepted.items()) + stats.n_cycles >= stats.n_generated
@@ -56,6 +57,18 @@ def test_stream_yields_the_same_text(orthrus):
     pieces = orthrus.generate(PROMPTS[1], max_tokens=40, stream=True)
     assert "".join(pieces) == whole.text
     assert pieces.result.tokens == whole.tokens
+
+
+@pytest.mark.parametrize("question", ["Translate 'thank you' into Japanese.", "Write three emoji."])
+def test_stream_of_characters_split_across_tokens(ar, orthrus, question):
+    """Japanese and emoji characters are 3-4 bytes that SmolLM2 emits one or two bytes per token: one token per
+    chunk (AR) splits them across chunks, and the stream must still equal the whole text, with no stray U+FFFD."""
+    for model in (ar, orthrus):
+        prompt = model.chat_prompt([{"role": "user", "content": question}])
+        whole = model.generate(prompt, max_tokens=32)
+        assert any(ord(c) > 0x2000 for c in whole.text), whole.text  # the question did draw such characters
+        assert whole.text == model.detokenize([t for t in whole.tokens if not model._is_eog(t)])
+        assert "".join(model.generate(prompt, max_tokens=32, stream=True)) == whole.text
 
 
 def test_stop_string_cuts_exactly(orthrus):
@@ -129,3 +142,28 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
                                                                                            max_tokens=48).tokens
     with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
         assert not fast.strict and fast.llm.model_params.use_extra_bufts
+
+
+# Flags where llama.cpp's order (filters on the raw logits, temperature last) and a temperature-first order keep
+# very different token sets: a hot temperature flattens the distribution, so filtering after it keeps many more.
+@pytest.mark.parametrize("flags", [dict(temperature=1.6, top_p=0.5), dict(temperature=2.0, top_k=12, min_p=0.1)],
+                         ids=["temp-topp", "temp-topk-minp"])
+def test_ar_sampling_follows_llama_cpp_python_for_the_same_flags(ar, smollm2, flags):
+    """The distribution our sampler draws from (the C step behind every sampled AR step and, as p and q, every
+    sampled cycle) is llama.cpp's for the same flags: 600 first tokens after a prompt from Orthrus.ar_view() and
+    600 from llama-cpp-python's own Llama.generate, one seed each, pass a chi-square homogeneity test (alpha 0.001)."""
+    from pyorthrus.check_sampling import draw_runs
+    from pyorthrus.check_stats import homogeneity_test
+
+    prompt = ar.tokenize("My favourite animal is the")
+    sampling = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, **flags}
+    seeds = range(600)
+    ours = [run[0] for run in draw_runs(ar, prompt, seeds, 1, sampling)]
+    theirs = []
+    for seed in seeds:
+        smollm2.set_seed(seed)
+        theirs.append(next(smollm2.generate(prompt, temp=sampling["temperature"], top_k=sampling["top_k"],
+                                            top_p=sampling["top_p"], min_p=sampling["min_p"], repeat_penalty=1.0)))
+    result = homogeneity_test(ours, theirs)
+    assert result["dof"] >= 3, result  # the flags leave a real choice, so the test has something to see
+    assert result["p_value"] > 1e-3, result

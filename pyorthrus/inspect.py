@@ -167,7 +167,7 @@ def format_report(info: dict) -> str:
     if info["low_precision_diff_tensors"]:
         lines.append("warning:       diff weights below Q8_0 ("
                      + ", ".join(f"{n} {t}" for t, n in info["low_precision_diff_tensors"].items())
-                     + "): drafts may be accepted far less often; keep them at Q8_0 or better")
+                     + "): drafts may be accepted less often; keep them at Q8_0 or better")
     return "\n".join(lines)
 
 

@@ -439,13 +439,14 @@ class Orthrus:
 
 def _warn_low_precision_diff(path) -> None:
     """Warn when the file holding the diff weights stores them below Q8_0 (e.g. a merged file quantized to Q4_K_M
-    as a whole): the drafts then lose much of their acceptance, which no error would reveal."""
+    as a whole): the drafts may then be accepted less often (little on our 135M adapter, far less on 8B models by
+    public reports), which no error would reveal."""
     from .inspect import low_precision_diff_tensors, open_reader
 
     low = low_precision_diff_tensors(open_reader(path))
     if low:
         warnings.warn(f"{path}: {sum(low.values())} diff weight matrices are stored below Q8_0 ("
-                      + ", ".join(f"{n} {t}" for t, n in low.items()) + "); drafts may be accepted far less often "
+                      + ", ".join(f"{n} {t}" for t, n in low.items()) + "); drafts may be accepted less often "
                       "(quantize the diff tensors to Q8_0 or better, e.g. `pyorthrus convert --outtype q8_0`)",
                       stacklevel=3)
 

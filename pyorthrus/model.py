@@ -13,6 +13,7 @@ import copy
 import ctypes
 import numbers
 import os
+import re
 import threading
 import time
 import warnings
@@ -54,6 +55,32 @@ def _strict_cpu_model_params():
             yield
         finally:
             lowlevel.llama_model_default_params = default
+
+
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h of the pinned llama.cpp (llama-cpp-python's own table predates it)
+
+
+@contextlib.contextmanager
+def load_errors_kept(errors: list[str]):
+    """While loading, keep the errors llama.cpp logs (the first says why it refuses a file, e.g. "failed to read
+    key-value pairs"), which llama-cpp-python's ValueError leaves out; every message still reaches llama-cpp-python's
+    own log callback."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def keep(level, text, user_data):
+        if level == GGML_LOG_LEVEL_ERROR:
+            message = text.decode("utf-8", "replace").strip()
+            # "llama_model_load: error loading model: error loading model vocabulary: REASON" -> "REASON"
+            errors.append(re.sub(r"^((\w+|error loading model( \w+)?): )+", "", message))
+        _logger.llama_log_callback(level, text, user_data)
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 @dataclass
@@ -152,13 +179,15 @@ class Orthrus:
         self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
         self.strict = n_gpu_layers == 0 if strict is None else strict
+        errors: list[str] = []
         try:
-            with _strict_cpu_model_params() if self.strict else contextlib.nullcontext():
+            with _strict_cpu_model_params() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                                            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
                                            verbose=verbose, **llama_kwargs)
         except ValueError as exc:
-            raise PyorthrusError(f"{model_path}: llama.cpp could not load it ({exc})") from exc
+            raise PyorthrusError(f"{model_path}: llama.cpp could not load it ({errors[0] if errors else exc})") \
+                from exc
         self._ctx = self.llm._ctx.ctx
         model = self.llm._model.model
         if adapter_path is not None:

@@ -150,14 +150,14 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
                          ids=["temp-topp", "temp-topk-minp"])
 def test_ar_sampling_follows_llama_cpp_python_for_the_same_flags(ar, smollm2, flags):
     """The distribution our sampler draws from (the C step behind every sampled AR step and, as p and q, every
-    sampled cycle) is llama.cpp's for the same flags: 600 first tokens after a prompt from Orthrus.ar_view() and
-    600 from llama-cpp-python's own Llama.generate, one seed each, pass a chi-square homogeneity test (alpha 0.001)."""
+    sampled cycle) is llama.cpp's for the same flags: 400 first tokens after a prompt from Orthrus.ar_view() and
+    400 from llama-cpp-python's own Llama.generate, one seed each, pass a chi-square homogeneity test (alpha 0.001)."""
     from pyorthrus.check_sampling import draw_runs
     from pyorthrus.check_stats import homogeneity_test
 
     prompt = ar.tokenize("My favourite animal is the")
     sampling = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, **flags}
-    seeds = range(600)
+    seeds = range(400)  # with the old temperature-first order: chi-square 612 on 34 dof at 600 seeds
     ours = [run[0] for run in draw_runs(ar, prompt, seeds, 1, sampling)]
     theirs = []
     for seed in seeds:

@@ -1,0 +1,73 @@
+"""Untrusted files (issue 18): a slice of bench/fuzz.py, and each input the fuzzer found that crashed the process,
+rebuilt here from a valid file by the same one-field change."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_fuzz_slice_finds_no_crash_hang_or_sanitizer_report(tmp_path):
+    """40 mutants per target (adapter, merged, checkpoint) on the installed build: every one is refused cleanly or
+    loads and decodes. The full run (14,000 mutants) is bench/fuzz.py; its report is in bench/results/."""
+    out = tmp_path / "fuzz"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--seed", "1", "--iterations", "40",
+                             "--minutes", "2", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    for target, r in report["targets"].items():
+        assert r["mutants"] >= 10, (target, r)  # the slice really ran (the time limit was not all spent on setup)
+        assert r["counts"]["clean_error"] > 0, (target, r)  # and the mutations were really bad input
+
+
+def _with_a_repeated_token(src: Path, dst: Path) -> str:
+    """A copy of src whose vocabulary lists one token string twice: a later token of the same length as an
+    earlier one gets its bytes (the change bench/fuzz.py made)."""
+    reader = gguf.GGUFReader(src)
+    field = reader.fields["tokenizer.ggml.tokens"]
+    strings = [(field.parts[i].__array_interface__["data"][0] - reader.data.__array_interface__["data"][0],
+                bytes(field.parts[i])) for i in field.data]
+    first = {}
+    for offset, text in strings:
+        if len(text) in first and first[len(text)][1] != text:
+            data = bytearray(src.read_bytes())
+            data[offset:offset + len(text)] = first[len(text)][1]
+            dst.write_bytes(data)
+            return first[len(text)][1].decode()
+        first.setdefault(len(text), (offset, text))
+    raise AssertionError("no two token strings of equal length")
+
+
+def test_a_vocabulary_with_a_repeated_token_is_refused_not_an_abort(qwen3_journey, tmp_path):
+    """Found by bench/fuzz.py (merged target): llama.cpp's vocabulary loader asserted that token strings are
+    distinct and aborted the process; with patch 0014 the model is refused with a message."""
+    bad = tmp_path / "repeated-token.gguf"
+    _with_a_repeated_token(qwen3_journey["f32"], bad)
+    result = subprocess.run([sys.executable, "-m", "pyorthrus", "generate", "-m", str(bad), "--mode", "ar", "-p", "hi",
+                             "-n", "2"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-2000:]  # not -6 (SIGABRT)
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"pyorthrus generate: error: {re.escape(str(bad))}: llama.cpp could not load it \(the "
+                        r"vocabulary lists (\d+) tokens but only (\d+) distinct strings\)", last), last
+
+
+def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp_path):
+    """The reason llama.cpp logs for refusing a file reaches the one-line error (llama-cpp-python's own exception
+    says only that loading failed)."""
+    for size, reason in ((8, "failed to read header"), (1 << 20, "failed to read key-value pairs"),
+                         (80 << 20, "data is not within the file bounds")):
+        cut = tmp_path / f"cut-{size}.gguf"
+        with open(smollm2_path, "rb") as src:
+            cut.write_bytes(src.read(size))
+        result = subprocess.run([sys.executable, "-m", "pyorthrus", "generate", "-m", str(cut), "--mode", "ar", "-p",
+                                 "hi", "-n", "2"], capture_output=True, text=True)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"pyorthrus generate: error: {cut}: llama.cpp could not load it (") and \
+            reason in lines[0], lines[0]

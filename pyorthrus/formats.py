@@ -5,6 +5,7 @@ bases. `pyorthrus convert` (adapter and --base merged files) and `pyorthrus insp
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import PyorthrusError
@@ -51,33 +52,62 @@ class OrthrusConfig:
 def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
     """OrthrusConfig from an Orthrus (or plain Qwen3/Qwen2/Llama) config.json. Upstream Orthrus configs are Qwen3
     configs with model_type "orthrus"; our Llama- and Qwen2-based checkpoints add `base_model_type`."""
+    if not isinstance(hf, dict):
+        raise PyorthrusError(f"{source}: expected a JSON object, not {type(hf).__name__}")
     model_type = hf.get("model_type")
     base = hf.get("base_model_type", QWEN3) if model_type == "orthrus" else model_type
     if base not in SUPPORTED_BASES:
         raise PyorthrusError(f"{source}: unsupported base model type {base!r} (supported: {', '.join(SUPPORTED_BASES)})")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise PyorthrusError(f"{source}: rope_parameters must be an object, not {rope!r}")
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise PyorthrusError(f"{source}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
-    try:
-        heads = hf["num_attention_heads"]
-        return OrthrusConfig(
-            base=base,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads", heads),
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
-            tie_word_embeddings=hf.get("tie_word_embeddings", False),
-            attention_bias=hf.get("attention_bias", False),
-            block_size=hf.get("block_size", 32),
-            mask_token_id=hf.get("mask_token_id"),
-        )
-    except KeyError as exc:
-        raise PyorthrusError(f"{source}: missing field {exc.args[0]!r}") from None
+
+    def count(key: str, default=None) -> int:
+        """A size or count: an integer the GGUF's 32-bit fields can hold (a checkpoint may come from anyone)."""
+        value = hf.get(key, default)
+        if value is None:
+            raise PyorthrusError(f"{source}: missing field {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+            raise PyorthrusError(f"{source}: {key} must be a positive integer below 2^31, not {value!r}")
+        return value
+
+    def number(key: str, default: float) -> float:
+        value = hf.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise PyorthrusError(f"{source}: {key} must be a positive number, not {value!r}")
+        return float(value)
+
+    def flag(key: str) -> bool:
+        value = hf.get(key, False)
+        if not isinstance(value, bool):
+            raise PyorthrusError(f"{source}: {key} must be true or false, not {value!r}")
+        return value
+
+    heads, hidden, vocab = count("num_attention_heads"), count("hidden_size"), count("vocab_size")
+    head_dim = count("head_dim") if hf.get("head_dim") is not None else hidden // heads
+    if head_dim == 0:
+        raise PyorthrusError(f"{source}: num_attention_heads {heads} exceeds hidden_size {hidden}")
+    mask = hf.get("mask_token_id")
+    if mask is not None and (isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < vocab):
+        raise PyorthrusError(f"{source}: mask_token_id must be a token id below vocab_size {vocab}, not {mask!r}")
+    return OrthrusConfig(
+        base=base,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=count("intermediate_size"),
+        num_layers=count("num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=count("num_key_value_heads", heads),
+        head_dim=head_dim,
+        rms_norm_eps=number("rms_norm_eps", 1e-6),
+        rope_theta=number("rope_theta", rope.get("rope_theta", 10000.0)),
+        tie_word_embeddings=flag("tie_word_embeddings"),
+        attention_bias=flag("attention_bias"),
+        block_size=count("block_size", 32),
+        mask_token_id=mask,
+    )
 
 
 def permute_qk_rows(weight, n_head: int):

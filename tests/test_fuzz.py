@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import gguf
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,3 +72,23 @@ def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert lines[0].startswith(f"pyorthrus generate: error: {cut}: llama.cpp could not load it (") and \
             reason in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("key,value", [("vocab_size", "x"), ("num_hidden_layers", None), ("hidden_size", 2.5),
+                                       ("block_size", 1 << 40), ("mask_token_id", -1), ("num_attention_heads", 0)])
+def test_a_config_value_of_the_wrong_kind_is_one_line_and_writes_nothing(tmp_path, key, value):
+    """Found by bench/fuzz.py (checkpoint target): config.json values of the wrong type or out of the GGUF's 32-bit
+    range raised TypeError / struct.error tracebacks from deep inside the converter."""
+    from pyorthrus import cli, fixtures
+
+    ckpt = fixtures.write_tiny_orthrus_qwen3(tmp_path / "ckpt", seed=9)
+    config = json.loads((ckpt / "config.json").read_text())
+    config[key] = value
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "adapter.gguf"
+    result = subprocess.run([sys.executable, "-m", "pyorthrus", "convert", str(ckpt), "--adapter-out", str(out)],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pyorthrus convert: error: {ckpt / 'config.json'}: ") and key in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == [ckpt]  # no output, no temporary file

@@ -361,8 +361,9 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
         done += 1
         if outcome in ("crash", "sanitizer", "hang"):
             keep = saved / f"{target}-{args.seed}-{index}"
-            if mutant.is_dir():
-                shutil.copytree(mutant, keep, symlinks=False, dirs_exist_ok=True)
+            if mutant.is_dir():  # the mutated files only: the links point at the seed's unchanged tokenizer files
+                shutil.copytree(mutant, keep, dirs_exist_ok=True,
+                                ignore=lambda d, names: [n for n in names if (Path(d) / n).is_symlink()])
             else:
                 shutil.copy(mutant, keep.with_suffix(".gguf"))
             finding = {"target": target, "index": index, "outcome": outcome, "mutation": what, "message": message}

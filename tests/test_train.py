@@ -184,23 +184,22 @@ def test_checkpoint_format_and_conversion(tiny, tmp_path):
             np.testing.assert_array_equal(value, tensors[f"model.layers.{i}.self_attn.{proj}_diff.weight"].numpy())
 
 
-def test_qwen3_base_trains_norms(tmp_path):
-    base = fixtures.write_tiny_orthrus_qwen3(tmp_path / "base", seed=1)
+def _one_step(base, tmp_path) -> tuple[Path, set[str]]:
+    """Train one step on `base`; the run directory and the names of the tensors it wrote."""
     data = _tiny_data(tmp_path / "d.jsonl", n_docs=2)
     out = tmp_path / "run"
     train(TrainConfig(base=str(base), data=[str(data)], out=str(out), block_size=K, seq_len=64, batch_size=1,
                       max_steps=1, progress=False))
-    names = set(reference.read_hf_tensors(out))
+    return out, set(reference.read_hf_tensors(out))
+
+
+def test_qwen3_base_trains_norms(tmp_path):
+    _, names = _one_step(fixtures.write_tiny_orthrus_qwen3(tmp_path / "base", seed=1), tmp_path)
     assert "model.layers.0.self_attn.q_norm_diff.weight" in names and "model.layers.1.self_attn.k_norm_diff.weight" in names
 
 
 def test_qwen2_base_trains_its_qkv_biases(tmp_path):
-    base = fixtures.write_tiny_orthrus_qwen2(tmp_path / "base", seed=1)
-    data = _tiny_data(tmp_path / "d.jsonl", n_docs=2)
-    out = tmp_path / "run"
-    train(TrainConfig(base=str(base), data=[str(data)], out=str(out), block_size=K, seq_len=64, batch_size=1,
-                      max_steps=1, progress=False))
-    names = set(reference.read_hf_tensors(out))
+    out, names = _one_step(fixtures.write_tiny_orthrus_qwen2(tmp_path / "base", seed=1), tmp_path)
     assert {f"model.layers.1.self_attn.{p}_proj_diff.bias" for p in "qkv"} <= names
     assert "model.layers.1.self_attn.o_proj_diff.bias" not in names
     assert convert_checkpoint(out, adapter_out=tmp_path / "a.gguf", progress=False)["diff_tensors"] == 2 * 7

@@ -27,21 +27,22 @@ def test_fuzz_slice_finds_no_crash_hang_or_sanitizer_report(tmp_path):
         assert r["counts"]["clean_error"] > 0, (target, r)  # and the mutations were really bad input
 
 
-def _with_a_repeated_token(src: Path, dst: Path) -> str:
+def _with_a_repeated_token(src: Path, dst: Path) -> None:
     """A copy of src whose vocabulary lists one token string twice: a later token of the same length as an
     earlier one gets its bytes (the change bench/fuzz.py made)."""
     reader = gguf.GGUFReader(src)
     field = reader.fields["tokenizer.ggml.tokens"]
-    strings = [(field.parts[i].__array_interface__["data"][0] - reader.data.__array_interface__["data"][0],
-                bytes(field.parts[i])) for i in field.data]
-    first = {}
-    for offset, text in strings:
-        if len(text) in first and first[len(text)][1] != text:
+    start = reader.data.__array_interface__["data"][0]
+    first_of_length: dict[int, bytes] = {}
+    for i in field.data:
+        text = bytes(field.parts[i])
+        earlier = first_of_length.setdefault(len(text), text)
+        if earlier != text:
+            offset = field.parts[i].__array_interface__["data"][0] - start
             data = bytearray(src.read_bytes())
-            data[offset:offset + len(text)] = first[len(text)][1]
+            data[offset:offset + len(text)] = earlier
             dst.write_bytes(data)
-            return first[len(text)][1].decode()
-        first.setdefault(len(text), (offset, text))
+            return
     raise AssertionError("no two token strings of equal length")
 
 

@@ -177,7 +177,7 @@ def write_f16(name: str, path: Path, seed: int = 0, progress: bool = True) -> Pa
 def _check_room(name: str, shape: Shape, types: list[str], cache: Path) -> None:
     """Refuse before writing anything when the disk or the RAM cannot hold what the run needs."""
     need_disk = sum(BYTES_PER_WEIGHT[t] * shape.n_params for t in {"f16", *types}) + GIB
-    free_disk = shutil.disk_usage(cache).free
+    free_disk = _free_disk(cache)
     if need_disk > free_disk:
         raise PyorthrusError(f"{cache}: shape {name} ({', '.join(types)}) needs {need_disk / GIB:.1f} GiB of disk, "
                              f"{free_disk / GIB:.1f} GiB free")
@@ -186,6 +186,10 @@ def _check_room(name: str, shape: Shape, types: list[str], cache: Path) -> None:
     if available is not None and largest > available:
         raise PyorthrusError(f"shape {name}: timing it warm needs {largest / GIB:.1f} GiB of RAM for its largest "
                              f"file, {available / GIB:.1f} GiB available")
+
+
+def _free_disk(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 def _mem_available() -> int | None:

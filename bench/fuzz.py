@@ -7,6 +7,8 @@ from a seed by one to three mutations and fed to a worker process:
   adapter     llama_orthrus_adapter_init on the loaded base, then one decode cycle with it attached
   merged      llama_model_load_from_file, then one decode cycle when it has diff weights
   checkpoint  `pyorthrus convert CKPT --adapter-out FILE` (in the worker), which must write nothing when it fails
+  hparams     not random: every scalar number in the merged file's metadata (block count, head counts, epsilons,
+              rope base, ...) set in turn to each edge value (0, 1, -1, extremes, NaN, +-inf), then as merged
 
 GGUF mutations work on the file's own structure (every header count, key/value length, type and value, every
 tensor's name, dimensions, type and offset, read from gguf-py's reader): interesting integers (0, 1, -1, extremes,
@@ -21,6 +23,7 @@ index): its random generator is seeded with exactly that.
 
     python bench/fuzz.py --out bench/results/fuzz_cpu                     # 10k adapter, 2k merged, 2k checkpoint
     python bench/fuzz.py --iterations 50 --minutes 1.5 --out /tmp/fuzz    # a quick slice (tests/test_fuzz.py)
+    python bench/fuzz.py --sanitize --out bench/results/fuzz_asan          # the same under ASan + UBSan
 """
 from __future__ import annotations
 
@@ -44,9 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
-TARGETS = {"adapter": 10_000, "merged": 2_000, "checkpoint": 2_000}  # default mutants per target
+from pyorthrus.testing.gguf_edits import offset_in_file
+
+# default mutants per target; None: the hparams sweep runs every (key, edge value) pair
+TARGETS = {"adapter": 10_000, "merged": 2_000, "checkpoint": 2_000, "hparams": None}
 OUTCOMES = ("clean_error", "loaded", "crash", "sanitizer", "hang")
-SANITIZER_MARKERS = (b"AddressSanitizer", b"LeakSanitizer", b"runtime error:", b"UndefinedBehaviorSanitizer")
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 PROMPT = [9707, 11, 1879, 0, 358, 1079]  # a few ordinary Qwen3 token ids
 
 
@@ -74,9 +80,8 @@ def gguf_fields(path: Path) -> list[list[tuple[int, np.dtype, int]]]:
     import gguf
 
     reader = gguf.GGUFReader(path)
-    base = reader.data.__array_interface__["data"][0]
     fields = list(reader.fields.values()) + [t.field for t in reader.tensors]
-    return [[(p.__array_interface__["data"][0] - base, p.dtype, p.size) for p in f.parts if p.size] for f in fields]
+    return [[(offset_in_file(reader, p), p.dtype, p.size) for p in f.parts if p.size] for f in fields]
 
 
 def interesting(value: int, bits: int, rng: random.Random) -> int:
@@ -114,6 +119,27 @@ def mutate_gguf(data: bytearray, fields, rng: random.Random) -> str:
         return f"truncate@{cut}"
     data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
     return "append"
+
+
+def hparam_edits(path: Path) -> list[tuple[str, int, bytes]]:
+    """(what, offset, new bytes) for every scalar number of path's metadata set to each edge value of its type."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    edits = []
+    for field in reader.fields.values():
+        if len(field.types) != 1 or field.types[0] in (gguf.GGUFValueType.STRING, gguf.GGUFValueType.BOOL):
+            continue
+        value = field.parts[field.data[0]]
+        dt = value.dtype
+        if dt.kind == "f":
+            edges = [0.0, -1.0, -1e-6, 1e30, np.nan, np.inf, -np.inf]
+        else:
+            info = np.iinfo(dt)
+            edges = sorted({0, 1, info.max, info.min, info.max >> 1, min(int(value[0]) * 1024, info.max)})
+        offset = offset_in_file(reader, value)
+        edits += [(f"{field.name}={edge}", offset, np.array([edge], dt).tobytes()) for edge in edges]
+    return edits
 
 
 # -- checkpoint mutations --------------------------------------------------------------------------------------------
@@ -265,7 +291,7 @@ def worker(base_path: str) -> int:
             return "crash", f"convert failed but left {left} behind"
         return "clean_error", (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
 
-    handlers = {"adapter": try_adapter, "merged": try_merged, "checkpoint": try_checkpoint}
+    handlers = {"adapter": try_adapter, "merged": try_merged, "hparams": try_merged, "checkpoint": try_checkpoint}
     with load_errors_kept(load_errors):
         for line in sys.stdin:
             target, path = line.rstrip("\n").split(" ", 1)
@@ -285,16 +311,20 @@ def _why(report: str) -> str:
     return " | ".join(lines)[-600:] or report[-300:]
 
 
+def _sanitizer_report(stderr: str) -> bool:
+    return any(marker in stderr for marker in SANITIZER_MARKERS)
+
+
 class Worker:
     """One worker process at a time; restarted after a crash or a hang."""
 
-    def __init__(self, base: Path, log: Path):
-        self.base, self.log, self.proc = base, log, None
+    def __init__(self, base: Path, log: Path, env: dict[str, str] | None = None):
+        self.base, self.log, self.env, self.proc = base, log, {**os.environ, **(env or {})}, None
 
     def start(self) -> None:
         self.stderr = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", str(self.base)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=self.env)
 
     def ask(self, target: str, path: Path, timeout: float) -> tuple[str, str]:
         if self.proc is None or self.proc.poll() is not None:
@@ -311,10 +341,13 @@ class Worker:
             code = self.proc.wait()
             self.proc = None
             self.stderr.close()
-            return "crash", f"worker died (exit {code}): {_why(self._stderr_since(seen))}"
+            report = self._stderr_since(seen)
+            if _sanitizer_report(report):  # ASan stops the process at its first report
+                return "sanitizer", report[-2000:]
+            return "crash", f"worker died (exit {code}): {_why(report)}"
         reply = json.loads(line)
         report = self._stderr_since(seen)
-        if any(m.decode() in report for m in SANITIZER_MARKERS):
+        if _sanitizer_report(report):
             self.stop()
             return "sanitizer", report[-2000:]
         return reply["outcome"], reply["message"]
@@ -338,9 +371,13 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
     counts = dict.fromkeys(OUTCOMES, 0)
     refusals = Counter()  # the clean errors' messages, file paths and numbers blanked: which checks fired
     findings = []
+    seed_file = seeds["merged" if target == "hparams" else target]
     if target != "checkpoint":
-        seed_bytes = seeds[target].read_bytes()
-        fields = gguf_fields(seeds[target])
+        seed_bytes = seed_file.read_bytes()
+        fields = gguf_fields(seed_file)
+    edits = hparam_edits(seed_file) if target == "hparams" else []
+    if target == "hparams":
+        iterations = len(edits) if iterations is None else min(iterations, len(edits))
     done = 0
     for index in range(iterations):
         if time.monotonic() > deadline:
@@ -349,6 +386,12 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
         if target == "checkpoint":
             mutant = work / "mutant-checkpoint" / "ckpt"
             what = make_checkpoint_mutant(seeds["checkpoint"], mutant, rng)
+        elif target == "hparams":
+            what, offset, value = edits[index]
+            data = bytearray(seed_bytes)
+            data[offset:offset + len(value)] = value
+            mutant = work / "mutant-hparams.gguf"
+            mutant.write_bytes(data)
         else:
             data = bytearray(seed_bytes)
             what = ", ".join(mutate_gguf(data, fields, rng) for _ in range(rng.randint(1, 3)))
@@ -393,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (and OUT-inputs/ on findings)")
     parser.add_argument("--seed", type=int, default=0, help="mutant i of target T uses random.Random('SEED-T-i')")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="mutants per target (default: 10000 adapter, 2000 merged, 2000 checkpoint)")
+                        help="mutants per target (default: 10000 adapter, 2000 merged, 2000 checkpoint, every hparams edit)")
     parser.add_argument("--minutes", type=float, default=120.0, help="time limit for the whole run")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: adapter,merged,checkpoint")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: adapter,merged,checkpoint,hparams")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a mutant may take before it is a hang")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="run the workers on the ASan + UBSan build (`pyorthrus build --sanitize`, built once "
+                             "and cached; ~15 minutes the first time)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -408,15 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
 
-    from pyorthrus.build import installed_build_info
+    from pyorthrus import build
 
+    if args.sanitize:
+        config = build.make_config("cpu", sanitize=True)
+        if subprocess.run([sys.executable, "-m", "pyorthrus.build", "--backend", "cpu", "--sanitize", "--json"],
+                          stdout=subprocess.DEVNULL).returncode != 0:
+            raise SystemExit("fuzz: the sanitizer build failed (see `pyorthrus build --sanitize`)")
+        env, info = build.sanitizer_env(build.sanitized_dir(config, build.default_cache_dir())), config.info()
+        label = f"{info['backend']} {info['flavour']} build with ASan + UBSan"
+    else:
+        env, info = {}, build.installed_build_info().get("build") or {}
+        label = f"{info.get('backend', '?')} {info.get('flavour', '?')} build"
     start = time.monotonic()
     saved = args.out.parent / f"{args.out.name}-inputs"
     saved.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pyorthrus-fuzz-") as tmp:
         work = Path(tmp)
         seeds = make_seeds(work)
-        worker_ = Worker(seeds["base"], work / "worker.stderr")
+        worker_ = Worker(seeds["base"], work / "worker.stderr", env)
         results = {}
         try:
             for i, target in enumerate(targets):
@@ -430,10 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             worker_.stop()
     if not any(saved.iterdir()):
         saved.rmdir()
-    build = installed_build_info().get("build") or {}
     result = {"seed": args.seed, "minutes": (time.monotonic() - start) / 60, "timeout": args.timeout,
-              "build": f"{build.get('backend', '?')} {build.get('flavour', '?')} build, "
-                       f"{len(build.get('patches', []))} patches", "targets": results}
+              "build": f"{label}, {len(info.get('patches', []))} patches", "targets": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(report_markdown(result))

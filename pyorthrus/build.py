@@ -48,6 +48,10 @@ X86_CMAKE_ARGS = ["-DCMAKE_C_FLAGS=-mno-amx-int8", "-DCMAKE_CXX_FLAGS=-mno-amx-i
 # The llamafile sgemm kernels only serve batches of n >= 2, so batched (verify) and one-token (AR) logits
 # differ; without them CPU matmuls are batch-invariant (DESIGN.md section 4). "fast" keeps them.
 FLAVOUR_CMAKE_ARGS = {"strict": ["-DGGML_LLAMAFILE=OFF"], "fast": []}
+# `--sanitize`: AddressSanitizer + UndefinedBehaviorSanitizer in both libllama and libggml (for bench/fuzz.py and the
+# C-level tests). Python itself is not instrumented, so the runtime is preloaded: see sanitizer_env().
+SANITIZE_CMAKE_ARGS = ["-DLLAMA_SANITIZE_ADDRESS=ON", "-DLLAMA_SANITIZE_UNDEFINED=ON",
+                       "-DGGML_SANITIZE_ADDRESS=ON", "-DGGML_SANITIZE_UNDEFINED=ON"]
 
 
 def default_cache_dir() -> Path:
@@ -131,7 +135,7 @@ class BuildConfig:
 
 
 def make_config(backend: str = "auto", flavour: str = "strict", extra_cmake_args: list[str] | None = None,
-                patches_dir: Path = REPO_PATCHES) -> BuildConfig:
+                patches_dir: Path = REPO_PATCHES, sanitize: bool = False) -> BuildConfig:
     if backend not in BACKENDS:
         raise PyorthrusError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if flavour not in FLAVOURS:
@@ -139,7 +143,7 @@ def make_config(backend: str = "auto", flavour: str = "strict", extra_cmake_args
     backend = detect_backend() if backend == "auto" else backend
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     cmake_args = [*COMMON_CMAKE_ARGS, *(X86_CMAKE_ARGS if x86 else []), *BACKEND_CMAKE_ARGS[backend],
-                  *FLAVOUR_CMAKE_ARGS[flavour],
+                  *FLAVOUR_CMAKE_ARGS[flavour], *(SANITIZE_CMAKE_ARGS if sanitize else []),
                   *(extra_cmake_args or [])]
     return BuildConfig(backend=backend, flavour=flavour, cmake_args=cmake_args, patches=patch_files(patches_dir))
 
@@ -258,6 +262,37 @@ def install_wheel(wheel: Path) -> None:
             raise PyorthrusError(f"pip could not install {wheel}")
 
 
+def sanitized_dir(config: BuildConfig, cache_dir: Path) -> Path:
+    """Where a sanitizer build is installed: apart from the environment, put first on PYTHONPATH to use it."""
+    return cache_dir / "sanitize" / config.key
+
+
+def install_sanitized(wheel: Path, target: Path) -> None:
+    """Unpack the wheel's llama_cpp package into target (pip --target), replacing whatever was there atomically."""
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging), str(wheel)]
+    if subprocess.run(cmd).returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PyorthrusError(f"pip could not unpack {wheel} into {target}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def sanitizer_env(target: Path) -> dict[str, str]:
+    """Environment variables that make a Python process load the sanitizer build in target: its llama_cpp first
+    on the path, the ASan runtime preloaded (the interpreter is not instrumented, and ASan must come first),
+    leak checks off (the interpreter keeps its memory until exit), and every UBSan report with its stack."""
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or "cc"
+    runtime = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not runtime or not Path(runtime).exists():
+        raise PyorthrusError(f"{compiler} has no libasan.so (install the compiler's sanitizer runtime, e.g. libasan8)")
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "LD_PRELOAD": runtime,
+            "ASAN_OPTIONS": "detect_leaks=0",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=0"}
+
+
 def installed_llama_cpp_dir() -> Path | None:
     """The directory of the llama_cpp package installed here, found without importing (loading) it."""
     importlib.invalidate_caches()  # a wheel may have been installed by a pip child process just now
@@ -348,6 +383,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary", type=Path, default=None, metavar="DIR",
                         help="also compile the llama-orthrus command-line example into DIR, linked against the "
                              "installed library (needs a C++ compiler; `DIR/llama-orthrus --help`)")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="an AddressSanitizer + UndefinedBehaviorSanitizer build, for fuzzing and debugging: "
+                             "cached under its own key and installed apart (never replaces the installed build); "
+                             "prints the environment that runs Python with it, e.g. "
+                             "`env $(pyorthrus build --sanitize --env) python bench/fuzz.py ...`")
+    parser.add_argument("--env", action="store_true",
+                        help="with --sanitize: print only the VAR=value lines of that environment")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -366,10 +408,14 @@ def run(args: argparse.Namespace) -> int:
         return 0 if info["patched"] else 1
 
     cache_dir = args.cache_dir or default_cache_dir()
-    config = make_config(args.backend, args.flavour, shlex.split(args.cmake_args), args.patches)
+    config = make_config(args.backend, args.flavour, shlex.split(args.cmake_args), args.patches, args.sanitize)
+    if args.env and not args.sanitize:
+        raise PyorthrusError("--env goes with --sanitize (the default build needs no environment)")
     if args.force:
         ensure_sdist(cache_dir, redownload=True)
     wheel = None if args.force else cached_wheel(config, cache_dir)
+    if args.sanitize:
+        return _run_sanitized(args, config, cache_dir, wheel)
     if wheel is not None and installed_build_key() == config.key:
         action = "already installed"
     elif wheel is not None:
@@ -389,6 +435,25 @@ def run(args: argparse.Namespace) -> int:
               f"key {config.key})")
         if args.binary is not None:
             print(f"llama-orthrus: {result['binary']}")
+    return 0
+
+
+def _run_sanitized(args: argparse.Namespace, config: BuildConfig, cache_dir: Path, wheel: Path | None) -> int:
+    target = sanitized_dir(config, cache_dir)
+    ready = wheel is not None and (target / "llama_cpp" / BUILD_INFO_FILE).exists()
+    if not ready:
+        wheel = wheel or build_wheel(config, cache_dir, args.jobs)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        install_sanitized(wheel, target)
+    env = sanitizer_env(target)
+    if args.env:
+        print("\n".join(f"{k}={v}" for k, v in env.items()))
+    elif args.json:
+        print(json.dumps({"action": "ready" if ready else "built", "target": str(target), "env": env,
+                          **config.info()}, indent=2))
+    else:
+        print(f"sanitizer build (ASan + UBSan, key {config.key}): {target}\nrun Python with it:\n  env "
+              + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " python ...")
     return 0
 
 

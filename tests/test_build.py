@@ -79,6 +79,8 @@ def test_cache_key_tracks_everything_that_changes_the_binary(tmp_path):
     assert build.make_config("cpu", "fast").key != base.key
     assert build.make_config("cpu", "strict", ["-DGGML_NATIVE=OFF"]).key != base.key
     assert build.make_config("cuda", "strict").key != base.key
+    sanitized = build.make_config("cpu", "strict", sanitize=True)
+    assert sanitized.key != base.key and "-DLLAMA_SANITIZE_ADDRESS=ON" in sanitized.cmake_args
     edited = tmp_path / "patches"
     shutil.copytree(build.REPO_PATCHES, edited)
     first = sorted(edited.glob("*.patch"))[0]
@@ -94,6 +96,20 @@ def test_second_build_installs_from_cache_without_compiling():
     assert result.returncode == 0, result.stderr
     assert '"action": "already installed"' in result.stdout
     assert "building llama.cpp" not in result.stderr
+
+
+def test_the_sanitizer_build_lives_apart_from_the_installed_one(tmp_path, monkeypatch):
+    """Building it takes ~15 minutes (bench/fuzz.py --sanitize does); here: where it goes and how Python runs it."""
+    config = build.make_config("cpu", sanitize=True)
+    target = build.sanitized_dir(config, tmp_path)
+    assert target.is_relative_to(tmp_path) and target.name == config.key
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = build.sanitizer_env(target)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(target), "/elsewhere"]  # its llama_cpp is found first
+    assert Path(env["LD_PRELOAD"]).name.startswith("libasan") and Path(env["LD_PRELOAD"]).is_file()
+    assert "detect_leaks=0" in env["ASAN_OPTIONS"]
+    result = run_build("--env")
+    assert result.returncode == 1 and "--env goes with --sanitize" in result.stderr
 
 
 def test_unknown_backend_is_a_one_line_error():

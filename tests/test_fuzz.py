@@ -11,15 +11,18 @@ from pathlib import Path
 import gguf
 import pytest
 
+from pyorthrus.testing.gguf_edits import offset_in_file, with_metadata_value
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_fuzz_slice_finds_no_crash_hang_or_sanitizer_report(tmp_path):
-    """40 mutants per target (adapter, merged, checkpoint) on the installed build: every one is refused cleanly or
-    loads and decodes. The full run (14,000 mutants) is bench/fuzz.py; its report is in bench/results/."""
+    """30 mutants per target (adapter, merged, checkpoint, hparams) on the installed build: every one is refused
+    cleanly or loads and decodes. The full runs (14,000 mutants and the whole hparams sweep) are bench/fuzz.py; their
+    reports are in bench/results/."""
     out = tmp_path / "fuzz"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--seed", "1", "--iterations", "40",
-                             "--minutes", "2", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--seed", "1", "--iterations", "30",
+                             "--minutes", "2.5", "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     for target, r in report["targets"].items():
@@ -32,13 +35,12 @@ def _with_a_repeated_token(src: Path, dst: Path) -> None:
     earlier one gets its bytes (the change bench/fuzz.py made)."""
     reader = gguf.GGUFReader(src)
     field = reader.fields["tokenizer.ggml.tokens"]
-    start = reader.data.__array_interface__["data"][0]
     first_of_length: dict[int, bytes] = {}
     for i in field.data:
         text = bytes(field.parts[i])
         earlier = first_of_length.setdefault(len(text), text)
         if earlier != text:
-            offset = field.parts[i].__array_interface__["data"][0] - start
+            offset = offset_in_file(reader, field.parts[i])
             data = bytearray(src.read_bytes())
             data[offset:offset + len(text)] = earlier
             dst.write_bytes(data)
@@ -59,6 +61,31 @@ def test_a_vocabulary_with_a_repeated_token_is_refused_not_an_abort(qwen3_journe
                         r"vocabulary lists (\d+) tokens but only (\d+) distinct strings\)", last), last
 
 
+def _generate_error(model: Path) -> str:
+    """The one line `pyorthrus generate` prints for a model llama.cpp refuses (after checking it was refused)."""
+    result = subprocess.run([sys.executable, "-m", "pyorthrus", "generate", "-m", str(model), "--mode", "ar", "-p",
+                             "hi", "-n", "2"], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, (result.returncode, result.stderr[-2000:])  # not -6 (SIGABRT)
+    return lines[0]
+
+
+@pytest.mark.parametrize("key,value,reason", [
+    ("llama.block_count", 0, "hparams.n_layer_all > 0"),
+    ("llama.block_count", 1 << 31, "hparams.n_layer_all <= LLAMA_MAX_LAYERS"),
+    ("llama.attention.layer_norm_rms_epsilon", -1e-6, "hparams.f_norm_rms_eps >= 0.0f"),
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"), "std::isfinite(hparams.f_norm_rms_eps)")])
+def test_a_bad_hyperparameter_is_refused_not_an_abort(smollm2_path, tmp_path, key, value, reason):
+    """Found by bench/fuzz.py (merged and hparams targets): a block count of 0 or above the maximum aborted at load,
+    a negative or NaN RMS-norm epsilon loaded and aborted in ggml's rms_norm at the first decode; with patch 0015
+    llama.cpp refuses the file and says which check failed."""
+    bad = tmp_path / "bad-hparam.gguf"
+    with_metadata_value(smollm2_path, bad, key, value)
+    line = _generate_error(bad)
+    assert line.startswith(f"pyorthrus generate: error: {bad}: llama.cpp could not load it (invalid hyperparameters: ")
+    assert reason in line, line
+
+
 def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp_path):
     """The reason llama.cpp logs for refusing a file reaches the one-line error (llama-cpp-python's own exception
     says only that loading failed)."""
@@ -67,12 +94,9 @@ def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp
         cut = tmp_path / f"cut-{size}.gguf"
         with open(smollm2_path, "rb") as src:
             cut.write_bytes(src.read(size))
-        result = subprocess.run([sys.executable, "-m", "pyorthrus", "generate", "-m", str(cut), "--mode", "ar", "-p",
-                                 "hi", "-n", "2"], capture_output=True, text=True)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 1 and len(lines) == 1, result.stderr
-        assert lines[0].startswith(f"pyorthrus generate: error: {cut}: llama.cpp could not load it (") and \
-            reason in lines[0], lines[0]
+        line = _generate_error(cut)
+        assert line.startswith(f"pyorthrus generate: error: {cut}: llama.cpp could not load it (") and \
+            reason in line, line
 
 
 @pytest.mark.parametrize("key,value", [("vocab_size", "x"), ("num_hidden_layers", None), ("hidden_size", 2.5),

@@ -1,0 +1,1 @@
+"""Support for the tests and the benchmarks (not used by the library itself)."""

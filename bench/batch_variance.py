@@ -16,7 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parse():
@@ -36,13 +35,10 @@ def _parse():
 args = _parse()
 if args.n_gpu_layers == 0:
     os.environ["GGML_CPU_TILED_MM"] = "0"  # the strict CPU settings, as bench/fidelity.py --config strict
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from orthrus_harness import Context, Model  # noqa: E402  (first: sets the OpenMP environment)
+from pyorthrus.testing.harness import Context, Model  # noqa: E402  (first: sets the OpenMP environment)
 from pyorthrus.build import installed_build_info  # noqa: E402
 from pyorthrus.prompts import load as load_prompts  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402

@@ -35,7 +35,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 8  # AR candidates kept per position: enough to price the token Orthrus chose where it parted from AR
 
 
@@ -77,14 +76,11 @@ def _parse():
 args = _parse()
 if args.config == "strict":
     os.environ["GGML_CPU_TILED_MM"] = "0"  # read once by ggml-cpu, at its first matmul
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from orthrus_harness import Context, Model, init_backend, orthrus_generate  # noqa: E402  (first: sets env)
-from orthrus_adapters import write_identity_adapter  # noqa: E402
+from pyorthrus.testing.harness import Context, Model, init_backend, orthrus_generate  # noqa: E402  (first: sets env)
+from pyorthrus.testing.adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
 from pyorthrus.prompts import load as load_prompts  # noqa: E402

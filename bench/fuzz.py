@@ -58,7 +58,8 @@ PROMPT = [9707, 11, 1879, 0, 358, 1079]  # a few ordinary Qwen3 token ids
 
 # -- seed files ------------------------------------------------------------------------------------------------------
 def make_seeds(work: Path) -> dict[str, Path]:
-    from pyorthrus import cli, fixtures
+    from pyorthrus import cli
+    from pyorthrus.testing import fixtures
     from pyorthrus.convert.checkpoint import OrthrusCheckpoint
     from pyorthrus.convert.hf_base import convert_base_to_gguf
 
@@ -311,8 +312,13 @@ def _why(report: str) -> str:
     return " | ".join(lines)[-600:] or report[-300:]
 
 
-def _sanitizer_report(stderr: str) -> bool:
-    return any(marker in stderr for marker in SANITIZER_MARKERS)
+def _sanitizer_report(stderr: str) -> str:
+    """The sanitizer's report in a worker's stderr, from its first line (what and where), or "" if none."""
+    starts = [i for i in (stderr.find(marker) for marker in SANITIZER_MARKERS) if i >= 0]
+    if not starts:
+        return ""
+    begin = stderr.rfind("\n", 0, min(starts)) + 1
+    return stderr[begin:begin + 3000]
 
 
 class Worker:
@@ -343,13 +349,13 @@ class Worker:
             self.stderr.close()
             report = self._stderr_since(seen)
             if _sanitizer_report(report):  # ASan stops the process at its first report
-                return "sanitizer", report[-2000:]
+                return "sanitizer", _sanitizer_report(report)
             return "crash", f"worker died (exit {code}): {_why(report)}"
         reply = json.loads(line)
-        report = self._stderr_since(seen)
-        if _sanitizer_report(report):
+        report = _sanitizer_report(self._stderr_since(seen))
+        if report:
             self.stop()
-            return "sanitizer", report[-2000:]
+            return "sanitizer", report
         return reply["outcome"], reply["message"]
 
     def _stderr_since(self, offset: int) -> str:
@@ -436,9 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (and OUT-inputs/ on findings)")
     parser.add_argument("--seed", type=int, default=0, help="mutant i of target T uses random.Random('SEED-T-i')")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="mutants per target (default: 10000 adapter, 2000 merged, 2000 checkpoint, every hparams edit)")
+                        help="mutants per target (default: 10000 adapter, 2000 merged, 2000 checkpoint, every "
+                             "hparams edit)")
     parser.add_argument("--minutes", type=float, default=120.0, help="time limit for the whole run")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: adapter,merged,checkpoint,hparams")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated: adapter,merged,checkpoint,hparams")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a mutant may take before it is a hang")
     parser.add_argument("--sanitize", action="store_true",
                         help="run the workers on the ASan + UBSan build (`pyorthrus build --sanitize`, built once "

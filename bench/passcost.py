@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
 MODELS = ("Q4_1", "Q4_K_M")
 
@@ -57,16 +56,13 @@ def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
     Like pyorthrus's own profile (its _timed_pass times each pass), but the two views alternate rep by rep, so
     drift during a K hits both alike, and every pass is kept, on the wall and the CPU clock."""
     from pyorthrus import prompts
-    try:
-        from pyorthrus.profile import _timed_pass
-    except ImportError:  # before the pass timing moved out of pyorthrus.bench
-        from pyorthrus.bench import _timed_pass
+    from pyorthrus.bench.pass_costs import _timed_pass
 
     text = " ".join(p["prompt"] for p in prompts.load("gsm8k", 8))
     prompt = llm.tokenize(text)[:prefix_len + 1]
     if len(prompt) < prefix_len + 1:
         raise SystemExit(f"prefix text has only {len(prompt)} tokens")
-    llm._prefill(prompt)
+    llm.prefill(prompt)
     position = len(prompt) - 1
     rows = {}
     for k in sizes:
@@ -109,8 +105,7 @@ def weight_types(path: Path) -> dict[str, float]:
 def measure(args) -> int:
     # ggml's OpenMP workers spin while waiting, which on a shared machine stalls passes; set before libgomp loads
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from orthrus_adapters import write_identity_adapter
+    from pyorthrus.testing.adapters import write_identity_adapter
 
     from pyorthrus import Orthrus
     from pyorthrus.build import installed_build_info

@@ -69,14 +69,9 @@ def training_prompts(seed: int = 0) -> list[tuple[str, int, str]]:
 
 
 def chat_text(llm, question: str) -> str:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from pyorthrus.model import chat_template_prompt
 
-    vocab = llm._model
-    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
-                                    eos_token=vocab.token_get_text(vocab.token_eos()),
-                                    bos_token=vocab.token_get_text(vocab.token_bos()), add_generation_prompt=True)
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    return formatter(messages=messages).prompt
+    return chat_template_prompt(llm, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
 
 
 def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int, eos: set[int], n_parallel: int,
@@ -93,7 +88,7 @@ def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx_seq * n_parallel, n_ctx_seq, n_ctx_seq
     params.n_seq_max, params.kv_unified = n_parallel, False
     params.n_threads = params.n_threads_batch = n_threads
-    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    ctx = llama_cpp.llama_init_from_model(llm.model, params)
     if not ctx:
         raise RuntimeError("could not create a parallel llama.cpp context")
     n_vocab = llm.n_vocab()

@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 
 from pyorthrus.errors import PyorthrusError
+from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
+                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
 
 from .base_gguf import base_alignment, copied_metadata, open_gguf, planned_base_tensors, validate_base
 from .checkpoint import OrthrusCheckpoint
@@ -62,16 +64,16 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
 def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool, progress: bool) -> None:
     cfg = ckpt.config
     kv = [
-        string("general.type", "adapter"),
-        string("adapter.type", "orthrus"),
+        string(KEY_GENERAL_TYPE, "adapter"),
+        string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
         string("general.name", f"Orthrus adapter ({ckpt.dir.name})"),
-        uint32("orthrus.diffusion.block_size", ckpt.hf_config["block_size"]),
-        uint32("tokenizer.ggml.mask_token_id", ckpt.hf_config["mask_token_id"]),
-        uint32("orthrus.base.block_count", cfg.num_layers),
-        uint32("orthrus.base.embedding_length", cfg.hidden_size),
-        uint32("orthrus.base.head_count", cfg.num_heads),
-        uint32("orthrus.base.head_count_kv", cfg.num_kv_heads),
-        uint32("orthrus.base.vocab_size", cfg.vocab_size),
+        uint32(KEY_ADAPTER_BLOCK_SIZE, ckpt.hf_config["block_size"]),
+        uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"]),
+        uint32(KEY_ADAPTER_BASE + "block_count", cfg.num_layers),
+        uint32(KEY_ADAPTER_BASE + "embedding_length", cfg.hidden_size),
+        uint32(KEY_ADAPTER_BASE + "head_count", cfg.num_heads),
+        uint32(KEY_ADAPTER_BASE + "head_count_kv", cfg.num_kv_heads),
+        uint32(KEY_ADAPTER_BASE + "vocab_size", cfg.vocab_size),
     ]
     with atomic_output(out, force) as tmp:
         write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, plan_diff_tensors(ckpt, outtype), progress, label=out.name)
@@ -83,10 +85,10 @@ def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, 
     base_arch = base_reader.fields["general.architecture"].contents()
     arch = MERGED_ARCH[base_arch]
     kv = copied_metadata(base_reader, rename_arch=(base_arch, arch) if arch != base_arch else None)
-    own_keys = {f"{arch}.diffusion.block_size", "tokenizer.ggml.mask_token_id"}
-    kv = [item for item in kv if item[0] not in own_keys]
-    kv += [uint32(f"{arch}.diffusion.block_size", ckpt.hf_config["block_size"]),
-           uint32("tokenizer.ggml.mask_token_id", ckpt.hf_config["mask_token_id"])]
+    block_size_key = KEY_BLOCK_SIZE.format(arch=arch)
+    kv = [item for item in kv if item[0] not in (block_size_key, KEY_MASK_TOKEN_ID)]
+    kv += [uint32(block_size_key, ckpt.hf_config["block_size"]),
+           uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"])]
     tensors = planned_base_tensors(base_reader) + plan_diff_tensors(ckpt, outtype)
     with atomic_output(out, force) as tmp:
         write_gguf(tmp, arch, kv, tensors, progress, alignment=base_alignment(base_reader), label=out.name)

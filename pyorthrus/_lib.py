@@ -23,7 +23,7 @@ except Exception as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 if TYPE_CHECKING:
-    from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointer, CtypesPointerOrRef
+    from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
 LLAMA_ORTHRUS_API_VERSION = 6

@@ -281,14 +281,20 @@ def install_sanitized(wheel: Path, target: Path) -> None:
 
 def sanitizer_env(target: Path) -> dict[str, str]:
     """Environment variables that make a Python process load the sanitizer build in target: its llama_cpp first
-    on the path, the ASan runtime preloaded (the interpreter is not instrumented, and ASan must come first),
-    leak checks off (the interpreter keeps its memory until exit), and every UBSan report with its stack."""
+    on the path; the ASan runtime preloaded (the interpreter is not instrumented, and ASan must come first) with
+    libstdc++ (ASan finds __cxa_throw only in libraries loaded before it starts: without it the first C++ exception,
+    i.e. every refused file, stops the process); leak checks off (the interpreter keeps its memory until exit); and
+    every UBSan report with its stack."""
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or "cc"
-    runtime = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not runtime or not Path(runtime).exists():
-        raise PyorthrusError(f"{compiler} has no libasan.so (install the compiler's sanitizer runtime, e.g. libasan8)")
+    preload = []
+    for library in ("libasan.so", "libstdc++.so.6"):
+        found = subprocess.run([compiler, f"-print-file-name={library}"], capture_output=True, text=True).stdout.strip()
+        if not found or not Path(found).is_file():  # the compiler echoes the bare name when it has no such file
+            raise PyorthrusError(f"{compiler} has no {library} (install the compiler's sanitizer runtime and C++ "
+                                 "library, e.g. libasan8 and libstdc++6)")
+        preload.append(str(Path(found).resolve()))
     path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "LD_PRELOAD": runtime,
+    return {"PYTHONPATH": path, "LD_PRELOAD": ":".join(preload),
             "ASAN_OPTIONS": "detect_leaks=0",
             "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=0"}
 
@@ -440,8 +446,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_sanitized(args: argparse.Namespace, config: BuildConfig, cache_dir: Path, wheel: Path | None) -> int:
     target = sanitized_dir(config, cache_dir)
-    ready = wheel is not None and (target / "llama_cpp" / BUILD_INFO_FILE).exists()
-    if not ready:
+    if wheel is not None and (target / "llama_cpp" / BUILD_INFO_FILE).exists():
+        action = "ready"
+    else:
+        action = "installed from cache" if wheel is not None else "built and installed"
         wheel = wheel or build_wheel(config, cache_dir, args.jobs)
         target.parent.mkdir(parents=True, exist_ok=True)
         install_sanitized(wheel, target)
@@ -449,10 +457,10 @@ def _run_sanitized(args: argparse.Namespace, config: BuildConfig, cache_dir: Pat
     if args.env:
         print("\n".join(f"{k}={v}" for k, v in env.items()))
     elif args.json:
-        print(json.dumps({"action": "ready" if ready else "built", "target": str(target), "env": env,
+        print(json.dumps({"action": action, "target": str(target), "env": env,
                           **config.info()}, indent=2))
     else:
-        print(f"sanitizer build (ASan + UBSan, key {config.key}): {target}\nrun Python with it:\n  env "
+        print(f"sanitizer build (ASan + UBSan, key {config.key}), {action}: {target}\nrun Python with it:\n  env "
               + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " python ...")
     return 0
 

@@ -20,8 +20,8 @@ VERBS = {
     "generate": ("pyorthrus.generate", "generate a continuation of one prompt, streamed, with a stats footer"),
     "chat": ("pyorthrus.chat", "chat interactively using the model's chat template"),
     "serve": ("pyorthrus.serve", "serve a model with Orthrus decoding behind an OpenAI-compatible HTTP API"),
-    "check": ("pyorthrus.check", "check that Orthrus output equals plain AR output of the same model"),
-    "bench": ("pyorthrus.bench", "benchmark AR vs Orthrus vs prompt lookup side by side, with the device profile"),
+    "check": ("pyorthrus.check.cli", "check that Orthrus output equals plain AR output of the same model"),
+    "bench": ("pyorthrus.bench.cli", "benchmark AR vs Orthrus vs prompt lookup side by side, with the device profile"),
     "train": ("pyorthrus.train.cli", "train an Orthrus adapter for a base model (self-distillation, forward KL)"),
     "demo": ("pyorthrus.demo", "run the embedded default model (SmolLM2-135M) in AR and Orthrus mode side by side"),
 }

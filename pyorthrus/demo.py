@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     with Orthrus(model_path, adapter_path, block_size=AUTO, n_ctx=2048, n_threads=args.threads,
                  n_threads_batch=args.threads, system_prompt=assets.EMBEDDED_SYSTEM_PROMPT) as llm:
         for k in args.block_sizes:
-            llm._checked_block_size(k)
+            llm.check_block_size(k)
         say(f"model   {model_path.name}\nadapter {adapter_path.name} (trained K={llm.trained_block_size})")
         modes = [1, AUTO, *args.block_sizes]
         ar = llm.ar_view()

@@ -19,6 +19,21 @@ GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 QK_NORMS = ("q_norm", "k_norm")
 
+# GGUF names of Orthrus files, as the patched llama.cpp reads them (patches 0002 and 0003), in one place as gguf-py
+# keeps llama.cpp's (gguf.Keys). Adapter files: general.type "adapter", adapter.type "orthrus", the block size under
+# the orthrus prefix, and the shape of the base they were trained on; merged files: "{arch}.diffusion.block_size".
+KEY_GENERAL_TYPE = "general.type"
+KEY_ADAPTER_TYPE = "adapter.type"
+ADAPTER_TYPE_ORTHRUS = "orthrus"
+KEY_MASK_TOKEN_ID = "tokenizer.ggml.mask_token_id"
+KEY_BLOCK_SIZE = "{arch}.diffusion.block_size"
+KEY_ADAPTER_BLOCK_SIZE = KEY_BLOCK_SIZE.format(arch="orthrus")
+KEY_ADAPTER_BASE = "orthrus.base."  # + block_count, embedding_length, head_count, head_count_kv, vocab_size
+# AR attention tensor -> its diffusion-view twin, in blk.N.<name>.weight / .bias
+DIFF_TENSOR_OF = {name: f"{name}_diff" for name in ("attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
+                                                   "attn_k_norm")}
+DIFF_TENSORS = tuple(DIFF_TENSOR_OF.values())
+
 
 @dataclass(frozen=True)
 class OrthrusConfig:
@@ -117,7 +132,7 @@ def permute_qk_rows(weight, n_head: int):
     return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def unpermute_qk_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
+def unpermute_qk_rows(weight, n_head: int):
     """Inverse of `permute_qk_rows` (GGUF -> HF)."""
     rows = weight.shape[0]
     return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)

@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import PyorthrusError
+from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
+                      KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
 
-DIFF_TENSORS = ("attn_q_diff", "attn_k_diff", "attn_v_diff", "attn_output_diff", "attn_q_norm_diff",
-                "attn_k_norm_diff")
 NO_QK_NORM_ARCHS = ("llama", "qwen2")
 ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
@@ -43,14 +43,14 @@ def inspect_gguf(path) -> dict:
     path = Path(path)
     reader = open_reader(path)
     arch = _field(reader, "general.architecture")
-    is_adapter = _field(reader, "general.type") == "adapter"
-    if is_adapter and _field(reader, "adapter.type") != "orthrus":
-        kind = f"adapter ({_field(reader, 'adapter.type')})"
+    is_adapter = _field(reader, KEY_GENERAL_TYPE) == "adapter"
+    if is_adapter and _field(reader, KEY_ADAPTER_TYPE) != ADAPTER_TYPE_ORTHRUS:
+        kind = f"adapter ({_field(reader, KEY_ADAPTER_TYPE)})"
     elif is_adapter:
         kind = "adapter"
     else:
         kind = "merged" if any(_DIFF_NAME.match(t.name) for t in reader.tensors) else "model"
-    block_count = _field(reader, "orthrus.base.block_count" if is_adapter else f"{arch}.block_count")
+    block_count = _field(reader, KEY_ADAPTER_BASE + "block_count" if is_adapter else f"{arch}.block_count")
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -58,14 +58,14 @@ def inspect_gguf(path) -> dict:
         "type": kind,
         "name": _field(reader, "general.name"),
         "block_count": block_count,
-        "block_size": _field(reader, f"{arch}.diffusion.block_size") or _field(reader, "orthrus.diffusion.block_size"),
-        "mask_token_id": _field(reader, "tokenizer.ggml.mask_token_id"),
+        "block_size": _field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or _field(reader, KEY_ADAPTER_BLOCK_SIZE),
+        "mask_token_id": _field(reader, KEY_MASK_TOKEN_ID),
         "tensor_count": len(reader.tensors),
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
         "diff_coverage": diff_coverage(reader, arch, block_count),
         "low_precision_diff_tensors": low_precision_diff_tensors(reader),
-        "base": {key.removeprefix("orthrus.base."): _field(reader, key)
-                 for key in reader.fields if key.startswith("orthrus.base.")} or None,
+        "base": {key.removeprefix(KEY_ADAPTER_BASE): _field(reader, key)
+                 for key in reader.fields if key.startswith(KEY_ADAPTER_BASE)} or None,
     }
 
 
@@ -107,21 +107,21 @@ def adapter_fit(base, adapter) -> dict:
     adapter_reader = adapter if not isinstance(adapter, (str, Path)) else open_reader(adapter)
     arch = _field(base_reader, "general.architecture")
     vocab = _vocab_size(base_reader, arch)
-    mask = _field(adapter_reader, "tokenizer.ggml.mask_token_id")
-    checks = [("file type", "model" if _field(base_reader, "general.type") != "adapter" else "adapter",
-               f"{_field(adapter_reader, 'general.type')}/{_field(adapter_reader, 'adapter.type')}",
-               _field(base_reader, "general.type") != "adapter"
-               and (_field(adapter_reader, "general.type"), _field(adapter_reader, "adapter.type"))
-               == ("adapter", "orthrus")),
+    mask = _field(adapter_reader, KEY_MASK_TOKEN_ID)
+    checks = [("file type", "model" if _field(base_reader, KEY_GENERAL_TYPE) != "adapter" else "adapter",
+               f"{_field(adapter_reader, KEY_GENERAL_TYPE)}/{_field(adapter_reader, KEY_ADAPTER_TYPE)}",
+               _field(base_reader, KEY_GENERAL_TYPE) != "adapter"
+               and (_field(adapter_reader, KEY_GENERAL_TYPE), _field(adapter_reader, KEY_ADAPTER_TYPE))
+               == ("adapter", ADAPTER_TYPE_ORTHRUS)),
               ("architecture", arch, _field(adapter_reader, "general.architecture"),
                arch == _field(adapter_reader, "general.architecture") and arch in ADAPTER_ARCHS)]
     for label, key, base_key in (("layers", "block_count", "block_count"),
                                  ("width", "embedding_length", "embedding_length"),
                                  ("attention heads", "head_count", "attention.head_count"),
                                  ("KV heads", "head_count_kv", "attention.head_count_kv")):
-        want, got = _field(base_reader, f"{arch}.{base_key}"), _field(adapter_reader, f"orthrus.base.{key}")
+        want, got = _field(base_reader, f"{arch}.{base_key}"), _field(adapter_reader, KEY_ADAPTER_BASE + key)
         checks.append((label, want, got, want == got))
-    got = _field(adapter_reader, "orthrus.base.vocab_size")
+    got = _field(adapter_reader, KEY_ADAPTER_BASE + "vocab_size")
     checks.append(("vocabulary", vocab, got, vocab == got))
     checks.append(("mask token", f"< {vocab}", mask, isinstance(mask, int) and vocab is not None and 0 <= mask < vocab))
     entries = [{"check": label, "base": want, "adapter": got, "ok": bool(ok)} for label, want, got, ok in checks]

@@ -188,15 +188,16 @@ class Orthrus:
         except ValueError as exc:
             raise PyorthrusError(f"{model_path}: llama.cpp could not load it ({errors[0] if errors else exc})") \
                 from exc
-        self._ctx = self.llm._ctx.ctx
-        model = self.llm._model.model
+        self.ctx = self.llm.ctx  # the llama_context, as llama_cpp.Llama.ctx (passes, cache edits, orthrus calls)
+        model = self.llm.model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
         if adapter_path is not None:
             self.adapter = _lib.llama_orthrus_adapter_init(model, str(adapter_path).encode())
             if not self.adapter:
                 reason = (_lib.last_error() or "not a valid Orthrus adapter").removeprefix(f"adapter '{adapter_path}': ")
                 self.close()
                 raise PyorthrusError(f"{adapter_path} on {model_path}: {reason}")
-            _lib.llama_orthrus_set_adapter(self._ctx, self.adapter)
+            _lib.llama_orthrus_set_adapter(self.ctx, self.adapter)
             trained_k = _lib.llama_orthrus_adapter_block_size(self.adapter)
         else:
             trained_k = _lib.llama_orthrus_model_block_size(model) if _lib.llama_orthrus_model_has_diff(model) else 0
@@ -204,11 +205,13 @@ class Orthrus:
             raise PyorthrusError(f"{model_path}: has no Orthrus diffusion weights; pass adapter_path= (an adapter "
                                  "GGUF) or use mode='ar'")
         self.trained_block_size = trained_k
-        self.block_size = self._checked_block_size(block_size or trained_k)
+        self.block_size = self.check_block_size(block_size or trained_k)
         if mode == "orthrus":
             _warn_low_precision_diff(adapter_path or model_path)
 
-    def _checked_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
+    def check_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
+        """block_size (an integer K or "auto") if this model can run it, fused or not; else a PyorthrusError that
+        says why (outside 2 ... trained K, or K (2K fused) above n_batch)."""
         if block_size == AUTO:
             largest = self.trained_block_size
         elif isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
@@ -265,7 +268,9 @@ class Orthrus:
 
     # -- tokens ----------------------------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=self.llm._model.add_bos_token(), special=special)
+        import llama_cpp
+
+        return self.llm.tokenize(text.encode(), add_bos=llama_cpp.llama_vocab_get_add_bos(self._vocab), special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
@@ -273,26 +278,26 @@ class Orthrus:
     def _is_eog(self, token: int) -> bool:
         import llama_cpp
 
-        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     # -- the decode loops ------------------------------------------------------------------------------------------
-    def _prefill(self, prompt: list[int]) -> None:
+    def prefill(self, prompt: list[int]) -> None:
         """Clear the cache and decode all but the last prompt token: the last one is x_s, known but not cached."""
         import llama_cpp
 
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         head = prompt[:-1]
         for start in range(0, len(head), self.llm.n_batch):
             chunk = head[start:start + self.llm.n_batch]
             ids = (llama_cpp.llama_token * len(chunk))(*chunk)  # the batch only points at it: keep it alive
             batch = llama_cpp.llama_batch_get_one(ids, len(chunk))
-            if llama_cpp.llama_decode(self._ctx, batch) != 0:
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
                 raise PyorthrusError("llama_decode failed on the prompt")
 
     def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """AR logits for the token after `tokens` (one-token decode of the last one, as AR generation does)."""
         with self._lock:
-            self._prefill(list(tokens))
+            self.prefill(list(tokens))
             return self._decode_one(tokens[-1]).copy()
 
     def _decode_one(self, token: int) -> np.ndarray:
@@ -301,14 +306,14 @@ class Orthrus:
 
         ids = (llama_cpp.llama_token * 1)(token)
         batch = llama_cpp.llama_batch_get_one(ids, 1)
-        if llama_cpp.llama_decode(self._ctx, batch) != 0:
+        if llama_cpp.llama_decode(self.ctx, batch) != 0:
             raise PyorthrusError("llama_decode failed")
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.llm.n_vocab(),))
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.llm.n_vocab(),))
 
     def _orthrus_cycle(self, last, block_size, params, out, n_max, cycle, stats) -> tuple[list[int], bool]:
         lib = self._lib
         params.block_size = block_size
-        n = lib.llama_orthrus_cycle(self._ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(cycle))
+        n = lib.llama_orthrus_cycle(self.ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(cycle))
         if n < 0:
             raise PyorthrusError(f"llama_orthrus_cycle failed: {lib.last_error()}")
         stats.n_cycles += 1
@@ -322,7 +327,7 @@ class Orthrus:
 
     def _ar_step(self, last, params, out, step) -> tuple[list[int], bool]:
         lib = self._lib
-        if lib.llama_orthrus_step(self._ctx, 0, last, ctypes.byref(params), out, ctypes.byref(step)) != 1:
+        if lib.llama_orthrus_step(self.ctx, 0, last, ctypes.byref(params), out, ctypes.byref(step)) != 1:
             raise PyorthrusError(f"llama_orthrus_step failed: {lib.last_error()}")
         return [out[0]], bool(step.stopped)
 
@@ -337,11 +342,11 @@ class Orthrus:
         params.stop_tokens, params.n_stop_tokens = stop_array, len(stop_tokens)
         out = (lib.llama_token * max(1, self.trained_block_size))()
         cycle = lib.llama_orthrus_stats()
-        lib.llama_orthrus_set_argmax(self._ctx, params.temperature <= 0)
+        lib.llama_orthrus_set_argmax(self.ctx, params.temperature <= 0)
         try:
             yield from self._rounds(prompt[-1], max_tokens, block_size, fused, auto, params, out, cycle, stats)
         finally:
-            lib.llama_orthrus_set_argmax(self._ctx, False)
+            lib.llama_orthrus_set_argmax(self.ctx, False)
 
     def _rounds(self, last, max_tokens, block_size, fused, auto, params, out, cycle, stats) -> Iterator[_Chunk]:
         produced = 0
@@ -383,7 +388,7 @@ class Orthrus:
                                  f"decode round ({largest}) exceeds n_ctx ({self.llm.n_ctx()})")
         if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
             from .auto import AutoBlockSize
-            from .profile import auto_sizes, measure_pass_costs
+            from .bench.pass_costs import auto_sizes, measure_pass_costs
 
             start = time.perf_counter()
             may_fuse = self.fused is not False
@@ -391,7 +396,7 @@ class Orthrus:
             self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse)
             stats.t_profile_s = time.perf_counter() - start
         start = time.perf_counter()
-        self._prefill(prompt)
+        self.prefill(prompt)
         stats.t_prefill_s = time.perf_counter() - start
         start = time.perf_counter()
         params = self._lib.llama_orthrus_default_params()
@@ -415,7 +420,7 @@ class Orthrus:
         integer K or "auto"), seed its sampling seed and fused its fused setting (fixed K only: "auto" decides per
         cycle) for this call."""
         block = self.block_size if block_size is None and fused is None else \
-            self._checked_block_size(self.block_size if block_size is None else block_size, fused)
+            self.check_block_size(self.block_size if block_size is None else block_size, fused)
         fused = bool(self.fused) if fused is None else fused
         it = _Stream(self, prompt, max_tokens, block, fused, temperature, top_k, top_p, min_p, list(stop),
                      list(stop_tokens), self.seed if seed is None else seed)
@@ -452,18 +457,27 @@ class Orthrus:
     def chat_prompt(self, messages: list[dict]) -> str:
         """The prompt text the GGUF's chat template makes of `messages` (generation prompt appended), with the
         instance's system_prompt first unless the messages start with a system message."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         if self.system_prompt is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise PyorthrusError(f"{self.llm.model_path}: no chat template in the GGUF")
-        vocab = self.llm._model
-        formatter = Jinja2ChatFormatter(template, eos_token=vocab.token_get_text(vocab.token_eos()),
-                                        bos_token=vocab.token_get_text(vocab.token_bos()),
-                                        add_generation_prompt=True)
-        return formatter(messages=messages).prompt
+        return chat_template_prompt(self.llm, messages)
+
+
+def chat_template_prompt(llm, messages: list[dict]) -> str:
+    """The prompt text the chat template of a llama_cpp.Llama's GGUF makes of messages, generation prompt appended."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise PyorthrusError(f"{llm.model_path}: no chat template in the GGUF")
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def text(token: int) -> str:
+        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    formatter = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()),
+                                    add_generation_prompt=True)
+    return formatter(messages=messages).prompt
 
 
 def _warn_low_precision_diff(path) -> None:

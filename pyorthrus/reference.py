@@ -21,7 +21,8 @@ from torch import nn
 from .errors import PyorthrusError
 from .inspect import adapter_fit, fit_error
 from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, SUPPORTED_BASES,  # noqa: F401
-                      OrthrusConfig, config_from_hf, llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
+                      KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, OrthrusConfig, config_from_hf,
+                      llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,8 +343,8 @@ def config_from_gguf(reader, source: str) -> OrthrusConfig:
         rope_theta=gguf_field(reader, f"{arch}.rope.freq_base", 10000.0),
         tie_word_embeddings="output.weight" not in tensors,
         attention_bias="blk.0.attn_output.bias" in tensors,
-        block_size=gguf_field(reader, f"{arch}.diffusion.block_size", 32),
-        mask_token_id=gguf_field(reader, "tokenizer.ggml.mask_token_id"),
+        block_size=gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch), 32),
+        mask_token_id=gguf_field(reader, KEY_MASK_TOKEN_ID),
     )
 
 
@@ -411,8 +412,8 @@ def load_gguf(base_gguf, adapter_gguf=None, dtype: torch.dtype = torch.float32) 
         mismatch = fit_error(adapter_fit(reader, adapter))
         if mismatch:
             raise PyorthrusError(mismatch)
-        cfg = replace(cfg, block_size=gguf_field(adapter, "orthrus.diffusion.block_size", cfg.block_size),
-                      mask_token_id=gguf_field(adapter, "tokenizer.ggml.mask_token_id", cfg.mask_token_id))
+        cfg = replace(cfg, block_size=gguf_field(adapter, KEY_ADAPTER_BLOCK_SIZE, cfg.block_size),
+                      mask_token_id=gguf_field(adapter, KEY_MASK_TOKEN_ID, cfg.mask_token_id))
         sources.append((adapter, _gguf_name(adapter)))
     model = OrthrusModel(cfg, dtype)
     own = model.state_dict()
@@ -443,8 +444,9 @@ def load_gguf(base_gguf, adapter_gguf=None, dtype: torch.dtype = torch.float32) 
 
 
 @dataclass
-class GenerationStats:
-    """`accepted` holds, per draft/verify cycle, how many drafted tokens the verify accepted (the bonus excluded)."""
+class ReferenceStats:
+    """What the reference decoders did (pyorthrus.model.GenerationStats is llama.cpp's side, with timings):
+    `accepted` holds, per draft/verify cycle, how many drafted tokens the verify accepted (the bonus excluded)."""
 
     accepted: list[int] = field(default_factory=list)
     ar_passes: int = 0
@@ -491,10 +493,10 @@ def _mask_id(model: OrthrusModel) -> int:
 
 @torch.no_grad()
 def greedy_generate(model: OrthrusModel, prompt_ids, max_new_tokens: int, block_size: int | None = None,
-                    stop_ids=()) -> tuple[list[int], GenerationStats]:
+                    stop_ids=()) -> tuple[list[int], ReferenceStats]:
     """Greedy decoding: plain AR when `block_size` is None, else Orthrus draft/verify with blocks of `block_size`."""
     cache, x = _prefill(model, prompt_ids)
-    out, stats = _Output(max_new_tokens, stop_ids), GenerationStats()
+    out, stats = _Output(max_new_tokens, stop_ids), ReferenceStats()
     while not out.done:
         if block_size is None:
             x = int(model.forward_ar([x], cache)[-1].argmax())
@@ -546,7 +548,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top
 @torch.no_grad()
 def sample_generate(model: OrthrusModel, prompt_ids, max_new_tokens: int, block_size: int | None = None,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                    stop_ids=()) -> tuple[list[int], GenerationStats]:
+                    stop_ids=()) -> tuple[list[int], ReferenceStats]:
     """Sampling: plain AR when `block_size` is None, else Orthrus speculative rejection sampling (lossless: the
     output distribution is the AR one). Drafts are sampled from the diffusion rows q, verified against the AR rows p."""
     rng = torch.Generator().manual_seed(seed)
@@ -555,7 +557,7 @@ def sample_generate(model: OrthrusModel, prompt_ids, max_new_tokens: int, block_
         return int(torch.multinomial(probs.float(), 1, generator=rng))
 
     cache, x = _prefill(model, prompt_ids)
-    out, stats = _Output(max_new_tokens, stop_ids), GenerationStats()
+    out, stats = _Output(max_new_tokens, stop_ids), ReferenceStats()
     while not out.done:
         if block_size is None:
             x = draw(sampling_probs(model.forward_ar([x], cache)[-1], temperature, top_k, top_p))

@@ -35,7 +35,8 @@ def _user_files(out, write_checkpoint) -> dict:
     """A plain base GGUF made the way community files are made (the patched tree's convert_hf_to_gguf.py on the
     base weights of an upstream-format Orthrus checkpoint, real Qwen3 tokenizer), quantized to Q8_0 and Q4_K_M by
     llama_model_quantize, and the adapter-only GGUF that `pyorthrus convert` makes from the same checkpoint."""
-    from pyorthrus import cli, shapes
+    from pyorthrus import cli
+    from pyorthrus.bench import shapes
     from pyorthrus.convert.checkpoint import OrthrusCheckpoint
     from pyorthrus.convert.hf_base import convert_base_to_gguf
 
@@ -57,7 +58,7 @@ JOURNEY_SHAPE = dict(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_
 @pytest.fixture(scope="session")
 def qwen3_journey(tmp_path_factory):
     """What a Qwen3 user holds (issue 16): a plain `qwen3` base GGUF (F32, Q8_0, Q4_K_M) and an adapter file."""
-    from pyorthrus import fixtures
+    from pyorthrus.testing import fixtures
 
     return _user_files(tmp_path_factory.mktemp("qwen3-journey"),
                        lambda d: fixtures.write_tiny_orthrus_qwen3(d, seed=31, head_dim=64, **JOURNEY_SHAPE))
@@ -66,7 +67,7 @@ def qwen3_journey(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_journey(tmp_path_factory):
     """The same for a Qwen2/Qwen2.5 base (architecture `qwen2`: q/k/v biases, no q/k norms)."""
-    from pyorthrus import fixtures
+    from pyorthrus.testing import fixtures
 
     return _user_files(tmp_path_factory.mktemp("qwen2-journey"),
                        lambda d: fixtures.write_tiny_orthrus_qwen2(d, seed=33, **JOURNEY_SHAPE))

@@ -11,7 +11,7 @@ from pytest import approx
 from pyorthrus import Orthrus, PyorthrusError, assets, cli
 from pyorthrus.auto import FIRST_PROBE_GAP, AutoBlockSize
 from pyorthrus.generate import block_size_argument
-from pyorthrus.profile import PassCosts, auto_sizes
+from pyorthrus.bench.pass_costs import PassCosts, auto_sizes
 
 PROMPTS = [
     "The three primary colours are",
@@ -236,7 +236,7 @@ def test_bench_plots(bench_run):
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(bench_run, monkeypatch, capsys, tmp_path):
-    from pyorthrus import bench_report
+    from pyorthrus.bench import report as bench_report
 
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # makes `import matplotlib` fail
     report = json.loads(bench_run.with_suffix(".json").read_text())

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pyorthrus import build
 
 
@@ -106,7 +104,8 @@ def test_the_sanitizer_build_lives_apart_from_the_installed_one(tmp_path, monkey
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     env = build.sanitizer_env(target)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(target), "/elsewhere"]  # its llama_cpp is found first
-    assert Path(env["LD_PRELOAD"]).name.startswith("libasan") and Path(env["LD_PRELOAD"]).is_file()
+    preload = [Path(p) for p in env["LD_PRELOAD"].split(":")]
+    assert [p.name.split(".")[0] for p in preload] == ["libasan", "libstdc++"] and all(p.is_file() for p in preload)
     assert "detect_leaks=0" in env["ASAN_OPTIONS"]
     result = run_build("--env")
     assert result.returncode == 1 and "--env goes with --sanitize" in result.stderr

@@ -9,9 +9,13 @@ import sys
 import llama_cpp
 import pytest
 
-from pyorthrus import Orthrus, assets, check, check_sampling, check_stats, check_tasks, cli, prompts
+from pyorthrus import Orthrus, assets, cli, prompts
+from pyorthrus.check import cli as check
+from pyorthrus.check import sampling as check_sampling
+from pyorthrus.check import stats as check_stats
+from pyorthrus.check import tasks as check_tasks
 
-from orthrus_adapters import write_identity_adapter
+from pyorthrus.testing.adapters import write_identity_adapter
 
 ADAPTER = str(assets.DEFAULT_ADAPTER)
 # One thread for everything: the 2 CPU cores are shared, and llama.cpp's spinning threads crawl when oversubscribed.

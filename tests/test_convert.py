@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import gguf
@@ -15,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pyorthrus import assets, fixtures, reference
+from pyorthrus import assets, reference
+from pyorthrus.testing import fixtures
 from pyorthrus.convert import cli as convert_cli
 from pyorthrus.convert import convert_checkpoint
 from pyorthrus.convert.base_gguf import copied_metadata, planned_base_tensors

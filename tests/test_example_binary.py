@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orthrus_harness import Context, Model, greedy_ar  # first: sets the batch-invariant environment
+from pyorthrus.testing.harness import Context, Model, greedy_ar  # first: sets the batch-invariant environment
 
 from pyorthrus import assets
 

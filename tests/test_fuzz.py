@@ -104,7 +104,7 @@ def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp
 def test_a_config_value_of_the_wrong_kind_is_one_line_and_writes_nothing(tmp_path, key, value):
     """Found by bench/fuzz.py (checkpoint target): config.json values of the wrong type or out of the GGUF's 32-bit
     range raised TypeError / struct.error tracebacks from deep inside the converter."""
-    from pyorthrus import cli, fixtures
+    from pyorthrus.testing import fixtures
 
     ckpt = fixtures.write_tiny_orthrus_qwen3(tmp_path / "ckpt", seed=9)
     config = json.loads((ckpt / "config.json").read_text())

@@ -7,13 +7,13 @@ losslessness tests need.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from orthrus_harness import Context, Model, chi2_sf, greedy_ar, orthrus_generate, processed_probs  # first: env
-from orthrus_adapters import SMOLLM2_MASK_TOKEN_ID, write_adapter, write_identity_adapter
+from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate, processed_probs  # first: env
+from pyorthrus.check.stats import chi2_sf
+from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID, write_adapter, write_identity_adapter
 
 from pyorthrus import _lib as O
 

@@ -12,10 +12,11 @@ import ctypes
 import numpy as np
 import pytest
 
-from orthrus_harness import Context, Model, greedy_ar  # first: env
-from orthrus_adapters import SMOLLM2_MASK_TOKEN_ID
+from pyorthrus.testing.harness import Context, Model, greedy_ar  # first: env
+from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID
 from pyorthrus import Orthrus, _lib as O
-from pyorthrus import assets, check_sampling
+from pyorthrus import assets
+from pyorthrus.check import sampling as check_sampling
 
 import llama_cpp.llama_cpp as L
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from orthrus_harness import Context, Model  # first: sets the OpenMP environment
+from pyorthrus.testing.harness import Context, Model  # first: sets the OpenMP environment
 
 from pyorthrus import _lib as O
-from pyorthrus import fixtures, reference
+from pyorthrus import reference
+from pyorthrus.testing import fixtures
 from pyorthrus.convert import convert_checkpoint
 
 TOL = 1e-4      # flash attention off, F32 KV cache: measured ~1e-5
@@ -189,7 +190,7 @@ def test_fused_pass_setting_is_checked(merged):
 def test_cycle_on_merged_model_without_adapter(merged, name):
     """A merged file needs no adapter: block size and mask token come from its own metadata, and greedy
     Orthrus equals greedy AR."""
-    from orthrus_harness import greedy_ar, orthrus_generate
+    from pyorthrus.testing.harness import greedy_ar, orthrus_generate
 
     model = Model(merged[name])
     ctx = Context(model, n_ctx=128, n_batch=32)

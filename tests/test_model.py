@@ -5,7 +5,7 @@ import pytest
 
 from pyorthrus import Orthrus, PyorthrusError, assets
 
-from orthrus_adapters import write_adapter, write_identity_adapter
+from pyorthrus.testing.adapters import write_adapter, write_identity_adapter
 
 PROMPTS = [
     "The three primary colours are",
@@ -152,8 +152,8 @@ def test_ar_sampling_follows_llama_cpp_python_for_the_same_flags(ar, smollm2, fl
     """The distribution our sampler draws from (the C step behind every sampled AR step and, as p and q, every
     sampled cycle) is llama.cpp's for the same flags: 400 first tokens after a prompt from Orthrus.ar_view() and
     400 from llama-cpp-python's own Llama.generate, one seed each, pass a chi-square homogeneity test (alpha 0.001)."""
-    from pyorthrus.check_sampling import draw_runs
-    from pyorthrus.check_stats import homogeneity_test
+    from pyorthrus.check.sampling import draw_runs
+    from pyorthrus.check.stats import homogeneity_test
 
     prompt = ar.tokenize("My favourite animal is the")
     sampling = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, **flags}

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pyorthrus import fixtures, reference
+from pyorthrus import reference
+from pyorthrus.testing import fixtures
 from pyorthrus.errors import PyorthrusError
 
 transformers = pytest.importorskip("transformers")

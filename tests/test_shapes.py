@@ -1,4 +1,4 @@
-"""The shape generator (pyorthrus.shapes) and `pyorthrus bench --shape` on a tiny shape: a loadable merged Orthrus
+"""The shape generator (pyorthrus.bench.shapes) and `pyorthrus bench --shape` on a tiny shape: a loadable merged Orthrus
 GGUF with the real Qwen3 tokenizer, quantized by llama_model_quantize, greedy Orthrus == AR on it, and a report."""
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from pyorthrus import cli, shapes
+from pyorthrus import cli
+from pyorthrus.bench import shapes
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.model import Orthrus
-from pyorthrus.profile import _monotone, _not_monotone
+from pyorthrus.bench.pass_costs import _monotone, _not_monotone
 
 
 @pytest.fixture(scope="module")

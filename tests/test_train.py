@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyorthrus import fixtures, reference
+from pyorthrus import reference
+from pyorthrus.testing import fixtures
 from pyorthrus.convert import convert_checkpoint
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.train import model as tmodel

@@ -11,7 +11,8 @@ import warnings
 import gguf
 import pytest
 
-from pyorthrus import Orthrus, PyorthrusError, cli, fixtures
+from pyorthrus import Orthrus, PyorthrusError, cli
+from pyorthrus.testing import fixtures
 from pyorthrus.convert import convert_checkpoint
 from pyorthrus.inspect import adapter_fit
 
@@ -103,7 +104,7 @@ def test_an_adapter_for_another_base_is_one_line_naming_both_files(qwen3_journey
 def test_the_community_merged_format_quantized_to_q4_k_m_decodes_and_warns(qwen3_journey, tmp_path):
     """A merged `orthrus` file quantized as a whole to Q4_K_M: llama.cpp's quantizer stores the diff tensors in
     4 bits too. It loads and decodes exactly as AR, and the user is warned that the drafts may suffer."""
-    from pyorthrus import shapes
+    from pyorthrus.bench import shapes
     from pyorthrus.inspect import inspect_gguf
 
     merged = convert_checkpoint(qwen3_journey["checkpoint"], merged_out=tmp_path / "merged.f32.gguf",

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PyorthrusError
+from ..errors import PyorthrusError
 
 NAN = float("nan")
 

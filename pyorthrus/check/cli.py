@@ -4,9 +4,9 @@ Trajectory match (always): greedy Orthrus vs greedy AR in the same build, prompt
 report gives the position, both tokens and the AR logit margin between them there: a near-tie points at
 floating-point batch effects (a GPU, the fast CPU flavour), a large margin at a bug.
 
-On request, reusing those generations: benchmark accuracy of both (--task, check_tasks), llama.cpp AR vs the FP32
-PyTorch reference (--reference, check_reference); and a distribution test of Orthrus sampling (--sampling,
-check_sampling).
+On request, reusing those generations: benchmark accuracy of both (--task, tasks.py), llama.cpp AR vs the FP32
+PyTorch reference (--reference, reference.py); and a distribution test of Orthrus sampling (--sampling,
+sampling.py).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from . import check_reference, check_sampling, check_tasks
-from .generate import add_model_arguments, open_model, sampling_options
-from .prompts import load as load_prompts
+from . import reference, sampling, tasks
+from ..generate import add_model_arguments, open_model, sampling_options
+from ..prompts import load as load_prompts
 
 if TYPE_CHECKING:
-    from .model import Generation
+    from ..model import Generation
 
 
 @dataclass
@@ -110,7 +110,7 @@ Exit code 0 only if the exact-match rate reaches 1 - tolerance and, with --sampl
     source.add_argument("--prompts", default=None,
                         help="built-in set (mix: chat/math/code, chat, gsm8k, humaneval) or a JSONL file with "
                              "{\"prompt\": ...} rows (default: mix)")
-    source.add_argument("--task", choices=check_tasks.TASKS, default=None,
+    source.add_argument("--task", choices=tasks.TASKS, default=None,
                         help="use a benchmark's problems as the prompts and score both outputs: gsm8k (the "
                              "reserved benchmark split, first 200 test problems; final-number match) or humaneval "
                              "(pass@1 by the official harness, run in a child process)")
@@ -147,10 +147,10 @@ Exit code 0 only if the exact-match rate reaches 1 - tolerance and, with --sampl
 def run(args: argparse.Namespace) -> int:
     progress = not args.json
     if args.reference is not None:
-        check_reference.validate(args.reference)
+        reference.validate(args.reference)
     if args.sampling:
-        check_sampling.validate(sampling_options(args), args.seeds, args.positions, args.alpha)
-    prompts = (check_tasks.load_problems(args.task, args.limit) if args.task
+        sampling.validate(sampling_options(args), args.seeds, args.positions, args.alpha)
+    prompts = (tasks.load_problems(args.task, args.limit) if args.task
                else load_prompts(args.prompts or "mix", args.limit))
     sections = {}
     with open_model(args) as orthrus:
@@ -159,13 +159,13 @@ def run(args: argparse.Namespace) -> int:
                    for p in tqdm(prompts, desc="check", unit="prompt", disable=not progress, file=sys.stderr)]
         rows = [trajectory(ar, p, d) for p, d in zip(prompts, decoded)]
         if args.reference is not None:
-            sections["reference"] = check_reference.run(args, ar, prompts, decoded, progress)
+            sections["reference"] = reference.run(args, ar, prompts, decoded, progress)
         if args.sampling:
-            sections["sampling"] = check_sampling.run(orthrus, ar, decoded[0].prompt_tokens, args.seeds,
+            sections["sampling"] = sampling.run(orthrus, ar, decoded[0].prompt_tokens, args.seeds,
                                                       args.positions, sampling_options(args), args.alpha, args.seed,
                                                       progress)
     if args.task:
-        sections["task"] = check_tasks.score(args.task, prompts, decoded, progress)
+        sections["task"] = tasks.score(args.task, prompts, decoded, progress)
     summary = summarize(rows)
     trajectories_pass = summary["exact_match_rate"] >= 1.0 - args.tolerance
     passed = trajectories_pass and sections.get("sampling", {}).get("passed", True)
@@ -174,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"summary": summary, "prompts": [asdict(r) for r in rows], **sections}, indent=2))
         return 0 if passed else 1
     _print_trajectories(rows, summary, trajectories_pass)
-    for name, printer in (("task", check_tasks.print_report), ("reference", check_reference.print_report),
-                          ("sampling", check_sampling.print_report)):
+    for name, printer in (("task", tasks.print_report), ("reference", reference.print_report),
+                          ("sampling", sampling.print_report)):
         if name in sections:
             printer(sections[name])
     return 0 if passed else 1

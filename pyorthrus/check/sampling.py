@@ -12,8 +12,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .check_stats import homogeneity_test
-from .errors import PyorthrusError
+from .stats import homogeneity_test
+from ..errors import PyorthrusError
 
 ENDED = -1  # what a run holds at the positions after it stopped (end of generation): a category of its own
 

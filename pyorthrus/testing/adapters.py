@@ -15,18 +15,14 @@ from typing import Optional
 import gguf
 import numpy as np
 
+from ..formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSOR_OF, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
+                       KEY_MASK_TOKEN_ID)
+
 # SmolLM2 has no mask token; <empty_output> (id 16) is a special token of its code-data vocabulary that chat text
 # never produces, so it serves as MASK for identity adapters of SmolLM2.
 SMOLLM2_MASK_TOKEN_ID = 16
 
-_DIFF = {
-    "attn_q": "attn_q_diff",
-    "attn_k": "attn_k_diff",
-    "attn_v": "attn_v_diff",
-    "attn_output": "attn_output_diff",
-    "attn_q_norm": "attn_q_norm_diff",
-    "attn_k_norm": "attn_k_norm_diff",
-}
+_DIFF = DIFF_TENSOR_OF
 
 
 def _field_value(reader: gguf.GGUFReader, key: str):
@@ -65,14 +61,14 @@ def write_adapter(
 
     w = gguf.GGUFWriter(str(out), arch=arch or base_arch)
     w.add_type(general_type)
-    w.add_string("adapter.type", "orthrus")
-    w.add_uint32("orthrus.diffusion.block_size", block_size)
-    w.add_uint32("tokenizer.ggml.mask_token_id", mask_token_id)
-    w.add_uint32("orthrus.base.block_count", n_layer if n_layers is None else n_layers)
-    w.add_uint32("orthrus.base.embedding_length", n_embd if embedding_length is None else embedding_length)
-    w.add_uint32("orthrus.base.head_count", n_head if head_count is None else head_count)
-    w.add_uint32("orthrus.base.head_count_kv", n_head_kv if head_count_kv is None else head_count_kv)
-    w.add_uint32("orthrus.base.vocab_size", n_vocab if vocab_size is None else vocab_size)
+    w.add_string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS)
+    w.add_uint32(KEY_ADAPTER_BLOCK_SIZE, block_size)
+    w.add_uint32(KEY_MASK_TOKEN_ID, mask_token_id)
+    w.add_uint32(KEY_ADAPTER_BASE + "block_count", n_layer if n_layers is None else n_layers)
+    w.add_uint32(KEY_ADAPTER_BASE + "embedding_length", n_embd if embedding_length is None else embedding_length)
+    w.add_uint32(KEY_ADAPTER_BASE + "head_count", n_head if head_count is None else head_count)
+    w.add_uint32(KEY_ADAPTER_BASE + "head_count_kv", n_head_kv if head_count_kv is None else head_count_kv)
+    w.add_uint32(KEY_ADAPTER_BASE + "vocab_size", n_vocab if vocab_size is None else vocab_size)
 
     keep_layers = n_layer if n_layers is None else min(n_layer, n_layers)
     tensors = {t.name: t for t in reader.tensors}

@@ -18,9 +18,9 @@ from decimal import Decimal
 
 from tqdm import tqdm
 
-from . import assets
-from .check_stats import paired_difference, wilson_interval
-from .prompts import load as load_prompts
+from .. import assets
+from .stats import paired_difference, wilson_interval
+from ..prompts import load as load_prompts
 
 TASKS = ("gsm8k", "humaneval")
 EXEC_TIMEOUT_S = 5.0  # per HumanEval completion, enforced inside the child by the harness (SIGALRM)

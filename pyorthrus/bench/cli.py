@@ -4,7 +4,7 @@ the device profile; `pyorthrus bench compare` puts several runs' results side by
 Modes run interleaved prompt by prompt on the same model and context, so machine drift hits them alike. The device
 profile times one K-token pass in each view; with the measured tokens per cycle it predicts the speedup
 `tokens_per_cycle * t_AR(1) / (t_draft(K) + t_verify(K))`, which the measurement is then held against. Reports
-(Markdown, plots, the cross-device comparison) are made by pyorthrus.bench_report.
+(Markdown, plots, the cross-device comparison) are made by pyorthrus.bench.report.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import prompts as prompt_sets
-from .errors import PyorthrusError
-from .generate import adapter_path, add_model_arguments, open_model
-from .model import AUTO
+from .. import prompts as prompt_sets
+from ..errors import PyorthrusError
+from ..generate import adapter_path, add_model_arguments, open_model
+from ..model import AUTO
 from .shapes import SHAPES
-from .profile import BENCH_SIZES, PassCosts, measure_pass_costs
+from .pass_costs import BENCH_SIZES, PassCosts, measure_pass_costs
 
 
 FUSED_SUFFIX = "f"  # --block-sizes 4f: K=4 with fused cycles
@@ -67,8 +67,8 @@ def _kv_cache(llm) -> dict:
     share this one cache, so an Orthrus run holds exactly what the AR run holds (the O(1) memory claim)."""
     import llama_cpp
 
-    cells = llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(llm._ctx), 0) + 1
-    size = llama_cpp.llama_state_seq_get_size(llm._ctx, 0)
+    cells = llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(llm.ctx), 0) + 1
+    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
     return {"kv_cells": cells, "kv_bytes": size, "kv_bytes_per_cell": size / cells if cells else 0.0}
 
 
@@ -201,7 +201,7 @@ def cpu_name() -> str:
 
 
 def device_info(llm, n_gpu_layers: int) -> dict:
-    from .build import installed_build_info
+    from ..build import installed_build_info
 
     build = installed_build_info()
     return {"cpu": cpu_name(), "accelerators": _accelerators(), "n_gpu_layers": n_gpu_layers, "machine": platform.machine(),
@@ -265,14 +265,14 @@ def _parse_block_sizes(text: str) -> list[int | str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import bench_report
+    from . import report as reports
 
     if args.bench_command == "compare":
-        return bench_report.run_compare(args.reports, args.compare_out)
+        return reports.run_compare(args.reports, args.compare_out)
     if args.shape:
-        from . import bench_shapes
+        from . import shape_runs
 
-        return bench_shapes.run(args)
+        return shape_runs.run(args)
     block_sizes = _parse_block_sizes(args.block_sizes)
     if args.profile_reps < 1:
         raise PyorthrusError(f"--profile-reps {args.profile_reps}: must be >= 1")
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     with open_model(args) as llm:
         for mode in block_sizes:  # refuse a bad K before minutes of profiling
             options = mode_options(mode)
-            llm._checked_block_size(options["block_size"], options.get("fused"))
+            llm.check_block_size(options["block_size"], options.get("fused"))
         any_fused = llm.fused is not False or any(mode_options(m).get("fused") for m in block_sizes)
         profile = device_profile(llm, args.profile_reps, any_fused)
         report = {"model": str(llm.llm.model_path), "adapter": str(adapter) if adapter else None,
@@ -303,12 +303,11 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         if "summary" in report:
-            args.out.with_suffix(".md").write_text(bench_report.markdown(report, plots=bench_report.plot(report,
-                                                                                                       args.out)))
+            args.out.with_suffix(".md").write_text(reports.markdown(report, plots=reports.plot(report, args.out)))
     if args.json:
         print(json.dumps(report, indent=2))
     elif "summary" in report:
-        print(bench_report.markdown(report))
+        print(reports.markdown(report))
     else:
         print(json.dumps(profile, indent=2))
     return 0

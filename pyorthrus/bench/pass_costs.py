@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import PyorthrusError
-from .prompts import CHAT_PROMPTS
+from ..errors import PyorthrusError
+from ..prompts import CHAT_PROMPTS
 
 BENCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
 # untimed passes before each K's timed ones: the first builds the graph; ggml-cuda captures a CUDA graph on the
@@ -82,7 +82,9 @@ def _timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> floa
     cycles run), until its result is on the host; its cells are removed after, so the cache is back where it was."""
     import llama_cpp
 
-    lib, ctx = llm._lib, llm._ctx
+    from .. import _lib as lib
+
+    ctx = llm.ctx
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
     try:
         for i, token in enumerate(tokens):
@@ -138,7 +140,7 @@ def _prefilled_prefix(llm, prefix_len: int) -> list[int]:
     """A prefix_len-token cache of chat text (plus the known, uncached token after it); returns the tokens."""
     text_tokens = llm.tokenize(" ".join(CHAT_PROMPTS))
     prompt = (text_tokens * (prefix_len // len(text_tokens) + 1))[:prefix_len + 1]
-    llm._prefill(prompt)
+    llm.prefill(prompt)
     return prompt
 
 
@@ -189,7 +191,9 @@ def measure_cycle_costs(llm, sizes, prefix_len: int = 128, reps: int = 3,
 
     import llama_cpp
 
-    lib, ctx = llm._lib, llm._ctx
+    from .. import _lib as lib
+
+    ctx = llm.ctx
     mem = llama_cpp.llama_get_memory(ctx)
     prompt = _prefilled_prefix(llm, prefix_len)
     position = len(prompt) - 1

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .assets import qwen3_tokenizer_dir
-from .formats import config_from_hf
-from .reference import ATTENTION_PROJECTIONS, QK_NORMS
+from ..assets import qwen3_tokenizer_dir
+from ..formats import config_from_hf
+from ..reference import ATTENTION_PROJECTIONS, QK_NORMS
 
 QWEN3_MASK_TOKEN_ID = 151669  # len(tokenizer) of Qwen3: the first id past the added tokens
 QWEN3_VOCAB_SIZE = 151936     # Qwen3's padded embedding rows
@@ -80,7 +80,7 @@ def write_diff_only_for_gguf(out_dir, base_gguf, mask_token_id: int, block_size:
     import gguf
     from safetensors.torch import save_file
 
-    from .reference import config_from_gguf, gguf_tensor_f32, llama_qk_permute_heads, unpermute_qk_rows
+    from ..reference import config_from_gguf, gguf_tensor_f32, llama_qk_permute_heads, unpermute_qk_rows
 
     reader = gguf.GGUFReader(str(base_gguf))
     cfg = config_from_gguf(reader, str(base_gguf))

@@ -19,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import shapes
-from .errors import PyorthrusError
-from .profile import measure_cycle_costs, measure_pass_costs
+from ..errors import PyorthrusError
+from .pass_costs import measure_cycle_costs, measure_pass_costs
 
 SIZES = (1, 2, 4, 8, 16, 32)
 PASS_COLUMNS = (4, 16, 32)  # verify pass / step shown in the Markdown table (the JSON has every K and both views)
@@ -77,7 +77,7 @@ def step_weight_bytes(path: Path) -> int:
 
 def profile_file(path: Path, prefixes: list[int], threads: int, reps: int, bandwidth: float, n_gpu_layers: int,
                  flash_attn: bool) -> dict:
-    from .model import Orthrus
+    from ..model import Orthrus
 
     sizes = list(SIZES)
     weight_bytes = step_weight_bytes(path)
@@ -119,7 +119,7 @@ def summarize_run(profile: dict, cycles: dict[int, float], floor_s: float) -> di
 def run_shapes(names: list[str], weight_types: list[str], prefixes: list[int], threads: int, reps: int,
                cache: Path, n_gpu_layers: int = 0, flash_attn: bool = False, on_result=None) -> dict:
     """Profile every (shape, weight type); `on_result(report)` after each, so a long run keeps what it measured."""
-    from .bench import _accelerators, cpu_name
+    from .cli import _accelerators, cpu_name
 
     for name in names:
         if name not in shapes.SHAPES:

@@ -18,7 +18,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .errors import PyorthrusError
+from ..errors import PyorthrusError
+from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
 
 GIB = 1 << 30
 
@@ -91,7 +92,7 @@ def weight_types() -> dict[str, int]:
 def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
     """The genuine Qwen3 BPE tokenizer as llama.cpp's converter writes it (ids in order, added tokens typed,
     [PADn] filler up to the embedding rows)."""
-    from .assets import qwen3_tokenizer_dir
+    from ..assets import qwen3_tokenizer_dir
 
     src = qwen3_tokenizer_dir()
     tok = json.loads((src / "tokenizer.json").read_text())
@@ -113,7 +114,7 @@ def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
           ("tokenizer.ggml.eos_token_id", QWEN3_EOS, U, None),
           ("tokenizer.ggml.padding_token_id", QWEN3_BOS, U, None),
           ("tokenizer.ggml.add_bos_token", False, gguf.GGUFValueType.BOOL, None),
-          ("tokenizer.ggml.mask_token_id", QWEN3_MASK, U, None)]
+          (KEY_MASK_TOKEN_ID, QWEN3_MASK, U, None)]
     if template:
         kv.append(("tokenizer.chat_template", template, S, None))
     return kv
@@ -121,9 +122,9 @@ def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
 
 def _smollm2_tokenizer_kv(vocab_size: int) -> list[tuple]:
     """SmolLM2's tokenizer from the real GGUF, padded with [PADn] tokens (one of them the mask) to vocab_size."""
-    from .convert.base_gguf import copied_metadata, open_gguf
+    from ..convert.base_gguf import copied_metadata, open_gguf
 
-    from .assets import smollm2_gguf
+    from ..assets import smollm2_gguf
 
     kv = [item for item in copied_metadata(open_gguf(smollm2_gguf())) if item[0].startswith("tokenizer.")]
     for i, (key, value, vtype, sub) in enumerate(kv):
@@ -133,7 +134,7 @@ def _smollm2_tokenizer_kv(vocab_size: int) -> list[tuple]:
                 [int(gguf.TokenType.UNUSED)] * (vocab_size - n)
             kv[i] = (key, value[:vocab_size] + pad, vtype, sub)
     # SmolLM2 has no free id below its vocabulary; the last row is as good a mask as any for timing
-    kv.append(("tokenizer.ggml.mask_token_id", vocab_size - 1, gguf.GGUFValueType.UINT32, None))
+    kv.append((KEY_MASK_TOKEN_ID, vocab_size - 1, gguf.GGUFValueType.UINT32, None))
     return kv
 
 
@@ -149,14 +150,14 @@ def _metadata(name: str, shape: Shape) -> list[tuple]:
           (f"{a}.attention.value_length", shape.head_dim, U, None),
           (f"{a}.rope.dimension_count", shape.head_dim, U, None), (f"{a}.rope.freq_base", shape.rope_theta, F, None),
           (f"{a}.attention.layer_norm_rms_epsilon", 1e-6, F, None), (f"{a}.vocab_size", shape.vocab, U, None),
-          (f"{a}.diffusion.block_size", BLOCK_SIZE, U, None)]
+          (KEY_BLOCK_SIZE.format(arch=a), BLOCK_SIZE, U, None)]
     tokenizer = _qwen3_tokenizer_kv if shape.arch == "qwen3" else _smollm2_tokenizer_kv
     return kv + tokenizer(shape.vocab)
 
 
 def write_f16(name: str, path: Path, seed: int = 0, progress: bool = True) -> Path:
     """The merged F16 file of SHAPES[name]. Matrices repeat one random tile (N(0, 0.02)); norms are ones."""
-    from .convert.gguf_out import PlannedTensor, atomic_output, write_gguf
+    from ..convert.gguf_out import PlannedTensor, atomic_output, write_gguf
 
     shape = SHAPES[name]
     tile = (np.random.default_rng(seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
@@ -245,6 +246,6 @@ def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None
 
 
 def default_cache() -> Path:
-    from .build import default_cache_dir
+    from ..build import default_cache_dir
 
     return default_cache_dir() / "shapes"

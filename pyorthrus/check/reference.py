@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import PyorthrusError
+from ..errors import PyorthrusError
 
 
 @dataclass
@@ -44,7 +44,7 @@ def validate(hf_dir: str | None) -> None:
 
 def load(model_path: Path, adapter_path: Path | None, hf_dir: str | None):
     """The reference model: the HF checkpoint in `hf_dir`, else the base GGUF dequantized to FP32."""
-    from . import reference
+    from .. import reference
 
     if hf_dir:
         return reference.load_hf(hf_dir, base=model_path)
@@ -75,7 +75,7 @@ def compare(ref_model, llama_ar, prompt: dict, prompt_tokens: list[int], llama_t
     """`llama_tokens`: llama.cpp's greedy AR continuation of `prompt_tokens` (max_tokens, stopping at stop_ids)."""
     import torch
 
-    from . import reference
+    from .. import reference
 
     with torch.no_grad():
         ref_logits = ref_model.forward_ar(prompt_tokens, ref_model.new_cache())[-1].numpy()
@@ -109,7 +109,7 @@ def compare(ref_model, llama_ar, prompt: dict, prompt_tokens: list[int], llama_t
 def run(args, llama_ar, prompts: list[dict], decoded: list, progress: bool) -> dict:
     """`decoded`: per prompt, its tokens and llama.cpp's AR generation (check.Decoded), computed once for both
     checks."""
-    from . import assets
+    from .. import assets
 
     model_path = args.model or assets.smollm2_gguf()
     stop_ids = [t for t in range(llama_ar.llm.n_vocab()) if llama_ar._is_eog(t)]  # noqa: SLF001 - the EOG set

@@ -24,6 +24,7 @@ index): its random generator is seeded with exactly that.
     python bench/fuzz.py --out bench/results/fuzz_cpu                     # 10k adapter, 2k merged, 2k checkpoint
     python bench/fuzz.py --iterations 50 --minutes 1.5 --out /tmp/fuzz    # a quick slice (tests/test_fuzz.py)
     python bench/fuzz.py --sanitize --out bench/results/fuzz_asan          # the same under ASan + UBSan
+    python bench/fuzz.py --sanitize --shard 1/2 --out /tmp/fuzz_1          # half of it (run 0/2 beside it)
 """
 from __future__ import annotations
 
@@ -385,7 +386,7 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
     if target == "hparams":
         iterations = len(edits) if iterations is None else min(iterations, len(edits))
     done = 0
-    for index in range(iterations):
+    for index in range(args.shard[0], iterations, args.shard[1]):
         if time.monotonic() > deadline:
             break
         rng = random.Random(f"{args.seed}-{target}-{index}")
@@ -424,7 +425,7 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
 def report_markdown(result: dict) -> str:
     lines = [f"# Fuzzing the Orthrus loaders ({result['build']})", "",
              f"Seed {result['seed']}, {result['minutes']:.1f} minutes, timeout {result['timeout']} s per mutant. "
-             f"Reproduce: `python bench/fuzz.py --seed {result['seed']} ...`.", "",
+             f"Reproduce: `python bench/fuzz.py --seed {result['seed']} --shard {result['shard']} ...`.", "",
              "| target | mutants | " + " | ".join(OUTCOMES) + " |", "|---|---:|" + "---:|" * len(OUTCOMES)]
     for target, r in result["targets"].items():
         lines.append(f"| {target} | {r['mutants']} | " + " | ".join(str(r["counts"][o]) for o in OUTCOMES) + " |")
@@ -435,6 +436,13 @@ def report_markdown(result: dict) -> str:
     lines += [f"- {f['target']} #{f['index']} {f['outcome']} ({f['mutation']}): {f['message'][:300]}"
               for f in findings]
     return "\n".join(lines) + "\n"
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give K/N with 0 <= K < N, e.g. 0/2")
+    return int(k), int(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="comma-separated: adapter,merged,checkpoint,hparams")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a mutant may take before it is a hang")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                        help="only mutants K, K+N, K+2N, ... of each target: N processes with K = 0..N-1 run one "
+                             "campaign in parallel (each writes its own report; the counts add up)")
     parser.add_argument("--sanitize", action="store_true",
                         help="run the workers on the ASan + UBSan build (`pyorthrus build --sanitize`, built once "
                              "and cached; ~15 minutes the first time)")
@@ -494,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             worker_.stop()
     if not any(saved.iterdir()):
         saved.rmdir()
-    result = {"seed": args.seed, "minutes": (time.monotonic() - start) / 60, "timeout": args.timeout,
+    result = {"seed": args.seed, "shard": "/".join(map(str, args.shard)), "minutes": (time.monotonic() - start) / 60,
+              "timeout": args.timeout,
               "build": f"{label}, {len(info.get('patches', []))} patches", "targets": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))

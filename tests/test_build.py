@@ -33,8 +33,12 @@ def test_a_regular_install_builds_and_runs(tmp_path):
     directory with no checkout in sight."""
     repo = Path(__file__).resolve().parent.parent
     source = tmp_path / "source"  # a copy, so setuptools' build/ and egg-info stay out of the checkout
-    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "tests",
-                                                                "bench", "__pycache__"))
+    skipped_everywhere = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__")
+
+    def skipped(directory: str, names: list[str]) -> set[str]:  # the top-level tests/ and bench/, not pyorthrus/bench
+        return set(skipped_everywhere(directory, names)) | ({"tests", "bench"} if Path(directory) == repo else set())
+
+    shutil.copytree(repo, source, ignore=skipped)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(site), str(source)], check=True, capture_output=True)

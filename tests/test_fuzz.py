@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from pyorthrus.testing.gguf_edits import offset_in_file, with_metadata_value
+from pyorthrus.testing.gguf_edits import offset_in_file, with_metadata_type, with_metadata_value, with_tensor_type
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,19 @@ def test_a_bad_hyperparameter_is_refused_not_an_abort(smollm2_path, tmp_path, ke
     line = _generate_error(bad)
     assert line.startswith(f"pyorthrus generate: error: {bad}: llama.cpp could not load it (invalid hyperparameters: ")
     assert reason in line, line
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda src, dst: with_tensor_type(src, dst, "token_embd.weight", 8200), "invalid ggml type 8200"),
+    (lambda src, dst: with_metadata_type(src, dst, "llama.block_count", 1125), "invalid GGUF type 1125")])
+def test_a_type_id_outside_its_enum_is_refused_by_name(smollm2_path, tmp_path, edit, reason):
+    """Found by bench/fuzz.py under the sanitizer build: a type id outside ggml's or GGUF's enum was converted to the
+    enum before the range check (undefined behaviour, reported by UBSan); patch 0016 checks the id first, and the
+    one-line error names it."""
+    bad = tmp_path / "bad-type.gguf"
+    edit(smollm2_path, bad)
+    line = _generate_error(bad)
+    assert line.startswith(f"pyorthrus generate: error: {bad}: llama.cpp could not load it (") and reason in line, line
 
 
 def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp_path):

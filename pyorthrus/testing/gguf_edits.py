@@ -17,7 +17,27 @@ def with_metadata_value(src: Path, dst: Path, key: str, value) -> None:
     import gguf
 
     reader = gguf.GGUFReader(src)
-    part = reader.fields[key].parts[reader.fields[key].data[0]]
+    _write_part(src, dst, reader, reader.fields[key].parts[reader.fields[key].data[0]], value)
+
+
+def with_metadata_type(src: Path, dst: Path, key: str, type_id: int) -> None:
+    """A copy of src whose metadata `key` claims the GGUF value type type_id (parts: length, name, type, value)."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    _write_part(src, dst, reader, reader.fields[key].parts[2], type_id)
+
+
+def with_tensor_type(src: Path, dst: Path, name: str, type_id: int) -> None:
+    """A copy of src whose tensor `name` claims the ggml type type_id (its info: name, n_dims, dims, type, offset)."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    tensor = next(t for t in reader.tensors if t.name == name)
+    _write_part(src, dst, reader, tensor.field.parts[-2], type_id)
+
+
+def _write_part(src: Path, dst: Path, reader, part: np.ndarray, value) -> None:
     raw = np.array([value], part.dtype).tobytes()
     data = bytearray(src.read_bytes())
     offset = offset_in_file(reader, part)

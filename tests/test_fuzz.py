@@ -99,6 +99,20 @@ def test_a_type_id_outside_its_enum_is_refused_by_name(smollm2_path, tmp_path, e
     assert line.startswith(f"pyorthrus generate: error: {bad}: llama.cpp could not load it (") and reason in line, line
 
 
+def test_a_file_type_beyond_the_enum_is_ignored_with_a_warning(smollm2_path, tmp_path):
+    """Found by bench/fuzz.py under the sanitizer build (hparams target): general.file_type = 7168 was cast to
+    llama_ftype (undefined behaviour, reported by UBSan). The file type is only a label: with patch 0017 llama.cpp
+    warns, keeps the type it guessed from the tensors, and the model loads and decodes as before."""
+    odd = tmp_path / "odd-file-type.gguf"
+    with_metadata_value(smollm2_path, odd, "general.file_type", 7168)
+    script = ("import sys, llama_cpp; llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=True); "
+              "print(llm.tokenize(b'hi'), llm.create_completion('hi', max_tokens=2)['choices'][0]['text'] != None)")
+    result = subprocess.run([sys.executable, "-c", script, str(odd)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "general.file_type 7168 is not a file type; keeping the guessed one" in result.stderr
+    assert "Q4_1" in next(line for line in result.stderr.splitlines() if "file type" in line and "=" in line)
+
+
 def test_a_truncated_model_names_what_llama_cpp_could_not_read(smollm2_path, tmp_path):
     """The reason llama.cpp logs for refusing a file reaches the one-line error (llama-cpp-python's own exception
     says only that loading failed)."""

@@ -25,6 +25,7 @@ index): its random generator is seeded with exactly that.
     python bench/fuzz.py --iterations 50 --minutes 1.5 --out /tmp/fuzz    # a quick slice (tests/test_fuzz.py)
     python bench/fuzz.py --sanitize --out bench/results/fuzz_asan          # the same under ASan + UBSan
     python bench/fuzz.py --sanitize --shard 1/2 --out /tmp/fuzz_1          # half of it (run 0/2 beside it)
+    python bench/fuzz.py --merge /tmp/fuzz_0.json /tmp/fuzz_1.json --out bench/results/fuzz_asan  # one report
 """
 from __future__ import annotations
 
@@ -425,7 +426,8 @@ def fuzz_target(target: str, seeds: dict, iterations: int, deadline: float, args
 def report_markdown(result: dict) -> str:
     lines = [f"# Fuzzing the Orthrus loaders ({result['build']})", "",
              f"Seed {result['seed']}, {result['minutes']:.1f} minutes, timeout {result['timeout']} s per mutant. "
-             f"Reproduce: `python bench/fuzz.py --seed {result['seed']} --shard {result['shard']} ...`.", "",
+             f"Reproduce: `python bench/fuzz.py --seed {result['seed']} --shard K/N ...` (K/N: {result['shard']}).",
+             "",
              "| target | mutants | " + " | ".join(OUTCOMES) + " |", "|---|---:|" + "---:|" * len(OUTCOMES)]
     for target, r in result["targets"].items():
         lines.append(f"| {target} | {r['mutants']} | " + " | ".join(str(r["counts"][o]) for o in OUTCOMES) + " |")
@@ -436,6 +438,23 @@ def report_markdown(result: dict) -> str:
     lines += [f"- {f['target']} #{f['index']} {f['outcome']} ({f['mutation']}): {f['message'][:300]}"
               for f in findings]
     return "\n".join(lines) + "\n"
+
+
+def merge_reports(paths: list[Path]) -> dict:
+    """One report of the shards of a campaign (their JSON files): counts and refusals add up, findings join."""
+    shards = [json.loads(path.read_text()) for path in paths]
+    merged = {**shards[0], "shard": ", ".join(r["shard"] for r in shards), "minutes": max(r["minutes"] for r in shards),
+              "targets": {}}
+    for target in dict.fromkeys(t for r in shards for t in r["targets"]):
+        parts = [r["targets"][target] for r in shards if target in r["targets"]]
+        refusals = Counter()
+        for part in parts:
+            refusals.update(dict(part["refusals"]))
+        merged["targets"][target] = {
+            "mutants": sum(part["mutants"] for part in parts),
+            "counts": {o: sum(part["counts"][o] for part in parts) for o in OUTCOMES},
+            "findings": [f for part in parts for f in part["findings"]], "refusals": refusals.most_common(8)}
+    return merged
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -462,12 +481,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sanitize", action="store_true",
                         help="run the workers on the ASan + UBSan build (`pyorthrus build --sanitize`, built once "
                              "and cached; ~15 minutes the first time)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="SHARD.json",
+                        help="write one report (OUT.json, OUT.md) of the shards' reports instead of fuzzing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
     if args.out is None:
         parser.error("--out is required")
+    if args.merge:
+        result = merge_reports(args.merge)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text(report_markdown(result))
+        print(report_markdown(result))
+        return 0
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:

@@ -440,6 +440,13 @@ def report_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(report_markdown(result))
+    print(report_markdown(result))
+
+
 def merge_reports(paths: list[Path]) -> dict:
     """One report of the shards of a campaign (their JSON files): counts and refusals add up, findings join."""
     shards = [json.loads(path.read_text()) for path in paths]
@@ -480,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                              "campaign in parallel (each writes its own report; the counts add up)")
     parser.add_argument("--sanitize", action="store_true",
                         help="run the workers on the ASan + UBSan build (`pyorthrus build --sanitize`, built once "
-                             "and cached; ~15 minutes the first time)")
+                             "and cached; 15-30 minutes on 2 cores the first time)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="SHARD.json",
                         help="write one report (OUT.json, OUT.md) of the shards' reports instead of fuzzing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -490,11 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required")
     if args.merge:
-        result = merge_reports(args.merge)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(report_markdown(result))
-        print(report_markdown(result))
+        write_report(merge_reports(args.merge), args.out)
         return 0
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
@@ -536,10 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"seed": args.seed, "shard": "/".join(map(str, args.shard)), "minutes": (time.monotonic() - start) / 60,
               "timeout": args.timeout,
               "build": f"{label}, {len(info.get('patches', []))} patches", "targets": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(report_markdown(result))
-    print(report_markdown(result))
+    write_report(result, args.out)
     bad = sum(r["counts"][o] for r in results.values() for o in ("crash", "sanitizer", "hang"))
     return 1 if bad else 0
 

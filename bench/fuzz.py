@@ -350,8 +350,9 @@ class Worker:
             self.proc = None
             self.stderr.close()
             report = self._stderr_since(seen)
-            if _sanitizer_report(report):  # ASan stops the process at its first report
-                return "sanitizer", _sanitizer_report(report)
+            found = _sanitizer_report(report)
+            if found:  # ASan stops the process at its first report
+                return "sanitizer", found
             return "crash", f"worker died (exit {code}): {_why(report)}"
         reply = json.loads(line)
         report = _sanitizer_report(self._stderr_since(seen))
@@ -507,11 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     from pyorthrus import build
 
     if args.sanitize:
-        config = build.make_config("cpu", sanitize=True)
-        if subprocess.run([sys.executable, "-m", "pyorthrus.build", "--backend", "cpu", "--sanitize", "--json"],
-                          stdout=subprocess.DEVNULL).returncode != 0:
+        built = subprocess.run([sys.executable, "-m", "pyorthrus.build", "--backend", "cpu", "--sanitize", "--json"],
+                               stdout=subprocess.PIPE, text=True)
+        if built.returncode != 0:
             raise SystemExit("fuzz: the sanitizer build failed (see `pyorthrus build --sanitize`)")
-        env, info = build.sanitizer_env(build.sanitized_dir(config, build.default_cache_dir())), config.info()
+        info = json.loads(built.stdout)  # the build's record, with the environment that runs Python on it
+        env = info["env"]
         label = f"{info['backend']} {info['flavour']} build with ASan + UBSan"
     else:
         env, info = {}, build.installed_build_info().get("build") or {}

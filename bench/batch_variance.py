@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +33,9 @@ def _parse():
 
 args = _parse()
 if args.n_gpu_layers == 0:
-    os.environ["GGML_CPU_TILED_MM"] = "0"  # the strict CPU settings, as bench/fidelity.py --config strict
+    from pyorthrus.strict import disable_tiled_matmul  # the strict CPU settings, as bench/fidelity.py --config strict
+
+    disable_tiled_matmul()
 
 import numpy as np  # noqa: E402
 

@@ -75,7 +75,9 @@ def _parse():
 
 args = _parse()
 if args.config == "strict":
-    os.environ["GGML_CPU_TILED_MM"] = "0"  # read once by ggml-cpu, at its first matmul
+    from pyorthrus.strict import disable_tiled_matmul
+
+    disable_tiled_matmul()
 
 import numpy as np  # noqa: E402
 
@@ -192,7 +194,7 @@ def load_adapters(model: Model, path: Path, quant: str, ks: list[int], work: Pat
         ad = model.load_adapter(args.adapter)
         if not ad:
             raise SystemExit(O.last_error())
-        trained_k = O.llama_orthrus_adapter_block_size(ad)
+        trained_k = O.llama_adapter_orthrus_block_size(ad)
         per_k.update({K: (ad, Path(args.adapter).name) for K in ks if K <= trained_k})
     missing = [K for K in ks if K not in per_k]
     if missing:
@@ -244,7 +246,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                     if (quant, fa, K, pi) in done:
                         continue
                     ad, ad_name = adapters[K]
-                    O.llama_orthrus_set_adapter(ctx.ptr, ad)
+                    O.llama_set_adapter_orthrus(ctx.ptr, ad)
                     t0 = time.time()
                     run = orthrus_generate(ctx, prompt, args.tokens, block_size=K, fused=args.fused)
                     t_or = time.time() - t0
@@ -259,7 +261,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                         print(f"DIVERGENCE {quant} fa={fa} K={K} prompt={pi} at token {row['first_divergence']}: "
                               f"AR margin {row.get('ar_margin_at_divergence')}, AR gap to the Orthrus token "
                               f"{row.get('ar_gap_to_orthrus_token')}", flush=True)
-                O.llama_orthrus_set_adapter(ctx.ptr, None)
+                O.llama_set_adapter_orthrus(ctx.ptr, None)
                 if args.json:
                     save(Path(args.json), settings, build, results)
                 print(f"[{time.time() - t_start:7.0f}s] {quant} fa={fa} K={','.join(map(str, phase_ks))} "
@@ -267,7 +269,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
         for ctx in contexts.values():
             ctx.close()
         for ad in {ad for ad, _ in adapters.values()}:
-            O.llama_orthrus_adapter_free(ad)
+            O.llama_adapter_orthrus_free(ad)
         model.close()
 
 

@@ -4,7 +4,7 @@ Valid seed files are made first (a tiny upstream-format Qwen3 checkpoint with th
 GGUF from llama.cpp's converter, the adapter and merged GGUFs from `pyorthrus convert`). Each mutant is then made
 from a seed by one to three mutations and fed to a worker process:
 
-  adapter     llama_orthrus_adapter_init on the loaded base, then one decode cycle with it attached
+  adapter     llama_adapter_orthrus_init on the loaded base, then one decode cycle with it attached
   merged      llama_model_load_from_file, then one decode cycle when it has diff weights
   checkpoint  `pyorthrus convert CKPT --adapter-out FILE` (in the worker), which must write nothing when it fails
   hparams     not random: every scalar number in the merged file's metadata (block count, head counts, epsilons,
@@ -254,14 +254,14 @@ def worker(base_path: str) -> int:
     base_ctx = context(base)
 
     def try_adapter(path: str) -> tuple[str, str]:
-        adapter = O.llama_orthrus_adapter_init(base, path.encode())
+        adapter = O.llama_adapter_orthrus_init(base, path.encode())
         if not adapter:
             return "clean_error", O.last_error()
         try:
-            O.llama_orthrus_set_adapter(base_ctx, adapter)
+            O.llama_set_adapter_orthrus(base_ctx, adapter)
             return cycle(base_ctx)
         finally:
-            O.llama_orthrus_adapter_free(adapter)
+            O.llama_adapter_orthrus_free(adapter)
 
     def try_merged(path: str) -> tuple[str, str]:
         load_errors.clear()
@@ -269,7 +269,7 @@ def worker(base_path: str) -> int:
         if not model:
             return "clean_error", load_errors[0] if load_errors else "llama.cpp refused the model"
         try:
-            if not O.llama_orthrus_model_has_diff(model):
+            if not O.llama_model_has_orthrus(model):
                 return "loaded", "no diff weights"
             ctx = context(model)
             if not ctx:

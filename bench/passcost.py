@@ -62,7 +62,7 @@ def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
     prompt = llm.tokenize(text)[:prefix_len + 1]
     if len(prompt) < prefix_len + 1:
         raise SystemExit(f"prefix text has only {len(prompt)} tokens")
-    llm.prefill(prompt)
+    llm.engine.prefill(prompt)
     position = len(prompt) - 1
     rows = {}
     for k in sizes:

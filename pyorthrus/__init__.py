@@ -1,12 +1,10 @@
 """pyorthrus: Orthrus parallel decoding for llama.cpp and GGUF."""
-import os
-
 from .errors import PyorthrusError
+from .strict import disable_tiled_matmul
 
-# The batch-invariant CPU settings are the default (strict): ggml-cpu reads GGML_CPU_TILED_MM once per process, at
-# its first matrix product of any weight type, so it is set here, before anything can load a model. Export
-# GGML_CPU_TILED_MM=1 to keep the tiled K-quant kernels for strict=False runs.
-os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+# The batch-invariant CPU settings are the default (pyorthrus.strict); ggml-cpu reads its matmul choice once per
+# process, so it is set here, before anything can load a model.
+disable_tiled_matmul(keep_user_choice=True)
 
 __version__ = "0.1.0"
 __all__ = ["Orthrus", "PyorthrusError", "__version__"]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 6
+LLAMA_ORTHRUS_API_VERSION = 7
 
 _lib = _llama_cpp._lib
 
@@ -46,9 +46,9 @@ llama_context_p_ctypes = _llama_cpp.llama_context_p_ctypes
 
 LLAMA_TOKEN_NULL = -1
 
-# struct llama_orthrus_adapter; (opaque)
-llama_orthrus_adapter_p = ctypes.c_void_p
-llama_orthrus_adapter_p_ctypes = ctypes.c_void_p
+# struct llama_adapter_orthrus; (opaque)
+llama_adapter_orthrus_p = ctypes.c_void_p
+llama_adapter_orthrus_p_ctypes = ctypes.c_void_p
 
 
 # int32_t llama_orthrus_api_version(void);
@@ -142,16 +142,16 @@ llama_orthrus_params_p = ctypes.POINTER(llama_orthrus_params)
 llama_orthrus_stats_p = ctypes.POINTER(llama_orthrus_stats)
 
 
-# bool llama_orthrus_model_has_diff(const struct llama_model * model);
-@ctypes_function("llama_orthrus_model_has_diff", [llama_model_p_ctypes], ctypes.c_bool)
-def llama_orthrus_model_has_diff(model: Optional[int], /) -> bool:
+# bool llama_model_has_orthrus(const struct llama_model * model);
+@ctypes_function("llama_model_has_orthrus", [llama_model_p_ctypes], ctypes.c_bool)
+def llama_model_has_orthrus(model: Optional[int], /) -> bool:
     """True if every layer of the model carries diff attention tensors (merged file)."""
     ...
 
 
-# int32_t llama_orthrus_model_block_size(const struct llama_model * model);
-@ctypes_function("llama_orthrus_model_block_size", [llama_model_p_ctypes], ctypes.c_int32)
-def llama_orthrus_model_block_size(model: Optional[int], /) -> int:
+# int32_t llama_model_orthrus_block_size(const struct llama_model * model);
+@ctypes_function("llama_model_orthrus_block_size", [llama_model_p_ctypes], ctypes.c_int32)
+def llama_model_orthrus_block_size(model: Optional[int], /) -> int:
     """{arch}.diffusion.block_size of a merged file, 0 if absent."""
     ...
 
@@ -163,50 +163,50 @@ def llama_orthrus_last_error() -> bytes:
     ...
 
 
-# struct llama_orthrus_adapter * llama_orthrus_adapter_init(struct llama_model * model, const char * path);
+# struct llama_adapter_orthrus * llama_adapter_orthrus_init(struct llama_model * model, const char * path);
 @ctypes_function(
-    "llama_orthrus_adapter_init",
+    "llama_adapter_orthrus_init",
     [llama_model_p_ctypes, ctypes.c_char_p],
-    llama_orthrus_adapter_p_ctypes,
+    llama_adapter_orthrus_p_ctypes,
 )
-def llama_orthrus_adapter_init(model: Optional[int], path: bytes, /) -> Optional[int]:
+def llama_adapter_orthrus_init(model: Optional[int], path: bytes, /) -> Optional[int]:
     """Load an adapter-only Orthrus GGUF onto a loaded model; None on error (see llama_orthrus_last_error)."""
     ...
 
 
-# void llama_orthrus_adapter_free(struct llama_orthrus_adapter * adapter);
-@ctypes_function("llama_orthrus_adapter_free", [llama_orthrus_adapter_p_ctypes], None)
-def llama_orthrus_adapter_free(adapter: Optional[int], /) -> None:
+# void llama_adapter_orthrus_free(struct llama_adapter_orthrus * adapter);
+@ctypes_function("llama_adapter_orthrus_free", [llama_adapter_orthrus_p_ctypes], None)
+def llama_adapter_orthrus_free(adapter: Optional[int], /) -> None:
     """Free an adapter now (else its model frees it); every context it is attached to lets go of it."""
     ...
 
 
-# int32_t llama_orthrus_adapter_block_size(const struct llama_orthrus_adapter * adapter);
-@ctypes_function("llama_orthrus_adapter_block_size", [llama_orthrus_adapter_p_ctypes], ctypes.c_int32)
-def llama_orthrus_adapter_block_size(adapter: Optional[int], /) -> int:
+# int32_t llama_adapter_orthrus_block_size(const struct llama_adapter_orthrus * adapter);
+@ctypes_function("llama_adapter_orthrus_block_size", [llama_adapter_orthrus_p_ctypes], ctypes.c_int32)
+def llama_adapter_orthrus_block_size(adapter: Optional[int], /) -> int:
     ...
 
 
-# llama_token llama_orthrus_adapter_mask_token(const struct llama_orthrus_adapter * adapter);
-@ctypes_function("llama_orthrus_adapter_mask_token", [llama_orthrus_adapter_p_ctypes], llama_token)
-def llama_orthrus_adapter_mask_token(adapter: Optional[int], /) -> int:
+# llama_token llama_adapter_orthrus_mask_token(const struct llama_adapter_orthrus * adapter);
+@ctypes_function("llama_adapter_orthrus_mask_token", [llama_adapter_orthrus_p_ctypes], llama_token)
+def llama_adapter_orthrus_mask_token(adapter: Optional[int], /) -> int:
     ...
 
 
-# int32_t llama_orthrus_set_adapter(struct llama_context * ctx, struct llama_orthrus_adapter * adapter);
+# int32_t llama_set_adapter_orthrus(struct llama_context * ctx, struct llama_adapter_orthrus * adapter);
 @ctypes_function(
-    "llama_orthrus_set_adapter",
-    [llama_context_p_ctypes, llama_orthrus_adapter_p_ctypes],
+    "llama_set_adapter_orthrus",
+    [llama_context_p_ctypes, llama_adapter_orthrus_p_ctypes],
     ctypes.c_int32,
 )
-def llama_orthrus_set_adapter(ctx: Optional[int], adapter: Optional[int], /) -> int:
+def llama_set_adapter_orthrus(ctx: Optional[int], adapter: Optional[int], /) -> int:
     """Attach (None: detach) an adapter; 0 or -1."""
     ...
 
 
-# struct llama_orthrus_adapter * llama_orthrus_get_adapter(const struct llama_context * ctx);
-@ctypes_function("llama_orthrus_get_adapter", [llama_context_p_ctypes], llama_orthrus_adapter_p_ctypes)
-def llama_orthrus_get_adapter(ctx: Optional[int], /) -> Optional[int]:
+# struct llama_adapter_orthrus * llama_get_adapter_orthrus(const struct llama_context * ctx);
+@ctypes_function("llama_get_adapter_orthrus", [llama_context_p_ctypes], llama_adapter_orthrus_p_ctypes)
+def llama_get_adapter_orthrus(ctx: Optional[int], /) -> Optional[int]:
     ...
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import PyorthrusError
+from .strict import BUILD_CMAKE_ARGS
 
 SDIST_NAME = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
@@ -45,9 +46,8 @@ BACKEND_CMAKE_ARGS = {"cpu": [], "cuda": ["-DGGML_CUDA=ON"], "metal": ["-DGGML_M
 # ggml's AMX int8 kernels (compiled in by -march=native on AMX CPUs) segfault in ggml_backend_amx_mul_mat on
 # SmolLM2 Q4_1 with this llama.cpp, and as an extra buffer type their numerics depend on the batch shape.
 X86_CMAKE_ARGS = ["-DCMAKE_C_FLAGS=-mno-amx-int8", "-DCMAKE_CXX_FLAGS=-mno-amx-int8"]
-# The llamafile sgemm kernels only serve batches of n >= 2, so batched (verify) and one-token (AR) logits
-# differ; without them CPU matmuls are batch-invariant (DESIGN.md section 4). "fast" keeps them.
-FLAVOUR_CMAKE_ARGS = {"strict": ["-DGGML_LLAMAFILE=OFF"], "fast": []}
+# "strict": batch-invariant CPU matmuls (pyorthrus.strict); "fast" keeps llama.cpp's defaults.
+FLAVOUR_CMAKE_ARGS = {"strict": BUILD_CMAKE_ARGS, "fast": []}
 # `--sanitize`: AddressSanitizer + UndefinedBehaviorSanitizer in both libllama and libggml (for bench/fuzz.py and the
 # C-level tests). Python itself is not instrumented, so the runtime is preloaded: see sanitizer_env().
 SANITIZE_CMAKE_ARGS = ["-DLLAMA_SANITIZE_ADDRESS=ON", "-DLLAMA_SANITIZE_UNDEFINED=ON",

@@ -44,7 +44,7 @@ class Completion:
                                                 "finish_reason": finish_reason})
 
     def chunks(self, pieces) -> Iterator[dict]:
-        """Stream chunks of a model._Stream: (chat: the role first), one per text piece, then the finish reason
+        """Stream chunks of a streaming.TextStream: (chat: the role first), one per text piece, then the finish reason
         with usage and statistics."""
         if self.chat:
             yield self.chunk(None, first=True)

@@ -1,6 +1,6 @@
 """`pyorthrus inspect FILE.gguf [ADAPTER.gguf]`: what a GGUF is (model / Orthrus adapter / merged Orthrus model) and
 how complete; given a base and an adapter, whether the adapter fits the base, check by check, as
-llama_orthrus_adapter_init decides it (numpy and gguf-py only: nothing is loaded into llama.cpp)."""
+llama_adapter_orthrus_init decides it (numpy and gguf-py only: nothing is loaded into llama.cpp)."""
 from __future__ import annotations
 
 import json
@@ -102,7 +102,7 @@ def _vocab_size(reader, arch: str) -> int | None:
 
 def adapter_fit(base, adapter) -> dict:
     """Whether an Orthrus adapter GGUF fits a base GGUF (paths or open readers): one entry per check, with both
-    values; `fits` is true when every check passes. The checks are the ones llama_orthrus_adapter_init makes."""
+    values; `fits` is true when every check passes. The checks are the ones llama_adapter_orthrus_init makes."""
     base_reader = base if not isinstance(base, (str, Path)) else open_reader(base)
     adapter_reader = adapter if not isinstance(adapter, (str, Path)) else open_reader(adapter)
     arch = _field(base_reader, "general.architecture")

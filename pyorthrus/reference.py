@@ -445,7 +445,7 @@ def load_gguf(base_gguf, adapter_gguf=None, dtype: torch.dtype = torch.float32) 
 
 @dataclass
 class ReferenceStats:
-    """What the reference decoders did (pyorthrus.model.GenerationStats is llama.cpp's side, with timings):
+    """What the reference decoders did (pyorthrus.stats.GenerationStats is llama.cpp's side, with timings):
     `accepted` holds, per draft/verify cycle, how many drafted tokens the verify accepted (the bonus excluded)."""
 
     accepted: list[int] = field(default_factory=list)

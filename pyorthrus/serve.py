@@ -61,7 +61,7 @@ class Slot:
                 "cancelled": self.cancelled}
 
     async def run(self, start, events, disconnected):
-        """Async iterator of the dicts `events(pieces)` yields, where pieces = start() is a model._Stream made and
+        """Async iterator of the dicts `events(pieces)` yields, pieces = start() being a streaming.TextStream made and
         iterated on the decode thread. Stops (and cancels the generation at its next round) when the consumer
         stops or `disconnected()` turns true."""
         loop = asyncio.get_running_loop()

@@ -19,6 +19,20 @@ def smollm2(smollm2_path):
     return llama_cpp.Llama(str(smollm2_path), n_ctx=512, n_threads=2, seed=0, verbose=False)
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["fa-off", "fa-on"])
+def ctx(request, model, adapter):
+    """A harness context on the test module's `model` fixture with its `adapter` fixture attached, flash attention
+    off and on (tests/test_llama_orthrus*.py)."""
+    from pyorthrus import _lib
+    from pyorthrus.testing.harness import Context
+
+    c = Context(model, flash_attn=request.param)
+    assert _lib.llama_set_adapter_orthrus(c.ptr, adapter) == 0
+    yield c
+    _lib.llama_set_adapter_orthrus(c.ptr, None)
+    c.close()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For the PyTorch test modules: their matrices are tiny, so OpenMP hand-offs cost more than the work (and

@@ -59,7 +59,7 @@ def test_check_reports_full_trajectory_match(base, smollm2_path, smollm2_f16, tm
 def test_perturbed_decoding_fails_with_a_clear_report(smollm2_path, tmp_path):
     adapter = write_identity_adapter(smollm2_path, tmp_path / "adapter.gguf", block_size=16)
     with Orthrus(smollm2_path, adapter, block_size=8, n_ctx=512, n_threads=1, n_threads_batch=1) as model:
-        verified_cycle = model._orthrus_cycle
+        verified_cycle = model.engine.cycle
 
         def perturbed_cycle(last, block_size, params, out, n_max, cycle, stats):
             """The cycle, then the 6th generated token replaced after verification (as a decoding bug would)."""
@@ -69,7 +69,7 @@ def test_perturbed_decoding_fails_with_a_clear_report(smollm2_path, tmp_path):
                 tokens[i] = (tokens[i] + 1) % model.llm.n_vocab()
             return tokens, stopped
 
-        model._orthrus_cycle = perturbed_cycle
+        model.engine.cycle = perturbed_cycle
         rows = [check.compare(model, model.ar_view(), p, max_tokens=24, chat=True) for p in prompts.load("mix", 2)]
     summary = check.summarize(rows)
     assert summary["exact_match_rate"] == 0.0

@@ -45,24 +45,15 @@ def adapter(model, adapter_path):
     ad = model.load_adapter(adapter_path)
     assert ad, O.last_error()
     yield ad
-    O.llama_orthrus_adapter_free(ad)
-
-
-@pytest.fixture(scope="module", params=[False, True], ids=["fa-off", "fa-on"])
-def ctx(request, model, adapter):
-    c = Context(model, flash_attn=request.param)
-    assert O.llama_orthrus_set_adapter(c.ptr, adapter) == 0
-    yield c
-    O.llama_orthrus_set_adapter(c.ptr, None)
-    c.close()
+    O.llama_adapter_orthrus_free(ad)
 
 
 def test_api_version_and_adapter_metadata(model, adapter):
     assert O.llama_orthrus_api_version() == O.LLAMA_ORTHRUS_API_VERSION
-    assert O.llama_orthrus_adapter_block_size(adapter) == TRAINED_K
-    assert O.llama_orthrus_adapter_mask_token(adapter) == SMOLLM2_MASK_TOKEN_ID
-    assert not O.llama_orthrus_model_has_diff(model.ptr)
-    assert O.llama_orthrus_model_block_size(model.ptr) == 0
+    assert O.llama_adapter_orthrus_block_size(adapter) == TRAINED_K
+    assert O.llama_adapter_orthrus_mask_token(adapter) == SMOLLM2_MASK_TOKEN_ID
+    assert not O.llama_model_has_orthrus(model.ptr)
+    assert O.llama_model_orthrus_block_size(model.ptr) == 0
 
 
 def test_ar_logits_unchanged_by_adapter_and_mode_toggles(ctx, model):
@@ -203,7 +194,7 @@ def test_cycle_errors_do_not_abort(model, adapter):
         assert "adapter" in O.last_error()
         assert O.llama_orthrus_set_diffusion(c.ptr, True) == -1
         assert "diff weights" in O.last_error()
-        assert O.llama_orthrus_set_adapter(c.ptr, adapter) == 0
+        assert O.llama_set_adapter_orthrus(c.ptr, adapter) == 0
         p.block_size = TRAINED_K  # > n_ubatch = 8
         assert O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(p), out, 64, None) < 0
         assert "n_ubatch" in O.last_error()
@@ -218,7 +209,7 @@ def test_cycle_errors_do_not_abort(model, adapter):
         p.block_size = 4
         assert c.pos_max() == len(prompt) - 2
         assert O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(p), out, 64, None) > 0
-        O.llama_orthrus_set_adapter(c.ptr, None)
+        O.llama_set_adapter_orthrus(c.ptr, None)
     finally:
         c.close()
 
@@ -265,15 +256,15 @@ def test_any_order_of_frees_is_safe(smollm2_path, adapter_path):
 
     ad = m.load_adapter(adapter_path)
     for c in (first, second):
-        assert O.llama_orthrus_set_adapter(c.ptr, ad) == 0
+        assert O.llama_set_adapter_orthrus(c.ptr, ad) == 0
     assert cycle() > 0
     second.close()
-    O.llama_orthrus_adapter_free(ad)
-    assert not O.llama_orthrus_get_adapter(first.ptr)
+    O.llama_adapter_orthrus_free(ad)
+    assert not O.llama_get_adapter_orthrus(first.ptr)
     assert cycle() < 0
     assert "no diff weights" in O.last_error()
     again = m.load_adapter(adapter_path)
-    assert O.llama_orthrus_set_adapter(first.ptr, again) == 0
+    assert O.llama_set_adapter_orthrus(first.ptr, again) == 0
     assert cycle() > 0
     first.close()
     m.close()  # frees `again` with the model (a double free would abort the process here)
@@ -289,7 +280,7 @@ def test_adapter_truncated_header_and_missing_file(model, adapter_path, tmp_path
     # the model still works with a good adapter afterwards
     ad = model.load_adapter(adapter_path)
     assert ad
-    O.llama_orthrus_adapter_free(ad)
+    O.llama_adapter_orthrus_free(ad)
 
 
 @pytest.mark.parametrize("temp,top_k,top_p,min_p", [(1.5, 6, 1.0, 0.0), (1.0, 0, 0.8, 0.02)],
@@ -300,7 +291,7 @@ def test_sampling_is_lossless_chi_square(model, adapter, temp, top_k, top_p, min
     d_1 if accepted, else a sample of the residual norm(max(0, p - q)): both branches are exercised."""
     c = Context(model, n_ctx=256, n_batch=64)
     try:
-        assert O.llama_orthrus_set_adapter(c.ptr, adapter) == 0
+        assert O.llama_set_adapter_orthrus(c.ptr, adapter) == 0
         prompt = model.chat_prompt("Name a colour.")
         # reference: AR distribution of the token after the prompt
         c.prefill(prompt)

@@ -37,16 +37,7 @@ def adapter(model):
     ad = model.load_adapter(assets.default_adapter())
     assert ad, O.last_error()
     yield ad
-    O.llama_orthrus_adapter_free(ad)
-
-
-@pytest.fixture(scope="module", params=[False, True], ids=["fa-off", "fa-on"])
-def ctx(request, model, adapter):
-    c = Context(model, flash_attn=request.param)
-    assert O.llama_orthrus_set_adapter(c.ptr, adapter) == 0
-    yield c
-    O.llama_orthrus_set_adapter(c.ptr, None)
-    c.close()
+    O.llama_adapter_orthrus_free(ad)
 
 
 def _rows_argmax_two_ways(ctx, block, s, diffusion):
@@ -228,14 +219,14 @@ def test_fused_settings_are_checked(ctx, model):
     assert "verify the whole block" in O.last_error()
     small = Context(model, n_batch=8)  # 2K = 16 > n_ubatch
     try:
-        assert O.llama_orthrus_set_adapter(small.ptr, O.llama_orthrus_get_adapter(ctx.ptr)) == 0
+        assert O.llama_set_adapter_orthrus(small.ptr, O.llama_get_adapter_orthrus(ctx.ptr)) == 0
         last = small.prefill(prompt)
         p.verify_len = 0
         assert O.llama_orthrus_cycle(small.ptr, 0, last, ctypes.byref(p), out, 16, ctypes.byref(st)) < 0
         assert "n_ubatch" in O.last_error()
         assert small.pos_max() == len(prompt) - 2
     finally:
-        O.llama_orthrus_set_adapter(small.ptr, None)
+        O.llama_set_adapter_orthrus(small.ptr, None)
         small.close()
 
 

@@ -64,11 +64,11 @@ def test_views_match_reference_on_a_plain_base_with_an_adapter_file(arch, reques
     model = Model(journey["f32"])
     adapter = model.load_adapter(journey["adapter"])
     try:
-        assert adapter and not O.llama_orthrus_model_has_diff(model.ptr)
+        assert adapter and not O.llama_model_has_orthrus(model.ptr)
         for flash_attn in (False, True):
             _check_views(ref, model, f"{arch} base + adapter", flash_attn, adapter)
     finally:
-        O.llama_orthrus_adapter_free(adapter)
+        O.llama_adapter_orthrus_free(adapter)
         model.close()
 
 
@@ -76,8 +76,8 @@ def _check_views(ref, model, name, flash_attn, adapter=None):
     """Prefix, draft and verify logits of llama.cpp against the reference; the diff weights come from the model
     file, or from `adapter` (attached to the context)."""
     if adapter is None:
-        assert O.llama_orthrus_model_has_diff(model.ptr)
-        assert O.llama_orthrus_model_block_size(model.ptr) == BLOCK
+        assert O.llama_model_has_orthrus(model.ptr)
+        assert O.llama_model_orthrus_block_size(model.ptr) == BLOCK
     if True:
         rng = np.random.default_rng(0)
         prefix = [int(t) for t in rng.integers(0, 151000, size=11)]
@@ -97,7 +97,7 @@ def _check_views(ref, model, name, flash_attn, adapter=None):
         ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True)  # F16 cache: ~1e-2
         try:
             if adapter is not None:
-                assert O.llama_orthrus_set_adapter(ctx.ptr, adapter) == 0
+                assert O.llama_set_adapter_orthrus(ctx.ptr, adapter) == 0
             assert ctx.decode(prefix, 0, all_logits=True) == 0
             got_prefix = ctx.logits_rows(s)
             assert O.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
@@ -195,7 +195,7 @@ def test_cycle_on_merged_model_without_adapter(merged, name):
     model = Model(merged[name])
     ctx = Context(model, n_ctx=128, n_batch=32)
     try:
-        assert O.llama_orthrus_get_adapter(ctx.ptr) is None
+        assert O.llama_get_adapter_orthrus(ctx.ptr) is None
         prompt = [int(t) for t in np.random.default_rng(1).integers(0, 151000, size=9)]
         ref = greedy_ar(ctx, prompt, 24, stop_at_eog=False)
         for K in (2, BLOCK):

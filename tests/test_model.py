@@ -67,7 +67,7 @@ def test_stream_of_characters_split_across_tokens(ar, orthrus, question):
         prompt = model.chat_prompt([{"role": "user", "content": question}])
         whole = model.generate(prompt, max_tokens=32)
         assert any(ord(c) > 0x2000 for c in whole.text), whole.text  # the question did draw such characters
-        assert whole.text == model.detokenize([t for t in whole.tokens if not model._is_eog(t)])
+        assert whole.text == model.detokenize([t for t in whole.tokens if not model.engine.is_eog(t)])
         assert "".join(model.generate(prompt, max_tokens=32, stream=True)) == whole.text
 
 

@@ -140,7 +140,7 @@ def _prefilled_prefix(llm, prefix_len: int) -> list[int]:
     """A prefix_len-token cache of chat text (plus the known, uncached token after it); returns the tokens."""
     text_tokens = llm.tokenize(" ".join(CHAT_PROMPTS))
     prompt = (text_tokens * (prefix_len // len(text_tokens) + 1))[:prefix_len + 1]
-    llm.prefill(prompt)
+    llm.engine.prefill(prompt)
     return prompt
 
 

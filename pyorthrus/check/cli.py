@@ -23,7 +23,7 @@ from ..generate import add_model_arguments, open_model, sampling_options
 from ..prompts import load as load_prompts
 
 if TYPE_CHECKING:
-    from ..model import Generation
+    from ..streaming import Generation
 
 
 @dataclass

@@ -69,7 +69,7 @@ class Model:
         return bool(L.llama_vocab_is_eog(self.vocab, t))
 
     def load_adapter(self, path) -> Optional[int]:
-        return O.llama_orthrus_adapter_init(self.ptr, str(path).encode())
+        return O.llama_adapter_orthrus_init(self.ptr, str(path).encode())
 
     def close(self):
         if self.ptr:

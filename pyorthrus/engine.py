@@ -1,0 +1,131 @@
+"""The decode engine: one llama_context driven through prefill, Orthrus cycles and plain AR steps, all in C.
+
+`pyorthrus.Orthrus` owns the model and the options; this is what runs the passes. The pass-cost profile
+(pyorthrus.bench.pass_costs) and the checker use it directly. Cache convention of `llama_orthrus_cycle` (llama.h):
+the newest committed token is known but not cached, so a cycle or a step may follow either.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import PyorthrusError
+from .stats import GenerationStats
+
+
+@dataclass
+class Chunk:
+    """What a decode round yields: the newly committed tokens and, on the last round, why generation ended."""
+    tokens: list[int]
+    finish_reason: str | None
+
+
+class DecodeEngine:
+    def __init__(self, llm, trained_block_size: int):
+        """llm: the llama_cpp.Llama whose context this engine drives; trained_block_size: the most tokens one
+        cycle may commit (sizes the output buffer)."""
+        import llama_cpp
+
+        from . import _lib
+
+        self.llm, self.ctx, self.lib = llm, llm.ctx, _lib
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.trained_block_size = trained_block_size
+
+    def is_eog(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        """Clear the cache and decode all but the last prompt token: the last one is x_s, known but not cached."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        head = list(prompt[:-1])
+        for start in range(0, len(head), self.llm.n_batch):
+            chunk = head[start:start + self.llm.n_batch]
+            ids = (llama_cpp.llama_token * len(chunk))(*chunk)  # the batch only points at it: keep it alive
+            batch = llama_cpp.llama_batch_get_one(ids, len(chunk))
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise PyorthrusError("llama_decode failed on the prompt")
+
+    def decode_one(self, token: int) -> np.ndarray:
+        """Decode one token at the next position; a view of its logits (valid until the next decode)."""
+        import llama_cpp
+
+        ids = (llama_cpp.llama_token * 1)(token)
+        batch = llama_cpp.llama_batch_get_one(ids, 1)
+        if llama_cpp.llama_decode(self.ctx, batch) != 0:
+            raise PyorthrusError("llama_decode failed")
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.llm.n_vocab(),))
+
+    def cycle(self, last, block_size, params, out, n_max, cycle, stats: GenerationStats) -> tuple[list[int], bool]:
+        """One llama_orthrus_cycle at block_size; its counters go into stats. (committed tokens, stopped)"""
+        params.block_size = block_size
+        n = self.lib.llama_orthrus_cycle(self.ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(cycle))
+        if n < 0:
+            raise PyorthrusError(f"llama_orthrus_cycle failed: {self.lib.last_error()}")
+        stats.n_cycles += 1
+        stats.n_passes += cycle.n_passes
+        stats.n_carried += cycle.carried
+        stats.cycles.append((block_size, n))
+        stats.accepted[cycle.n_accepted] += 1
+        stats.t_draft_s += cycle.t_draft_us / 1e6
+        stats.t_verify_s += cycle.t_verify_us / 1e6
+        return list(out[:n]), bool(cycle.stopped)
+
+    def step(self, last, params, out, step) -> tuple[list[int], bool]:
+        """One plain AR step (llama_orthrus_step). (the committed token, stopped)"""
+        if self.lib.llama_orthrus_step(self.ctx, 0, last, ctypes.byref(params), out, ctypes.byref(step)) != 1:
+            raise PyorthrusError(f"llama_orthrus_step failed: {self.lib.last_error()}")
+        return [out[0]], bool(step.stopped)
+
+    def rounds(self, prompt, max_tokens, block_size, fused, auto, params, stop_tokens,
+               stats: GenerationStats) -> Iterator[Chunk]:
+        """One chunk per round after prefill(prompt): an Orthrus cycle at block_size, or a plain AR step
+        (block_size 1, or when the auto controller says so). A greedy generation runs in argmax mode throughout
+        (each pass returns its rows' argmax, not their logits), so steps and cycles never switch it and rebuild
+        their graphs."""
+        lib = self.lib
+        stop_array = (lib.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
+        params.stop_tokens, params.n_stop_tokens = stop_array, len(stop_tokens)
+        out = (lib.llama_token * max(1, self.trained_block_size))()
+        counters = lib.llama_orthrus_stats()
+        lib.llama_orthrus_set_argmax(self.ctx, params.temperature <= 0)
+        try:
+            yield from self._rounds(prompt[-1], max_tokens, block_size, fused, auto, params, out, counters, stats)
+        finally:
+            lib.llama_orthrus_set_argmax(self.ctx, False)
+
+    def _rounds(self, last, max_tokens, block_size, fused, auto, params, out, counters, stats) -> Iterator[Chunk]:
+        produced = 0
+        while produced < max_tokens:
+            k = auto.choose(max_tokens - produced) if auto else block_size
+            start = time.perf_counter()
+            if k == 1:
+                tokens, stopped = self.step(last, params, out, counters)
+                stats.n_passes += 1
+                elapsed = time.perf_counter() - start
+                stats.t_ar_s += elapsed
+                if auto:
+                    stats.n_ar_steps += 1
+                    auto.observe_step(elapsed)
+                else:
+                    stats.n_cycles += 1
+            else:
+                params.fused = auto.next_fused if auto else fused
+                tokens, stopped = self.cycle(last, k, params, out, min(k, max_tokens - produced), counters, stats)
+                if auto:
+                    auto.observe_cycle(k, counters.n_accepted, time.perf_counter() - start, counters.fused,
+                                       counters.carried)
+            produced += len(tokens)
+            last = tokens[-1]
+            if stopped:
+                yield Chunk(tokens, "stop")
+                return
+            yield Chunk(tokens, "length" if produced >= max_tokens else None)

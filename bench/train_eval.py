@@ -1,9 +1,16 @@
-"""Held-out tokens/cycle of an Orthrus adapter for SmolLM2-135M, measured with the real C loop (llama.cpp).
+"""Held-out tokens/cycle of an Orthrus adapter for SmolLM2-135M, per kind of prompt and per K, in llama.cpp.
 
-Prompts: reserved GSM8K test problems [0, 200) (never trained on; see bench/train_data.py), chat template with the
-same system message as the training data. Greedy, 128 new tokens.
+Kinds (none of them is ever trained on; see bench/train_data.py):
+  chat        pyorthrus.prompts.CHAT_PROMPTS (everyday questions and requests, written for pyorthrus)
+  structured  pyorthrus.prompts.STRUCTURED_PROMPTS (lists, tables, JSON, written for pyorthrus)
+  code        pyorthrus.prompts.CODE_PROMPTS, then HumanEval problems (benchmark-only)
+  math        reserved GSM8K test problems [0, 200), from --first on
+Chat template with the system message of the training data, greedy, --max-tokens new tokens, the real C loop.
+Tokens per cycle are pooled (all tokens / all cycles) per kind and K; --reference N re-runs the first N rows of
+the largest K in the PyTorch reference, which must give the same tokens and tokens per cycle.
 
-    python bench/train_eval.py ADAPTER.gguf --prompts 10 [--reference]
+    python bench/train_eval.py ADAPTER.gguf                                  # 4 prompts of each kind x K 4, 8, 16
+    python bench/train_eval.py ADAPTER.gguf --kinds math --ks 16 --prompts 10  # the MODEL_CARD growth curve
 """
 from __future__ import annotations
 
@@ -13,68 +20,102 @@ import sys
 import time
 from pathlib import Path
 
+from train_data import SYSTEM, heldout_gsm8k
 
-from train_data import SYSTEM, heldout_gsm8k  # noqa: E402
+KINDS = ("chat", "structured", "code", "math")
+
+
+def eval_prompts(kind: str, n: int, first_gsm8k: int = 0) -> list[str]:
+    from pyorthrus import prompts
+
+    if kind == "chat":
+        texts = prompts.CHAT_PROMPTS
+    elif kind == "structured":
+        texts = prompts.STRUCTURED_PROMPTS
+    elif kind == "code":
+        texts = prompts.CODE_PROMPTS + [row["prompt"] for row in prompts.load("humaneval")]
+    else:
+        texts = heldout_gsm8k()[first_gsm8k:]
+    return texts[:n]
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = text.split(",")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r}: choose from {', '.join(KINDS)}")
+    return kinds
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapter", type=Path)
-    parser.add_argument("--prompts", type=int, default=10)
-    parser.add_argument("--first", type=int, default=0, help="first reserved GSM8K problem to use")
-    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="comma-separated, default: all")
+    parser.add_argument("--ks", default="4,8,16", help="block sizes, comma-separated")
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per kind")
+    parser.add_argument("--first", type=int, default=0, help="first reserved GSM8K problem (kind math)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference", type=int, default=0, metavar="N",
-                        help="also run the PyTorch reference on the first N prompts")
+                        help="also run the PyTorch reference on the first N prompts at the largest K")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
+    ks = [int(k) for k in args.ks.split(",")]
 
     from pyorthrus import Orthrus
     from pyorthrus.assets import smollm2_gguf
 
-    m = Orthrus(smollm2_gguf(), args.adapter, block_size=args.block_size, n_ctx=1024, n_threads=args.threads)
-    questions = heldout_gsm8k()[args.first:args.first + args.prompts]
+    m = Orthrus(smollm2_gguf(), args.adapter, n_ctx=1024, n_threads=args.threads)
     rows = []
     t0 = time.time()
-    for i, q in enumerate(questions):
-        prompt = m.chat_prompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
-        g = m.generate(prompt, max_tokens=args.max_tokens)
-        rows.append({"problem": args.first + i, "tokens": len(g.tokens), "cycles": g.stats.n_cycles,
-                     "tokens_per_cycle": g.stats.tokens_per_cycle, "prompt": prompt, "out_tokens": g.tokens})
-        print(f"gsm8k[{args.first + i}]: {len(g.tokens)} tokens, {g.stats.n_cycles} cycles, "
-              f"{g.stats.tokens_per_cycle:.2f} tokens/cycle", flush=True)
-    total_tok = sum(r["tokens"] for r in rows)
-    total_cyc = sum(r["cycles"] for r in rows)
-    result = {"adapter": str(args.adapter), "block_size": args.block_size, "prompts": len(rows),
-              "tokens": total_tok, "cycles": total_cyc, "tokens_per_cycle": total_tok / max(1, total_cyc),
-              "mean_tokens_per_cycle_per_prompt": sum(r["tokens_per_cycle"] for r in rows) / max(1, len(rows)),
-              "wall_s": time.time() - t0}
-    print(json.dumps({k: v for k, v in result.items()}, indent=2))
+    for kind in args.kinds:
+        for i, question in enumerate(eval_prompts(kind, args.prompts, args.first)):
+            prompt = m.chat_prompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
+            for k in ks:
+                g = m.generate(prompt, max_tokens=args.max_tokens, block_size=k)
+                rows.append({"kind": kind, "index": i, "block_size": k, "tokens": len(g.tokens),
+                             "cycles": g.stats.n_cycles, "tokens_per_cycle": g.stats.tokens_per_cycle,
+                             "prompt": prompt, "out_tokens": g.tokens})
+                print(f"{kind}[{i}] K={k}: {len(g.tokens)} tokens, {g.stats.n_cycles} cycles, "
+                      f"{g.stats.tokens_per_cycle:.2f} tokens/cycle", flush=True)
+    table = {}
+    for kind in [*args.kinds, "all"]:
+        for k in ks:
+            part = [r for r in rows if r["block_size"] == k and kind in (r["kind"], "all")]
+            table.setdefault(kind, {})[k] = sum(r["tokens"] for r in part) / max(1, sum(r["cycles"] for r in part))
+    result = {"adapter": str(args.adapter), "prompts_per_kind": args.prompts, "max_tokens": args.max_tokens,
+              "tokens_per_cycle": table, "wall_s": time.time() - t0}
+    print("\n| kind | " + " | ".join(f"K={k}" for k in ks) + " |\n|---|" + "---:|" * len(ks))
+    for kind, per_k in table.items():
+        print(f"| {kind} | " + " | ".join(f"{per_k[k]:.2f}" for k in ks) + " |")
     if args.reference:
-        import torch
-
-        from pyorthrus import reference
-
-        torch.set_num_threads(args.threads)
-        model = reference.load_gguf(smollm2_gguf(), args.adapter)
-        ref = []
-        for r in rows[:args.reference]:
-            ids = m.tokenize(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"]
-            toks, stats = reference.greedy_generate(model, ids, args.max_tokens, block_size=args.block_size,
-                                                    stop_ids=[2])
-            ref.append({"problem": r["problem"], "tokens_per_cycle": stats.tokens_per_cycle,
-                        "same_tokens_as_llama_cpp": toks == r["out_tokens"][:len(toks)]})
-            print(f"reference gsm8k[{r['problem']}]: {stats.tokens_per_cycle:.2f} tokens/cycle "
-                  f"(llama.cpp {r['tokens_per_cycle']:.2f}); same tokens: {ref[-1]['same_tokens_as_llama_cpp']}",
-                  flush=True)
-        result["reference"] = ref
+        result["reference"] = _reference(m, [r for r in rows if r["block_size"] == max(ks)][:args.reference], args)
     if args.json:
         for r in rows:
             r.pop("prompt"), r.pop("out_tokens")
         result["per_prompt"] = rows
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _reference(m, rows: list[dict], args) -> list[dict]:
+    import torch
+
+    from pyorthrus import reference
+    from pyorthrus.assets import smollm2_gguf
+
+    torch.set_num_threads(args.threads)
+    model = reference.load_gguf(smollm2_gguf(), args.adapter)
+    stop_ids = [t for t in range(m.llm.n_vocab()) if m.engine.is_eog(t)]
+    out = []
+    for r in rows:
+        toks, stats = reference.greedy_generate(model, m.tokenize(r["prompt"]), args.max_tokens,
+                                                block_size=r["block_size"], stop_ids=stop_ids)
+        out.append({"kind": r["kind"], "index": r["index"], "tokens_per_cycle": stats.tokens_per_cycle,
+                    "llama_cpp_tokens_per_cycle": r["tokens_per_cycle"], "same_tokens": toks == r["out_tokens"]})
+        print(f"reference {r['kind']}[{r['index']}] K={r['block_size']}: {stats.tokens_per_cycle:.2f} tokens/cycle "
+              f"(llama.cpp {r['tokens_per_cycle']:.2f}); same tokens: {out[-1]['same_tokens']}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

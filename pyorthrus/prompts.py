@@ -36,6 +36,16 @@ CODE_PROMPTS = [
     "Write a function in Python that counts the vowels in a string.",
     "Write a Python function to merge two sorted lists into one sorted list.",
 ]
+STRUCTURED_PROMPTS = [  # lists, tables and JSON, written for pyorthrus
+    "List five fruits that are high in vitamin C, one per line.",
+    "Return a JSON object with the keys name, age and city for a fictional person.",
+    "Give a numbered list of six steps to fix a flat bicycle tire.",
+    "Write a JSON array of four planets, each an object with its name and its order from the sun.",
+    "Make a markdown table of three programming languages and the year each first appeared.",
+    "Give me a shopping list for pancakes as bullet points.",
+    "Output a JSON object describing a book: title, author, year and a list of genres.",
+    "List the seven days of the week in reverse order, separated by commas.",
+]
 BUILTIN = ("mix", "chat", "gsm8k", "humaneval")
 
 

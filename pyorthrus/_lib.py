@@ -1,4 +1,5 @@
-"""ctypes bindings for the llama_orthrus_* C API added by the pyorthrus patch series (patches/*.patch).
+"""ctypes bindings for the Orthrus C API added by the pyorthrus patch series (patches/*.patch): the
+llama_orthrus_* loop, llama_adapter_orthrus_* adapters, llama_set_adapter_orthrus, llama_model_has_orthrus, ...
 
 A thin mirror of include/llama.h in llama-cpp-python's style: the functions are bound from the very shared
 library llama-cpp-python loaded (``llama_cpp.llama_cpp._lib``), never a second copy of llama.cpp. No logic lives

@@ -41,6 +41,10 @@ class DecodeEngine:
 
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (the stop set the PyTorch reference decodes with)."""
+        return [t for t in range(self.llm.n_vocab()) if self.is_eog(t)]
+
     def prefill(self, prompt: Sequence[int]) -> None:
         """Clear the cache and decode all but the last prompt token: the last one is x_s, known but not cached."""
         import llama_cpp

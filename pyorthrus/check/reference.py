@@ -112,7 +112,7 @@ def run(args, llama_ar, prompts: list[dict], decoded: list, progress: bool) -> d
     from .. import assets
 
     model_path = args.model or assets.smollm2_gguf()
-    stop_ids = [t for t in range(llama_ar.llm.n_vocab()) if llama_ar.engine.is_eog(t)]
+    stop_ids = llama_ar.engine.eog_tokens()
     with torch_threads(args.threads):
         ref_model = load(model_path, args.adapter, args.reference)
         rows = [compare(ref_model, llama_ar, p, d.prompt_tokens, d.ar.tokens, args.max_tokens, stop_ids)

@@ -203,6 +203,9 @@ def patched_source_dir(cache_dir: Path | None = None, patches_dir: Path = REPO_P
         with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
             unpack_patched(ensure_sdist(cache_dir), patches, Path(tmp))
             os.replace(Path(tmp) / SDIST_ROOT, tree)
+        for stale in tree.parent.iterdir():  # 200 MB per earlier series; unpacking one again takes seconds
+            if stale != tree and not stale.name.startswith("tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
     return tree / "vendor" / "llama.cpp"
 
 

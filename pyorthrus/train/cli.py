@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="start from these diff weights instead of the AR weights (new schedule): a diff-only "
                              "checkpoint directory, or an adapter GGUF for a GGUF --base (e.g. the shipped one)")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    parser.add_argument("--keep-every", type=int, default=None, metavar="N",
+                        help="also keep the weights of every N-th step in OUT/stepNNNNNN (to measure a growth curve)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--eval-data", nargs="*", default=[], metavar="FILE",
                         help="held-out data for the periodic acceptance estimate")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, precision=args.precision, save_every=args.save_every,
                       log_every=args.log_every, eval_data=[str(p) for p in args.eval_data],
                       eval_every=args.eval_every, max_minutes=args.max_minutes, mask_token_id=args.mask_token_id,
-                      init_from=args.init_from,
+                      init_from=args.init_from, keep_every=args.keep_every,
                       threads=args.threads, progress=not args.json)
     summary = train(cfg, resume=args.resume)
     if args.json:

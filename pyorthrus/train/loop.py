@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "auto"        # auto | fp32 | bf16
     save_every: int = 50
+    keep_every: int | None = None  # also keep the weights of every N-th step in out/stepNNNNNN (growth curves)
     log_every: int = 10
     eval_data: list[str] = field(default_factory=list)
     eval_every: int = 100
@@ -157,13 +158,19 @@ def _atomic_write(path: Path, writer) -> None:
             tmp.unlink()
 
 
-def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -> None:
+def save_weights(out: Path, model: OrthrusModel, config: dict) -> dict[str, torch.Tensor]:
+    """A diff-only checkpoint (what `pyorthrus convert` reads): model.safetensors + config.json."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     tensors = diff_state_dict(model)
     _atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return tensors
+
+
+def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -> None:
+    tensors = save_weights(out, model, config)
     full = {**state, "diff": tensors}
     _atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
 
@@ -385,6 +392,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.2f}", tok_s=f"{tok_s:.0f}")
             if step % cfg.save_every == 0 and step < total_steps:
                 snapshot()
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                hf_config["orthrus_training"].update(steps=step, tokens=tokens)
+                save_weights(out / f"step{step:06d}", model, hf_config)
         snapshot()
     except KeyboardInterrupt:
         summary_reason = "interrupted"

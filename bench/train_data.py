@@ -130,8 +130,11 @@ def main(argv=None) -> int:
             if line.strip():
                 rec = json.loads(line)
                 done.add((rec["source"], rec["index"]))
-    prompts = ([("math", "gsm8k-heldout", i, q) for i, q in enumerate(heldout_gsm8k(min(args.heldout, GSM8K_BENCH_SIZE)))]
-               if args.heldout else training_prompts(args.seed))
+    if args.heldout:
+        heldout = heldout_gsm8k(min(args.heldout, GSM8K_BENCH_SIZE))
+        prompts = [("math", "gsm8k-heldout", i, q) for i, q in enumerate(heldout)]
+    else:
+        prompts = training_prompts(args.seed)
     todo = []
     for kind, source, index, question in prompts:
         if (source, index) in done or len(done) + len(todo) >= args.max_prompts:
@@ -145,8 +148,8 @@ def main(argv=None) -> int:
         for (kind, source, index, question, prompt, prompt_ids), out, finish in generate_parallel(
                 llm, todo, args.max_tokens, eos, args.parallel, args.threads):
             completion = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-            rec = {"kind": kind, "source": source, "index": index, "system": SYSTEM, "prompt": question, "text": prompt + completion,
-                   "ids": list(prompt_ids) + out, "n_prompt": len(prompt_ids),
+            rec = {"kind": kind, "source": source, "index": index, "system": SYSTEM, "prompt": question,
+                   "text": prompt + completion, "ids": list(prompt_ids) + out, "n_prompt": len(prompt_ids),
                    "n_completion": len(out), "finish": finish}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()

@@ -113,9 +113,27 @@ def _cfg(tiny, out, **kw) -> TrainConfig:
     return TrainConfig(**args)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_lowers_loss(tiny, tmp_path, precision):
-    cfg = _cfg(tiny, tmp_path / "run", max_steps=8, eval_data=[str(tiny[2])], eval_every=8, precision=precision)
+def test_acceptance_weights_follow_the_leading_run():
+    """Row i's weight is the student's chance of matching the AR argmax at rows 0..i-1 of its own block."""
+    vocab, K = 5, 4
+    batch = tmodel.pack_batch([[(list(range(10)), [0, 4]), (list(range(3)), [0])]], K, mask_id=4)
+    n = batch.row_block.numel()
+    assert n == 3 + 3 + 2
+    gen = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(n, vocab, generator=gen), torch.randn(n, vocab, generator=gen)
+    weights = tmodel.acceptance_weights(batch, teacher, student, K)
+    p = student.softmax(-1).gather(-1, teacher.argmax(-1, keepdim=True)).squeeze(-1)
+    expected = torch.tensor([1, p[0], p[0] * p[1], 1, p[3], p[3] * p[4], 1, p[6]])
+    assert torch.allclose(weights, expected), (weights, expected)
+    kl = tmodel.forward_kl(teacher, student, weights)
+    per_row = [float(tmodel.forward_kl(teacher[i:i + 1], student[i:i + 1])) for i in range(n)]
+    assert abs(float(kl) - float((weights * torch.tensor(per_row)).sum() / weights.sum())) < 1e-5
+
+
+@pytest.mark.parametrize("precision,row_weights", [("fp32", "uniform"), ("bf16", "uniform"), ("fp32", "acceptance")])
+def test_training_lowers_loss(tiny, tmp_path, precision, row_weights):
+    cfg = _cfg(tiny, tmp_path / "run", max_steps=8, eval_data=[str(tiny[2])], eval_every=8, precision=precision,
+               row_weights=row_weights)
     summary = train(cfg)
     assert summary["precision"] == precision
     evals = [h for h in summary["history"] if "eval_loss" in h]

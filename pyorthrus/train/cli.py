@@ -37,6 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", metavar="CKPT", default=None,
                         help="start from these diff weights instead of the AR weights (new schedule): a diff-only "
                              "checkpoint directory, or an adapter GGUF for a GGUF --base (e.g. the shipped one)")
+    parser.add_argument("--row-weights", choices=["uniform", "acceptance"], default="uniform",
+                        help="uniform: every draft row's KL alike (the paper); acceptance: weigh row i by the "
+                             "chance that rows 0..i-1 were accepted, so far rows that never reach verification "
+                             "do not dominate")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     parser.add_argument("--keep-every", type=int, default=None, metavar="N",
                         help="also keep the weights of every N-th step in OUT/stepNNNNNN (to measure a growth curve)")
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, precision=args.precision, save_every=args.save_every,
                       log_every=args.log_every, eval_data=[str(p) for p in args.eval_data],
                       eval_every=args.eval_every, max_minutes=args.max_minutes, mask_token_id=args.mask_token_id,
-                      init_from=args.init_from, keep_every=args.keep_every,
+                      init_from=args.init_from, keep_every=args.keep_every, row_weights=args.row_weights,
                       threads=args.threads, progress=not args.json)
     summary = train(cfg, resume=args.resume)
     if args.json:

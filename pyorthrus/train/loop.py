@@ -26,7 +26,7 @@ import torch
 from ..errors import PyorthrusError
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
-from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
+from .model import ROW_WEIGHTS, diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
 MASK_TOKEN_CANDIDATES = ("<empty_output>", "<|mask|>", "<mask>", "<|MASK|>", "[MASK]")
 
@@ -57,6 +57,7 @@ class TrainConfig:
     max_minutes: float | None = None
     mask_token_id: int | None = None
     init_from: str | None = None   # a diff-only checkpoint to start from instead of the AR weights
+    row_weights: str = "uniform"   # uniform | acceptance (model.ROW_WEIGHTS)
     threads: int | None = None
     progress: bool = True
 
@@ -227,7 +228,8 @@ def evaluate(model: OrthrusModel, docs, cfg: TrainConfig, mask_id: int, autocast
     """Held-out loss and mean accepted drafts per block (blocks at fixed offset 0)."""
     losses, accepted = [], []
     for batch in data_mod.eval_batches(docs, cfg.block_size, mask_id, cfg.seq_len):
-        loss, acc = training_step_loss(model, batch.to(cfg.device), cfg.block_size, _fresh(autocast))
+        loss, acc = training_step_loss(model, batch.to(cfg.device), cfg.block_size, _fresh(autocast),
+                                       cfg.row_weights)
         losses.append(float(loss))
         accepted.append(acc.float().cpu())
     acc = torch.cat(accepted)
@@ -246,6 +248,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     _check_device(cfg.device)
     if cfg.block_size < 2:
         raise PyorthrusError(f"block size {cfg.block_size} must be at least 2")
+    if cfg.row_weights not in ROW_WEIGHTS:
+        raise PyorthrusError(f"unknown row weights {cfg.row_weights!r} ({', '.join(ROW_WEIGHTS)})")
     if cfg.seq_len < cfg.block_size:
         raise PyorthrusError(f"seq_len {cfg.seq_len} must be at least the block size {cfg.block_size}")
     if cfg.threads:
@@ -317,7 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     hf_config = checkpoint_config(model, cfg.base, cfg.block_size, mask_id)
     hf_config["orthrus_training"] = {"data": [str(p) for p in cfg.data], "seq_len": cfg.seq_len,
                                      "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-                                     "precision": precision}
+                                     "precision": precision, "row_weights": cfg.row_weights}
     if init_info:
         hf_config["orthrus_training"]["init"] = init_info
 
@@ -361,7 +365,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
             batch = batches.batch(step).to(cfg.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg, total_steps)
-            loss, acc = training_step_loss(model, batch, cfg.block_size, _fresh(autocast))
+            loss, acc = training_step_loss(model, batch, cfg.block_size, _fresh(autocast), cfg.row_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

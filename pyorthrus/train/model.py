@@ -202,29 +202,56 @@ def diffusion_pass(model: OrthrusModel, batch: PackedBatch, ar_kv) -> torch.Tens
     return _head(model, y[b, r])
 
 
-def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(p_AR || q_diffusion), computed in float32."""
+def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+               row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p_AR || q_diffusion) per row, computed in float32; the mean over rows, or their weighted mean."""
     logp = F.log_softmax(teacher_logits.float(), dim=-1)
     logq = F.log_softmax(student_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    if row_weights is None:
+        return kl.mean()
+    return (row_weights * kl).sum() / row_weights.sum().clamp_min(1e-6)
+
+
+def _block_grid(batch: PackedBatch, values: torch.Tensor, block_size: int, fill: float) -> torch.Tensor:
+    """Per-row values laid out as [n_blocks, K-1] by (block, index in block); rows not trained hold `fill`."""
+    grid = torch.full((batch.n_blocks, block_size - 1), fill, dtype=values.dtype, device=values.device)
+    grid[batch.row_block, batch.row_index] = values
+    return grid
+
+
+@torch.no_grad()
+def acceptance_weights(batch: PackedBatch, teacher_logits, student_logits, block_size: int) -> torch.Tensor:
+    """Row i of a block counts only if the drafts before it were accepted, so weigh its loss by the student's
+    probability of having matched the AR argmax at rows 0..i-1 (1 for row 0). Without this the far rows of a long
+    block, which almost never reach verification, dominate the loss. [N]"""
+    target = teacher_logits.argmax(-1, keepdim=True)
+    p_match = F.softmax(student_logits.float(), dim=-1).gather(-1, target).squeeze(-1)
+    grid = _block_grid(batch, p_match, block_size, 1.0)
+    reach = torch.cumprod(torch.cat((torch.ones_like(grid[:, :1]), grid[:, :-1]), dim=1), dim=1)
+    return reach[batch.row_block, batch.row_index]
 
 
 @torch.no_grad()
 def accepted_per_block(batch: PackedBatch, teacher_logits, student_logits, block_size: int) -> torch.Tensor:
     """Greedy acceptance per block: the leading run of rows with argmax(diffusion) == argmax(AR). [n_blocks]"""
-    match = teacher_logits.argmax(-1) == student_logits.argmax(-1)
-    grid = torch.zeros(batch.n_blocks, block_size - 1, dtype=torch.long, device=match.device)
-    grid[batch.row_block, batch.row_index] = match.long()
-    return grid.cumprod(dim=1).sum(dim=1)
+    match = (teacher_logits.argmax(-1) == student_logits.argmax(-1)).long()
+    return _block_grid(batch, match, block_size, 0).cumprod(dim=1).sum(dim=1)
 
 
-def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, autocast=None):
-    """(loss, accepted-per-block) of one packed batch."""
+ROW_WEIGHTS = ("uniform", "acceptance")
+
+
+def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, autocast=None,
+                       row_weights: str = "uniform"):
+    """(loss, accepted-per-block) of one packed batch. `row_weights`: "uniform" (every row alike, the paper's
+    forward KL) or "acceptance" (see `acceptance_weights`)."""
     import contextlib
 
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     with ctx:
         ar_kv, teacher = ar_pass(model, batch)
         student = diffusion_pass(model, batch, ar_kv)
-    loss = forward_kl(teacher, student)
+    weights = acceptance_weights(batch, teacher, student, block_size) if row_weights == "acceptance" else None
+    loss = forward_kl(teacher, student, weights)
     return loss, accepted_per_block(batch, teacher, student, block_size)

@@ -37,10 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", metavar="CKPT", default=None,
                         help="start from these diff weights instead of the AR weights (new schedule): a diff-only "
                              "checkpoint directory, or an adapter GGUF for a GGUF --base (e.g. the shipped one)")
-    parser.add_argument("--row-weights", choices=["uniform", "acceptance"], default="uniform",
-                        help="uniform: every draft row's KL alike (the paper); acceptance: weigh row i by the "
-                             "chance that rows 0..i-1 were accepted, so far rows that never reach verification "
-                             "do not dominate")
+    parser.add_argument("--row-weights", choices=["acceptance", "uniform"], default="acceptance",
+                        help="acceptance (default): weigh draft row i's KL by the chance that rows 0..i-1 were "
+                             "accepted, so far rows that rarely reach verification do not dominate (+0.16 tokens "
+                             "per cycle at K=16 on SmolLM2, MODEL_CARD.md); uniform: every row alike (the paper)")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     parser.add_argument("--keep-every", type=int, default=None, metavar="N",
                         help="also keep the weights of every N-th step in OUT/stepNNNNNN (to measure a growth curve)")

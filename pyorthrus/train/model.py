@@ -243,7 +243,7 @@ ROW_WEIGHTS = ("uniform", "acceptance")
 
 
 def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, autocast=None,
-                       row_weights: str = "uniform"):
+                       row_weights: str = "acceptance"):
     """(loss, accepted-per-block) of one packed batch. `row_weights`: "uniform" (every row alike, the paper's
     forward KL) or "acceptance" (see `acceptance_weights`)."""
     import contextlib

@@ -39,7 +39,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             f"{assets.EMBEDDED_SYSTEM_PROMPT!r}, under which its adapter was trained; for other "
                             "models, or with --system '', none: the chat template's own default applies)")
     group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
-    group.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
+    group.add_argument("-t", "--threads", type=int, default=None,
+                       help="CPU threads for steps and passes alike (default: every CPU this process may use)")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
     group.add_argument("--flash-attn", action="store_true", help="use flash attention")
     group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import ctypes
 import numbers
+import os
 import re
 import threading
 import time
@@ -31,6 +32,16 @@ MODES = ("orthrus", "ar")
 AUTO = "auto"
 
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h of the pinned llama.cpp (llama-cpp-python's own table predates it)
+
+
+def default_threads() -> int:
+    """The CPU threads a model gets when none are asked for: every CPU this process may run on, for one-token steps
+    and multi-token passes alike. (llama-cpp-python's own default gives steps half the CPUs and batches all of them,
+    which on a 2-core machine made AR steps run on one core while Orthrus passes ran on two: an unfair comparison.)"""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -99,6 +110,8 @@ class Orthrus:
         errors: list[str] = []
         try:
             with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
+                n_threads = n_threads or default_threads()
+                llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                                            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
                                            verbose=verbose, **llama_kwargs)

@@ -57,8 +57,11 @@ def _peer(model_path: Path, n_ctx: int, args: argparse.Namespace):
     import llama_cpp
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-    return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                           flash_attn=args.flash_attn, seed=0, verbose=False,
+    from ..model import default_threads
+
+    threads = args.threads or default_threads()
+    return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                           n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn, seed=0, verbose=False,
                            draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
 
 

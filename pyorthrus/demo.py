@@ -42,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate per prompt")
     parser.add_argument("-k", "--block-sizes", type=_block_sizes, default=[4, 8, 16], metavar="K,K,...",
                         help="fixed block sizes to compare with AR and auto (default: 4,8,16)")
-    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: every CPU this process may use)")
+    parser.add_argument("-t", "--threads", type=int, default=None,
+                        help="CPU threads (default: every CPU this process may use)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     model_path, adapter_path = assets.smollm2_gguf(), assets.default_adapter()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     with Orthrus(model_path, adapter_path, block_size=AUTO, n_ctx=2048, n_threads=args.threads,
-                 n_threads_batch=args.threads, system_prompt=assets.EMBEDDED_SYSTEM_PROMPT) as llm:
+                 system_prompt=assets.EMBEDDED_SYSTEM_PROMPT) as llm:
         for k in args.block_sizes:
             llm.check_block_size(k)
         say(f"model   {model_path.name}\nadapter {adapter_path.name} (trained K={llm.trained_block_size})")

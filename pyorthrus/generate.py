@@ -79,10 +79,9 @@ def open_model(args: argparse.Namespace):
     from .model import Orthrus
 
     adapter = adapter_path(args)
-    # -t sets the batch threads too: llama.cpp's default of every core makes K-token passes crawl on a busy machine
     return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
-                   n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
+                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
                    seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused,
                    system_prompt=system_prompt(args))
 

@@ -110,6 +110,8 @@ class Orthrus:
         errors: list[str] = []
         try:
             with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
+                # one count for steps and passes (-t sets both): fixed K-token passes must not get more cores than
+                # the AR steps they are compared with
                 n_threads = n_threads or default_threads()
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,

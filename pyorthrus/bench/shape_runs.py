@@ -84,7 +84,7 @@ def profile_file(path: Path, prefixes: list[int], threads: int, reps: int, bandw
     floor = weight_bytes / bandwidth
     runs = []
     with Orthrus(path, block_size=max(sizes), n_ctx=max(prefixes) + 2 * max(sizes) + 8, n_threads=threads,
-                 n_threads_batch=threads, n_batch=512, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn) as llm:
+                 n_batch=512, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn) as llm:
         strict = llm.strict
         for prefix in prefixes:
             costs = measure_pass_costs(llm, sizes, prefix_len=prefix, reps=reps)

@@ -230,7 +230,7 @@ def evaluate(model: OrthrusModel, docs, cfg: TrainConfig, mask_id: int, autocast
     could rise while every row improves."""
     losses, accepted = [], []
     for batch in data_mod.eval_batches(docs, cfg.block_size, mask_id, cfg.seq_len):
-        loss, acc = training_step_loss(model, batch.to(cfg.device), cfg.block_size, _fresh(autocast), "uniform")
+        loss, acc = training_step_loss(model, batch.to(cfg.device), cfg.block_size, "uniform", _fresh(autocast))
         losses.append(float(loss))
         accepted.append(acc.float().cpu())
     acc = torch.cat(accepted)
@@ -366,7 +366,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
             batch = batches.batch(step).to(cfg.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg, total_steps)
-            loss, acc = training_step_loss(model, batch, cfg.block_size, _fresh(autocast), cfg.row_weights)
+            loss, acc = training_step_loss(model, batch, cfg.block_size, cfg.row_weights, _fresh(autocast))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -242,8 +242,7 @@ def accepted_per_block(batch: PackedBatch, teacher_logits, student_logits, block
 ROW_WEIGHTS = ("uniform", "acceptance")
 
 
-def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, autocast=None,
-                       row_weights: str = "acceptance"):
+def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, row_weights: str, autocast=None):
     """(loss, accepted-per-block) of one packed batch. `row_weights`: "uniform" (every row alike, the paper's
     forward KL) or "acceptance" (see `acceptance_weights`)."""
     import contextlib

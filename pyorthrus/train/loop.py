@@ -347,9 +347,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
 
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
     t_start = time.time()
-    wall_at_start = wall
+    wall_at_start, tokens_at_start = wall, tokens
     window_tokens, window_t = 0, time.time()
-    tok_s = 0.0
     summary_reason = "done"
     try:
         if eval_docs and step == 0:
@@ -394,7 +393,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                     on_log(rec)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.2f}", tok_s=f"{tok_s:.0f}")
+                # the bar shows this run's average, so it has a rate from the first step on
+                run_tok_s = (tokens - tokens_at_start) / max(1e-9, wall - wall_at_start)
+                bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.2f}", tok_s=f"{run_tok_s:.0f}")
             if step % cfg.save_every == 0 and step < total_steps:
                 snapshot()
             if cfg.keep_every and step % cfg.keep_every == 0:

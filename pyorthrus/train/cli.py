@@ -23,6 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="number of steps (overrides --tokens)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (and checkpoint) after this much wall time; --resume continues")
+    parser.add_argument("--schedule-minutes", type=float, default=None, metavar="M",
+                        help="a fixed time budget instead of a step count (e.g. a lent GPU): the learning-rate "
+                             "schedule runs over M minutes of training wall time, then training ends")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW; default 5e-4)")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4, help="packed sequences per step (default 4)")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                       warmup_steps=args.warmup_steps, tokens=args.tokens, max_steps=args.max_steps, seed=args.seed,
                       device=args.device, precision=args.precision, save_every=args.save_every,
                       log_every=args.log_every, eval_data=[str(p) for p in args.eval_data],
-                      eval_every=args.eval_every, max_minutes=args.max_minutes, mask_token_id=args.mask_token_id,
+                      eval_every=args.eval_every, max_minutes=args.max_minutes,
+                      schedule_minutes=args.schedule_minutes, mask_token_id=args.mask_token_id,
                       init_from=args.init_from, keep_every=args.keep_every, row_weights=args.row_weights,
                       threads=args.threads, progress=not args.json)
     summary = train(cfg, resume=args.resume)

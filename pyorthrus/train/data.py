@@ -98,18 +98,26 @@ def pack_sequences(docs: list[Document], seq_len: int, seed: int) -> list[list[D
     docs = split_long(docs, seq_len)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
+    # First fit: each document goes to the first sequence with room for it. A max-tree over the sequences' free
+    # room (unopened sequences: all of it) finds that sequence in O(log n) rather than by a scan.
+    size = 1
+    while size < len(docs):
+        size *= 2
+    tree = [seq_len] * (2 * size)
     seqs: list[list[Document]] = []
-    room: list[int] = []
     for i in order:
         n = len(docs[i].ids)
-        for j, free in enumerate(room):
-            if free >= n:
-                seqs[j].append(docs[i])
-                room[j] -= n
-                break
-        else:
-            seqs.append([docs[i]])
-            room.append(seq_len - n)
+        node = 1
+        while node < size:
+            node = 2 * node if tree[2 * node] >= n else 2 * node + 1
+        j = node - size
+        if j == len(seqs):
+            seqs.append([])
+        seqs[j].append(docs[i])
+        tree[node] -= n
+        while node > 1:
+            node //= 2
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
     return seqs
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)
     eval_every: int = 100
     max_minutes: float | None = None
+    schedule_minutes: float | None = None  # run the lr schedule over this much wall time, then stop (fixed budgets)
     mask_token_id: int | None = None
     init_from: str | None = None   # a diff-only checkpoint to start from instead of the AR weights
     row_weights: str = "acceptance"  # acceptance | uniform (model.ROW_WEIGHTS); acceptance measured better
@@ -176,10 +178,15 @@ def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -
     _atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, time_fraction: float | None = None) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio over the steps, or over the wall time when a
+    --schedule-minutes budget gives `time_fraction` (elapsed / budget)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if time_fraction is not None:
+        progress = min(1.0, time_fraction)
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -295,6 +302,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     eval_docs = data_mod.read_documents(cfg.eval_data, cfg.base) if cfg.eval_data else None
     tokens_per_step = batches.tokens_per_epoch / len(sequences) * cfg.batch_size
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / tokens_per_step))
+    schedule_s = cfg.schedule_minutes * 60 if cfg.schedule_minutes else None
+    if schedule_s is not None:
+        total_steps = cfg.max_steps or 10**9  # the wall-time budget ends the run
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     autocast, precision = _autocast(cfg.device, cfg.precision)
     if precision == "bf16":
@@ -345,11 +355,15 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=None if schedule_s else total_steps, initial=step, unit="step", dynamic_ncols=True)
     t_start = time.time()
     wall_at_start, tokens_at_start = wall, tokens
     window_tokens, window_t = 0, time.time()
     summary_reason = "done"
+    # On an accelerator the next step's batch is packed on the CPU while this one runs (batches are a pure
+    # function of the step, so the order of work does not change them).
+    prefetch = ThreadPoolExecutor(1) if torch.device(cfg.device).type != "cpu" else None
+    pending = prefetch.submit(batches.batch, step) if prefetch else None
     try:
         if eval_docs and step == 0:
             ev = evaluate(model, eval_docs, cfg, mask_id, autocast)
@@ -362,9 +376,16 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
             if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
                 summary_reason = "time limit"
                 break
-            batch = batches.batch(step).to(cfg.device)
+            if schedule_s is not None and wall >= schedule_s:
+                break
+            if prefetch:
+                batch = pending.result().to(cfg.device)
+                pending = prefetch.submit(batches.batch, step + 1)
+            else:
+                batch = batches.batch(step).to(cfg.device)
+            time_fraction = None if schedule_s is None else wall / schedule_s
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg, total_steps)
+                group["lr"] = lr_at(step, cfg, total_steps, time_fraction)
             loss, acc = training_step_loss(model, batch, cfg.block_size, cfg.row_weights, _fresh(autocast))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -383,7 +404,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 tok_s = window_tokens / max(1e-9, now - window_t)
                 window_tokens, window_t = 0, now
                 rec = {"step": step, "tokens": tokens, "loss": loss_v, "ema_loss": ema_loss, "accepted": acc_v,
-                       "ema_accepted": ema_acc, "lr": lr_at(step - 1, cfg, total_steps), "tok_s": tok_s,
+                       "ema_accepted": ema_acc, "lr": opt.param_groups[0]["lr"], "tok_s": tok_s,
                        "wall_s": wall, "epoch": batches.epoch_of(step)}
                 if eval_docs and (step % cfg.eval_every == 0 or step == total_steps):
                     rec.update(evaluate(model, eval_docs, cfg, mask_id, autocast))
@@ -406,11 +427,15 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
         summary_reason = "interrupted"
         snapshot()
     finally:
+        if prefetch:
+            prefetch.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
         if old_handler is not None:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, old_handler)
+    if schedule_s is not None and not cfg.max_steps:
+        total_steps = step
     return {"out": str(out), "steps": step, "total_steps": total_steps, "tokens": tokens, "wall_s": wall,
             "loss": ema_loss, "accepted": ema_acc, "mask_token_id": mask_id, "precision": precision,
             "stopped": summary_reason, "history": history}

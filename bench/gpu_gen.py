@@ -41,9 +41,16 @@ def eos_ids(base: Path) -> set[int]:
 
 def _attention(model, w, q, k, v, mask):
     cfg = model.cfg
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
-    B, _, L, _ = out.shape
-    return w.o_proj(out.transpose(1, 2).reshape(B, L, cfg.num_heads * cfg.head_dim))
+    B, H, L, hd = q.shape
+    group = H // cfg.num_kv_heads
+    if L == 1 and group > 1:
+        # One decode query per head: a kv head's group of query heads are its `group` query rows, so K and V are
+        # read in place rather than repeated per head (the repeat was most of a step's memory traffic).
+        out = F.scaled_dot_product_attention(q.reshape(B, cfg.num_kv_heads, group, hd), k, v, attn_mask=mask)
+        out = out.reshape(B, H, 1, hd)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1)
+    return w.o_proj(out.transpose(1, 2).reshape(B, L, H * hd))
 
 
 @torch.no_grad()

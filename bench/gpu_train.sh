@@ -30,12 +30,15 @@ cd "$(dirname "$0")/.."
 for f in "$base" "$greedy" ${init:+"$init"}; do
     [ -f "$f" ] || { echo "gpu_train.sh: $f does not exist" >&2; exit 2; }
 done
+# Fail in seconds, not after the training, if this Python cannot run every step (a bare checkout, no install).
+"$python" -c "import gguf, safetensors, torch" || exit 2
+"$python" convert/cli.py --help > /dev/null || exit 2
 mkdir -p "$out"
-work=$(mktemp -d)  # sampled data and full-precision checkpoints: large, kept out of OUT_DIR
-trap 'rm -rf "$work"' EXIT
+work=$(mktemp -d)  # sampled data and full-precision checkpoints: large, kept out of OUT_DIR; removed on success only
 log="$out/run.log"
 : > "$log"
 say() { echo "== $* (at ${SECONDS} s)" | tee -a "$log" >&2; }
+trap 'say "failed; the work so far is kept in $work"' ERR
 
 awk 'NR % 50 != 0' "$greedy" > "$work/greedy.jsonl"
 awk 'NR % 50 == 0' "$greedy" > "$work/heldout.jsonl"
@@ -53,15 +56,16 @@ say "training for ${GPU_TRAIN_MINUTES:-3.5} min${init:+ from $init}"
 cp "$work/run/train_log.jsonl" "$out/"
 
 say "converting to Q8_0"
-"$python" -m pyorthrus convert "$work/run" --adapter-out "$out/adapter.q8_0.gguf" --outtype q8_0 2>&1 | tee -a "$log"
+"$python" convert/cli.py "$work/run" --adapter-out "$out/adapter.q8_0.gguf" --outtype q8_0 2>&1 | tee -a "$log"
 kept=("$work"/run/step*)
 if [ -d "${kept[0]}" ]; then
     n=${#kept[@]}
     for i in $(printf '%s\n' $(( n / 3 )) $(( 2 * n / 3 )) | sort -u); do
         [ "$i" -lt "$n" ] && [ "$i" -ge 1 ] || continue
         step=$(basename "${kept[$((i - 1))]}")
-        "$python" -m pyorthrus convert "${kept[$((i - 1))]}" --adapter-out "$out/adapter_$step.q8_0.gguf" \
+        "$python" convert/cli.py "${kept[$((i - 1))]}" --adapter-out "$out/adapter_$step.q8_0.gguf" \
             --outtype q8_0 2>&1 | tee -a "$log"
     done
 fi
+rm -rf "$work"
 say "done"

@@ -9,8 +9,13 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script from a checkout: import this directory as the package `convert`
+if __package__ in (None, ""):
+    # Run as a script from a checkout that was never installed (a bare GPU machine, say): import this directory as
+    # the package `convert`, also under the name an install gives it, which `pyorthrus convert` imports.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    import convert as _package
+
+    sys.modules.setdefault("pyorthrus.convert", _package)
     from convert import OUTTYPES, convert_checkpoint
 else:
     from . import OUTTYPES, convert_checkpoint

@@ -3,6 +3,7 @@ the checkpoint is in the upstream diff-only format and converts to an adapter GG
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,37 @@ def test_training_lowers_loss(tiny, tmp_path, precision, row_weights):
             assert torch.equal(p, q), name
 
 
+def test_schedule_minutes_ends_on_time_with_the_lr_decayed(tiny, tmp_path):
+    """--schedule-minutes: a wall-time budget instead of a step count; the cosine reaches its floor as time runs out."""
+    cfg = _cfg(tiny, tmp_path / "run", max_steps=None, schedule_minutes=0.1, warmup_steps=1)
+    summary = train(cfg)
+    lrs = [h["lr"] for h in summary["history"]]
+    assert summary["stopped"] == "done" and summary["steps"] == summary["total_steps"] == len(lrs) >= 3
+    assert 6.0 <= summary["wall_s"] < 6.0 + 5.0, summary["wall_s"]
+    assert lrs[0] == cfg.lr and all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # peak, then never rises
+    assert lrs[-1] < cfg.lr * (cfg.min_lr_ratio + 0.2 * (1 - cfg.min_lr_ratio)), lrs  # near the floor at the end
+
+
+def test_packing_is_first_fit(tmp_path):
+    """pack_sequences (a max-tree over free room) puts every document where a plain first-fit scan puts it."""
+    from pyorthrus.train.data import Document, pack_sequences
+
+    gen = torch.Generator().manual_seed(1)
+    docs = [Document(list(range(int(n)))) for n in torch.randint(3, 200, (3000,), generator=gen)]
+    order = list(range(len(docs)))
+    random.Random(7).shuffle(order)
+    seqs, room = [], []
+    for i in order:
+        n = len(docs[i].ids)
+        j = next((j for j, free in enumerate(room) if free >= n), len(seqs))
+        if j == len(seqs):
+            seqs.append([])
+            room.append(256)
+        seqs[j].append(docs[i])
+        room[j] -= n
+    assert pack_sequences(docs, 256, seed=7) == seqs
+
+
 def test_resume_continues_exactly(tiny, tmp_path):
     straight = train(_cfg(tiny, tmp_path / "straight"))
 
@@ -280,3 +312,38 @@ def test_init_from_checkpoint(tiny, tmp_path):
     assert json.loads((first / "step000001" / "config.json").read_text())["orthrus_training"]["steps"] == 1
     config = json.loads((second / "config.json").read_text())
     assert config["orthrus_training"]["init"]["steps"] == 2
+
+
+def test_gpu_gen_batched_greedy_equals_the_reference(smollm2_path, tmp_path):
+    """bench/gpu_gen.py (bench/gpu_train.sh's sampler) decodes left-padded prompts of different lengths in one batch
+    with a static KV cache; at temperature 0 each answer is the reference's one-sequence greedy answer. Runs on the
+    CPU here; the same code runs on the GPU."""
+    import subprocess
+    import sys
+
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(smollm2_path), vocab_only=True, verbose=False)
+    questions = ["Hi!", "Name three colours of the rainbow, one per line.",
+                 "Write a Python function that returns the square of a number, and explain it in one sentence."]
+    prompts = tmp_path / "prompts.jsonl"
+    with prompts.open("w") as fh:
+        for i, q in enumerate(questions):
+            text = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+            ids = vocab.tokenize(text.encode(), add_bos=False, special=True)
+            fh.write(json.dumps({"kind": "chat", "source": "test", "index": i, "ids": ids, "n_prompt": len(ids)}) + "\n")
+    out = tmp_path / "answers.jsonl"
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(repo / "bench" / "gpu_gen.py"), "--base", str(smollm2_path), "--prompts",
+                    str(prompts), "--out", str(out), "--samples", "1", "--temperature", "0", "--max-tokens", "12",
+                    "--batch", "3", "--device", "cpu"], check=True, capture_output=True)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == [0, 1, 2]
+    model = reference.load_gguf(smollm2_path).eval()
+    eos = {vocab.token_eos(), *vocab.tokenize(b"<|im_end|>", add_bos=False, special=True)}
+    for rec in records:
+        prompt, answer = rec["ids"][:rec["n_prompt"]], rec["ids"][rec["n_prompt"]:]
+        expected, _ = reference.greedy_generate(model, prompt, 12)
+        cut = next((i + 1 for i, t in enumerate(expected) if t in eos), len(expected))
+        assert answer == expected[:cut], (rec["index"], answer, expected)
+        assert rec["finish"] == ("stop" if answer[-1] in eos else "length")

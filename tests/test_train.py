@@ -150,10 +150,13 @@ def test_training_lowers_loss(tiny, tmp_path, precision, row_weights):
 
 def test_schedule_minutes_ends_on_time_with_the_lr_decayed(tiny, tmp_path):
     """--schedule-minutes: a wall-time budget instead of a step count; the cosine reaches its floor as time runs out."""
-    cfg = _cfg(tiny, tmp_path / "run", max_steps=None, schedule_minutes=0.1, warmup_steps=1)
+    cfg = _cfg(tiny, tmp_path / "run", max_steps=None, schedule_minutes=0.1, warmup_steps=1,
+               eval_data=[str(tiny[2])], eval_every=10**6)
     summary = train(cfg)
-    lrs = [h["lr"] for h in summary["history"]]
+    lrs = [h["lr"] for h in summary["history"] if "lr" in h]
     assert summary["stopped"] == "done" and summary["steps"] == summary["total_steps"] == len(lrs) >= 3
+    evals = [h["step"] for h in summary["history"] if "eval_accepted" in h]
+    assert evals == [0, summary["steps"]]  # held-out estimate at the start and where the budget ended the run
     assert 6.0 <= summary["wall_s"] < 6.0 + 5.0, summary["wall_s"]
     assert lrs[0] == cfg.lr and all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # peak, then never rises
     assert lrs[-1] < cfg.lr * (cfg.min_lr_ratio + 0.2 * (1 - cfg.min_lr_ratio)), lrs  # near the floor at the end

@@ -377,6 +377,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 summary_reason = "time limit"
                 break
             if schedule_s is not None and wall >= schedule_s:
+                if eval_docs and step % cfg.eval_every:  # the curve's last point: where the run ended
+                    history.append({"step": step, "tokens": tokens,
+                                    **evaluate(model, eval_docs, cfg, mask_id, autocast)})
+                    _append_log(log_path, history[-1])
                 break
             if prefetch:
                 batch = pending.result().to(cfg.device)

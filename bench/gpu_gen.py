@@ -44,8 +44,8 @@ def _attention(model, w, q, k, v, mask):
     B, H, L, hd = q.shape
     group = H // cfg.num_kv_heads
     if L == 1 and group > 1:
-        # One decode query per head: a kv head's group of query heads are its `group` query rows, so K and V are
-        # read in place rather than repeated per head (the repeat was most of a step's memory traffic).
+        # One decode query per head: a kv head's group of query heads become its `group` query rows, so the
+        # cache's K and V are read in place instead of being copied once per query head.
         out = F.scaled_dot_product_attention(q.reshape(B, cfg.num_kv_heads, group, hd), k, v, attn_mask=mask)
         out = out.reshape(B, H, 1, hd)
     else:

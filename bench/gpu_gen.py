@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyorthrus.reference import _read_gguf, gguf_field, load_gguf  # noqa: E402
 from pyorthrus.train.loop import _vocab  # noqa: E402
-from pyorthrus.train.model import _head, _qkv, _rope_tables  # noqa: E402
+from pyorthrus.train.model import _attend, _head, _qkv, _rope_tables  # noqa: E402
 
 EOS_NAMES = ("<|im_end|>", "<|endoftext|>")
 
@@ -40,17 +40,16 @@ def eos_ids(base: Path) -> set[int]:
 
 
 def _attention(model, w, q, k, v, mask):
+    """A prefill goes through the trainer's `_attend`; a decode step (one query per head) reads K/V in place."""
     cfg = model.cfg
     B, H, L, hd = q.shape
     group = H // cfg.num_kv_heads
-    if L == 1 and group > 1:
-        # One decode query per head: a kv head's group of query heads become its `group` query rows, so the
-        # cache's K and V are read in place instead of being copied once per query head.
-        out = F.scaled_dot_product_attention(q.reshape(B, cfg.num_kv_heads, group, hd), k, v, attn_mask=mask)
-        out = out.reshape(B, H, 1, hd)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1)
-    return w.o_proj(out.transpose(1, 2).reshape(B, L, H * hd))
+    if L > 1 or group == 1:
+        return _attend(model, w, q, k, v, mask[:, 0])
+    # A kv head's group of query heads become its `group` query rows, so the cache's K and V are read in place
+    # instead of being copied once per query head.
+    out = F.scaled_dot_product_attention(q.reshape(B, cfg.num_kv_heads, group, hd), k, v, attn_mask=mask)
+    return w.o_proj(out.reshape(B, H, 1, hd).transpose(1, 2).reshape(B, 1, H * hd))
 
 
 @torch.no_grad()
@@ -133,7 +132,8 @@ def main(argv=None) -> int:
     prompts = sorted(prompts[:args.max_prompts], key=lambda p: len(p[1]))  # by length: little padding per batch
     # Round by round (sample 0 of every prompt first), so a --minutes cut keeps every prompt and kind.
     jobs = [(meta, j, ids) for j in range(args.samples) for meta, ids in prompts]
-    dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+    on_cuda = torch.device(args.device).type == "cuda"
+    dtype = torch.bfloat16 if on_cuda else torch.float32
     model = load_gguf(args.base).to(args.device, dtype).eval()
     eos = torch.tensor(sorted(eos_ids(args.base)), device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     el = time.time() - t0
     print(json.dumps({"answers": n_answers, "answer_tokens": n_tokens, "seconds": round(el, 1),
                       "answer_tok_s": round(n_tokens / el, 1), "device": args.device,
-                      "device_name": torch.cuda.get_device_name() if dtype == torch.bfloat16 else "cpu"}), flush=True)
+                      "device_name": torch.cuda.get_device_name() if on_cuda else args.device}), flush=True)
     return 0
 
 

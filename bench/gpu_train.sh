@@ -20,12 +20,10 @@
 # OUT_DIR/adapter_stepNNNNNN.q8_0.gguf (the kept checkpoints nearest 1/3 and 2/3 of the run), so that
 # bench/train_eval.py can measure the curve in llama.cpp.
 #
-# Through this project's device tool (an H200, 2026-12-04): a call carries at most 64 MiB and a carried path is gone
-# in the next call, so the 98 MB SmolLM2 base travels in two calls (`split -b 50M`), each copying its part to /tmp;
-# a third carries the greedy answers, the adapter to continue from and a gguf wheel (the device's Python has torch
-# but no gguf), and runs this script. The shipped adapter (28 MB) is tracked, so it travels with every call unless
-# it is taken out of the index for them (`git rm --cached`, then `git reset`). Measured there: sampling 6.5-9.2k
-# answer tokens/s, training 78-92k tokens/s (bf16); bench/results/gpu_train_h200_*.
+# Through this project's device tool (an H200, 2026-12-04) a call carries at most 64 MiB and a carried path is gone
+# in the next call: bench/gpu_carry.sh prepares the three calls that get the inputs there (the 98 MB base in two
+# parts), prints them, and joins the adapters that come back. Measured there: sampling 6.5-9.2k answer tokens/s,
+# training 78-92k tokens/s (bf16); bench/results/gpu_train_h200_*.
 set -euo pipefail
 out=${1:?usage: bash bench/gpu_train.sh OUT_DIR BASE.gguf GREEDY.jsonl [INIT_ADAPTER.gguf]}
 base=${2:?base GGUF missing}

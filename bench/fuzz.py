@@ -22,7 +22,7 @@ mutant under OUT-inputs/ with what happened, and the run exits 1. A mutant is re
 index): its random generator is seeded with exactly that.
 
     python bench/fuzz.py --out bench/results/fuzz_cpu                     # 10k adapter, 2k merged, 2k checkpoint
-    python bench/fuzz.py --iterations 50 --minutes 1.5 --out /tmp/fuzz    # a quick slice (tests/test_fuzz.py)
+    python bench/fuzz.py --iterations 15 --minutes 4 --out /tmp/fuzz      # a quick slice (tests/test_fuzz.py)
     python bench/fuzz.py --sanitize --out bench/results/fuzz_asan          # the same under ASan + UBSan
     python bench/fuzz.py --sanitize --shard 1/2 --out /tmp/fuzz_1          # half of it (run 0/2 beside it)
     python bench/fuzz.py --merge /tmp/fuzz_0.json /tmp/fuzz_1.json --out bench/results/fuzz_asan  # one report

@@ -17,12 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_fuzz_slice_finds_no_crash_hang_or_sanitizer_report(tmp_path):
-    """30 mutants per target (adapter, merged, checkpoint, hparams) on the installed build: every one is refused
+    """15 mutants per target (adapter, merged, checkpoint, hparams) on the installed build: every one is refused
     cleanly or loads and decodes. The full runs (14,000 mutants and the whole hparams sweep) are bench/fuzz.py; their
-    reports are in bench/results/."""
+    reports are in bench/results/. A merged or hparams mutant loads a model with the 151k-token Qwen3 vocabulary
+    (about 2.7 s on a 2-core EPYC, after 25 s of making the seeds): the time limit leaves room for a machine 2x
+    slower than that, where 30 mutants in 2.5 minutes left the merged target only 5."""
     out = tmp_path / "fuzz"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--seed", "1", "--iterations", "30",
-                             "--minutes", "2.5", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--seed", "1", "--iterations", "15",
+                             "--minutes", "4", "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     for target, r in report["targets"].items():

@@ -38,7 +38,8 @@ prepare)
         echo "gpu_carry.sh: $base does not split into two 50 MB parts" >&2; exit 2; }
     mv .devcarry/base.part00 .devcarry/a/ && mv .devcarry/base.part01 .devcarry/b/
     cp "$init" .devcarry/c/init.q8_0.gguf
-    # the trainer and gpu_gen read only these fields; the text would double the size
+    # the fields of gpu_gen's own records (the trainer reads ids and n_prompt, gpu_gen the labels too); the text
+    # the trainer would otherwise re-tokenize is already in ids and would double the size
     "$python" - "$greedy" .devcarry/c/mix_greedy.jsonl <<'EOF'
 import json, sys
 keep = ("kind", "source", "index", "ids", "n_prompt", "n_completion", "finish")

@@ -69,6 +69,11 @@ class AutoBlockSize:
         self._until_probe: int | None = None  # winner rounds left before the next probe; None: to be scheduled
         self._refresh()
 
+    def cost_note(self) -> str:
+        """What the profile says a small cycle costs, in AR steps (the reason AR steps win where they do)."""
+        k = min(4, int(self.block_sizes[-1]))
+        return f"a K={k} cycle costs {self.costs.cycle(k) / self.costs.t_step_s:.1f} AR steps here"
+
     # -- estimates ------------------------------------------------------------------------------------------------
     def acceptance(self) -> np.ndarray:
         """p_j for draft positions j = 1 ... trained K - 1."""

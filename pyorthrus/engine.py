@@ -35,6 +35,7 @@ class DecodeEngine:
         self.llm, self.ctx, self.lib = llm, llm.ctx, _lib
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.trained_block_size = trained_block_size
+        self.cached: list[int] | None = None  # the tokens in the cache from position 0, if a generation left them
 
     def is_eog(self, token: int) -> bool:
         import llama_cpp
@@ -45,18 +46,50 @@ class DecodeEngine:
         """Every end-of-generation token of the vocabulary (the stop set the PyTorch reference decodes with)."""
         return [t for t in range(self.llm.n_vocab()) if self.is_eog(t)]
 
-    def prefill(self, prompt: Sequence[int]) -> None:
-        """Clear the cache and decode all but the last prompt token: the last one is x_s, known but not cached."""
+    def prefill(self, prompt: Sequence[int], reuse: bool = False) -> int:
+        """Cache all but the last prompt token (the last one is x_s, known but not cached). reuse: keep the cells
+        of the longest prefix the cache already holds (what the last generation left, see finish()) and decode only
+        the rest; else clear the cache first. Returns the prompt tokens reused.
+
+        Reuse is lossless on the strict CPU build: there a token's K/V do not depend on which batch computed them
+        (a K-token pass gives the logits of K one-token steps, bit for bit), so the cells left by earlier prefills,
+        cycles and steps equal those a fresh prefill would write. On GPUs they may differ as a K-token batch differs
+        from one-token steps: at near-ties only, as with Orthrus itself."""
         import llama_cpp
 
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        memory = llama_cpp.llama_get_memory(self.ctx)
         head = list(prompt[:-1])
-        for start in range(0, len(head), self.llm.n_batch):
+        cached, self.cached = self.cached, None  # unknown until a generation ends cleanly
+        keep = _common_prefix(cached, head) if reuse and cached is not None else 0
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1):
+            llama_cpp.llama_memory_clear(memory, True)
+            keep = 0
+        for start in range(keep, len(head), self.llm.n_batch):
             chunk = head[start:start + self.llm.n_batch]
             ids = (llama_cpp.llama_token * len(chunk))(*chunk)  # the batch only points at it: keep it alive
             batch = llama_cpp.llama_batch_get_one(ids, len(chunk))
             if llama_cpp.llama_decode(self.ctx, batch) != 0:
                 raise PyorthrusError("llama_decode failed on the prompt")
+        return keep
+
+    def finish(self, cached: Sequence[int] | None) -> None:
+        """A generation ended: `cached` are the tokens its cells hold from position 0 (the prompt, then every
+        committed token but the newest: (prompt + tokens)[:-1]), None if unknown (it failed inside a pass). Cells past
+        them (a fused pass's next draft block) are dropped, so the next prefill can reuse exactly these."""
+        import llama_cpp
+
+        self.lib.llama_orthrus_set_argmax(self.ctx, False)
+        memory = llama_cpp.llama_get_memory(self.ctx)
+        n = len(cached) if cached is not None else 0
+        if cached is None or not llama_cpp.llama_memory_seq_rm(memory, 0, n, -1) \
+                or llama_cpp.llama_memory_seq_pos_max(memory, 0) != n - 1:
+            self.forget()
+            return
+        self.cached = list(cached)
+
+    def forget(self) -> None:
+        """The cache holds something else than a generation left (profiling passes, a one-shot decode)."""
+        self.cached = None
 
     def decode_one(self, token: int) -> np.ndarray:
         """Decode one token at the next position; a view of its logits (valid until the next decode)."""
@@ -94,17 +127,15 @@ class DecodeEngine:
         """One chunk per round after prefill(prompt): an Orthrus cycle at block_size, or a plain AR step
         (block_size 1, or when the auto controller says so). A greedy generation runs in argmax mode throughout
         (each pass returns its rows' argmax, not their logits), so steps and cycles never switch it and rebuild
-        their graphs."""
+        their graphs. The caller ends it with finish()."""
         lib = self.lib
         stop_array = (lib.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
         params.stop_tokens, params.n_stop_tokens = stop_array, len(stop_tokens)
         out = (lib.llama_token * max(1, self.trained_block_size))()
         counters = lib.llama_orthrus_stats()
+        # finish() turns it off: a generator abandoned mid-way must not touch the context when it is collected
         lib.llama_orthrus_set_argmax(self.ctx, params.temperature <= 0)
-        try:
-            yield from self._rounds(prompt[-1], max_tokens, block_size, fused, auto, params, out, counters, stats)
-        finally:
-            lib.llama_orthrus_set_argmax(self.ctx, False)
+        yield from self._rounds(prompt[-1], max_tokens, block_size, fused, auto, params, out, counters, stats)
 
     def _rounds(self, last, max_tokens, block_size, fused, auto, params, out, counters, stats) -> Iterator[Chunk]:
         produced = 0
@@ -133,3 +164,12 @@ class DecodeEngine:
                 yield Chunk(tokens, "stop")
                 return
             yield Chunk(tokens, "length" if produced >= max_tokens else None)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

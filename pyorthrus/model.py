@@ -12,7 +12,6 @@ import contextlib
 import copy
 import ctypes
 import numbers
-import os
 import re
 import threading
 import time
@@ -22,10 +21,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import options
 from .engine import Chunk, DecodeEngine
 from .errors import PyorthrusError
+from .options import OptionError
 from .stats import GenerationStats
-from .streaming import TextStream
+from .streaming import Session, TextStream
 from .strict import strict_model_loads
 
 MODES = ("orthrus", "ar")
@@ -38,10 +39,7 @@ def default_threads() -> int:
     """The CPU threads a model gets when none are asked for: every CPU this process may run on, for one-token steps
     and multi-token passes alike. (llama-cpp-python's own default gives steps half the CPUs and batches all of them,
     which on a 2-core machine made AR steps run on one core while Orthrus passes ran on two: an unfair comparison.)"""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    return options.usable_cpus()
 
 
 @contextlib.contextmanager
@@ -84,29 +82,42 @@ class Orthrus:
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
                  strict: bool | None = None, fused: bool | None = None, system_prompt: str | None = None,
-                 verbose: bool = False, **llama_kwargs):
+                 reprofile: bool = False, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
 
+        # the generation session (lock, the stream decoding now, closed or not), shared with every ar_view()
+        self._session = Session()
+        self._owner = True  # False for ar_view(): it shares this instance's model, context and adapter
+        self.llm = None
+        self.adapter = None
         if mode not in MODES:
             raise PyorthrusError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        options.check_n_ctx(n_ctx)
+        options.check_threads(n_threads)
+        options.check_sampling(seed=seed)
         for label, path in (("model", model_path), ("adapter", adapter_path)):
+            if path is not None and Path(path).is_dir():
+                raise PyorthrusError(f"{path}: {label} file is a directory, not a GGUF file")
             if path is not None and not Path(path).is_file():
                 raise PyorthrusError(f"{path}: {label} file not found")
         self._lib = _lib
-        self._lock = threading.Lock()
-        self._owner = True  # False for ar_view(): it shares this instance's model, context and adapter
         self.mode = mode
         self.seed = seed
         # fused cycles (verify block n and draft block n+1 in one pass): True for every cycle, None where
         # block_size="auto" finds that they pay, False never
         self.fused = fused
         self.system_prompt = system_prompt  # chat_prompt's system message where the messages bring none
-        self.adapter = None
-        self.auto_controller = None  # block_size="auto": created (pass costs measured) on first use
+        self.reprofile = reprofile  # block_size="auto": measure the pass costs again instead of reading them
+        self.auto_controller = None  # block_size="auto": created (pass costs measured or read) on first use
         # strict (batch-invariant) by default when every layer runs on the CPU
         self.strict = n_gpu_layers == 0 if strict is None else strict
+        self.model_path, self.adapter_path = model_path, adapter_path
+        # what shapes a pass's cost besides the files and the build (the profile cache's key, pyorthrus.profiles)
+        self.pass_settings = dict(n_ctx=n_ctx, n_threads=n_threads or default_threads(), n_gpu_layers=n_gpu_layers,
+                                  flash_attn=flash_attn, strict=self.strict, fused=fused,
+                                  **{k: v for k, v in llama_kwargs.items() if k.startswith("n_")})
         errors: list[str] = []
         try:
             with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
@@ -133,36 +144,52 @@ class Orthrus:
         else:
             trained_k = _lib.llama_model_orthrus_block_size(model) if _lib.llama_model_has_orthrus(model) else 0
         if mode == "orthrus" and trained_k == 0:
-            raise PyorthrusError(f"{model_path}: has no Orthrus diffusion weights; pass adapter_path= (an adapter "
-                                 "GGUF) or use mode='ar'")
+            self.close()
+            raise PyorthrusError(f"{model_path}: has no Orthrus diffusion weights: give it an Orthrus adapter GGUF, "
+                                 "or decode plain AR")
         self.trained_block_size = trained_k
         self.engine = DecodeEngine(self.llm, trained_k)
-        self.block_size = self.check_block_size(block_size or trained_k)
+        try:
+            self.block_size = self.check_block_size(trained_k if block_size is None else block_size)
+        except PyorthrusError:
+            self.close()
+            raise
         if mode == "orthrus":
             _warn_low_precision_diff(adapter_path or model_path)
 
     def check_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
-        """block_size (an integer K or "auto") if this model can run it, fused or not; else a PyorthrusError that
-        says why (outside 2 ... trained K, or K (2K fused) above n_batch)."""
+        """block_size (an integer K or "auto") if this model can run it, fused or not; else an OptionError that
+        says why (outside 2 ... trained K, or K (2K fused) above the context or n_batch). Plain AR (mode "ar")
+        runs one token per step whatever the block size."""
         if block_size == AUTO:
             largest = self.trained_block_size
         elif isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
             block_size = largest = int(block_size)
             if self.mode == "orthrus" and not 2 <= block_size <= self.trained_block_size:
-                raise PyorthrusError(f"block_size {block_size} out of range: 2 ... {self.trained_block_size} "
-                                     "(trained K)")
+                raise OptionError("block_size", block_size, f"must be in 2 ... {self.trained_block_size} (the "
+                                  "trained K), or 'auto'")
         else:
-            raise PyorthrusError(f"block_size {block_size!r}: give an integer K or 'auto'")
+            raise OptionError("block_size", block_size, "must be an integer K or 'auto'")
+        if self.mode == "ar":
+            return block_size
         if fused is None:
             fused = self.fused or (self.fused is None and block_size == AUTO)
-        if (2 if fused else 1) * largest > self.llm.n_batch:
-            raise PyorthrusError(f"block_size {largest} exceeds n_batch {self.llm.n_batch}"
-                                 + (" / 2 (fused cycles decode 2K tokens)" if fused else ""))
+        needed = (2 if fused else 1) * largest
+        n_ctx = self.pass_settings["n_ctx"] or self.llm.n_ctx()  # as asked: llama.cpp may pad it, not n_batch
+        if needed > n_ctx:
+            raise OptionError("n_ctx", n_ctx, f"too small for block size {largest}: a decode round needs "
+                              f"{needed} tokens of context{' (fused cycles decode 2K)' if fused else ''}; give a "
+                              "larger context or a smaller block size")
+        if needed > self.llm.n_batch:
+            raise OptionError("block_size", largest, f"a decode round of {needed} tokens exceeds n_batch "
+                              f"{self.llm.n_batch}" + (" (fused cycles decode 2K tokens)" if fused else ""))
         return block_size
 
     def round_cells(self, block_size: int | str | None = None, fused: bool | None = None) -> int:
         """The most cache cells a decode round may hold beyond the committed tokens: K, or 2K for a fused pass
-        (which caches the next draft block too); for "auto" those of the trained K."""
+        (which caches the next draft block too); for "auto" those of the trained K; 1 in mode "ar"."""
+        if self.mode == "ar":
+            return 1
         block_size = self.block_size if block_size is None else block_size
         largest = self.trained_block_size if block_size == AUTO else block_size
         fused = bool(self.fused) if fused is None else fused
@@ -170,21 +197,34 @@ class Orthrus:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def ar_view(self) -> "Orthrus":
-        """The same model, context and build decoding one token per step: what Orthrus must reproduce."""
+        """The same model, context and build decoding one token per step: what Orthrus must reproduce. The view keeps
+        its owner alive; once the owner is closed, the view refuses to decode."""
         view = copy.copy(self)
         view.mode, view._owner = "ar", False
+        view._parent = self  # the model and context are the owner's: a view must not outlive them
         return view
 
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
     def close(self) -> None:
-        """Free the adapter (which detaches it from the context), then the model."""
-        if not getattr(self, "_owner", False):
+        """Cancel the generation in progress (waiting for its decode round to end, from any thread), then free the
+        adapter (which detaches it from the context) and the model. Every later call raises a PyorthrusError.
+        A view's close() does nothing: its owner's frees the model."""
+        session = getattr(self, "_session", None)
+        if session is None or not self._owner:
             return
-        if getattr(self, "adapter", None):
-            self._lib.llama_adapter_orthrus_free(self.adapter)
-            self.adapter = None
-        if getattr(self, "llm", None) is not None:
-            self.llm.close()
-            self.llm = None
+        with session.lock:  # the round in progress, on whatever thread, ends first
+            if session.closed:
+                return
+            session.close()
+            if self.adapter:
+                self._lib.llama_adapter_orthrus_free(self.adapter)
+                self.adapter = None
+            if self.llm is not None:
+                self.llm.close()
+                self.llm = None
 
     def __enter__(self) -> "Orthrus":
         return self
@@ -198,50 +238,68 @@ class Orthrus:
         except Exception:
             pass
 
+    def _check_open(self) -> None:
+        if self._session.closed:
+            raise PyorthrusError("this Orthrus model is closed")
+
     # -- tokens ----------------------------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         import llama_cpp
 
+        self._check_open()
         add_bos = llama_cpp.llama_vocab_get_add_bos(self.engine.vocab)
-        return self.llm.tokenize(text.encode(), add_bos=add_bos, special=special)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from undecodable command-line bytes
+            raise PyorthrusError(f"the text is not valid Unicode ({exc.reason} at character {exc.start})") from None
+        return self.llm.tokenize(data, add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
+        self._check_open()
         return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     # -- decoding --------------------------------------------------------------------------------------------------
     def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """AR logits for the token after `tokens` (one-token decode of the last one, as AR generation does)."""
-        with self._lock:
+        with self._session.exclusive(self):
             self.engine.prefill(list(tokens))
             return self.engine.decode_one(tokens[-1]).copy()
 
-    def _chunks(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, temperature: float,
-                top_k: int, top_p: float, min_p: float, stop_tokens: Sequence[int], seed: int,
-                stats: GenerationStats) -> Iterator[Chunk]:
-        """The decode rounds of one generation (prefill first, the auto controller's pass costs measured on first
-        use), with the totals of stats kept current."""
+    def _start(self, prompt: list[int], max_tokens: int, block_size: int | str, stats: GenerationStats):
+        """Prefill a generation (reusing the cached prefix) after checking it fits; with block size auto, the
+        controller is made first (pass costs read from the profile cache, or measured). Under the session lock."""
         if not prompt:
             raise PyorthrusError("empty prompt")
-        largest = self.round_cells(block_size, fused)
+        largest = self.round_cells(block_size)
         if len(prompt) + max_tokens + largest > self.llm.n_ctx():
             raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + the cells of one "
-                                 f"decode round ({largest}) exceeds n_ctx ({self.llm.n_ctx()})")
+                                 f"decode round ({largest}) exceeds the context ({self.llm.n_ctx()} tokens): give "
+                                 "a larger context or fewer tokens")
         if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
             from .auto import AutoBlockSize
-            from .bench.pass_costs import auto_sizes, measure_pass_costs
+            from .bench.pass_costs import auto_sizes
+            from .profiles import pass_costs
 
             start = time.perf_counter()
             may_fuse = self.fused is not False
-            costs = measure_pass_costs(self, auto_sizes(self.trained_block_size, may_fuse), statistic=min)
+            costs = pass_costs(self, auto_sizes(self.trained_block_size, may_fuse), self.reprofile)
+            self.engine.forget()  # measuring decoded passes of its own
             self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse)
             stats.t_profile_s = time.perf_counter() - start
+        if block_size == AUTO and self.mode == "orthrus":
+            stats.auto_note = self.auto_controller.cost_note()
         start = time.perf_counter()
-        self.engine.prefill(prompt)
+        stats.n_reused = self.engine.prefill(prompt, reuse=True)
         stats.t_prefill_s = time.perf_counter() - start
+
+    def _rounds(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, sampling: dict,
+                stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[Chunk]:
+        """The decode rounds of one generation after _start, each run by the caller under the session lock, with
+        the totals of stats kept current."""
         start = time.perf_counter()
         params = self._lib.llama_orthrus_default_params()
-        params.temperature, params.top_k, params.top_p, params.min_p = temperature, top_k, top_p, min_p
-        params.seed = seed
+        for name, value in sampling.items():
+            setattr(params, name, value)
         if self.mode == "ar":
             block_size, auto = 1, None
         else:
@@ -263,12 +321,22 @@ class Orthrus:
         `.result` is set to the `Generation` once exhausted (its `cancel()` ends the generation at the next decode
         round, from any thread). temperature <= 0 is greedy. block_size overrides the instance's block size (an
         integer K or "auto"), seed its sampling seed and fused its fused setting (fixed K only: "auto" decides per
-        cycle) for this call."""
+        cycle) for this call.
+
+        One generation decodes at a time per model (and its ar_views): a generation on another thread waits for
+        the one in progress; a new one on the thread of an unfinished stream cancels that stream (it was left
+        unfinished, or is being read in turns with the new one: either way it cannot go on with the context the
+        new one takes over), whose next read ends it with finish_reason "cancelled". The cache keeps the tokens a
+        generation leaves, and the next decodes only what its prompt does not share with them."""
+        self._check_open()
+        seed = self.seed if seed is None else seed
+        options.check_max_tokens(max_tokens)
+        options.check_sampling(temperature, top_k, top_p, min_p, seed)
         block = self.block_size if block_size is None and fused is None else \
             self.check_block_size(self.block_size if block_size is None else block_size, fused)
         fused = bool(self.fused) if fused is None else fused
-        it = TextStream(self, prompt, max_tokens, block, fused, temperature, top_k, top_p, min_p, list(stop),
-                     list(stop_tokens), self.seed if seed is None else seed)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        it = TextStream(self, prompt, max_tokens, block, fused, sampling, list(stop), list(stop_tokens))
         if stream:
             return it
         for _ in it:
@@ -304,6 +372,7 @@ class Orthrus:
         instance's system_prompt first unless the messages start with a system message."""
         if self.system_prompt is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        self._check_open()
         return chat_template_prompt(self.llm, messages)
 
 

@@ -25,6 +25,9 @@ class GenerationStats:
     t_verify_s: float = 0.0
     t_ar_s: float = 0.0  # one-token AR steps (mode "ar", or chosen by block_size="auto")
     t_total_s: float = 0.0  # prefill excluded
+    n_reused: int = 0  # prompt tokens whose cache cells an earlier generation left (prefix reuse): not decoded again
+    # block_size="auto": why it ran what it ran, for a footer ("a K=4 cycle costs 6.1 AR steps here"); "" otherwise
+    auto_note: str = ""
 
     @property
     def tokens_per_cycle(self) -> float:
@@ -44,4 +47,5 @@ class GenerationStats:
                 "block_size_histogram": dict(sorted(Counter(k for k, _ in self.cycles).items())),
                 "t_profile_s": self.t_profile_s, "t_prefill_s": self.t_prefill_s,
                 "t_first_token_s": self.t_first_token_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
-                "t_ar_s": self.t_ar_s, "t_total_s": self.t_total_s}
+                "t_ar_s": self.t_ar_s, "t_total_s": self.t_total_s, "n_reused": self.n_reused,
+                "auto_note": self.auto_note}

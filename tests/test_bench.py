@@ -61,6 +61,9 @@ class _ScriptedChoices:
     def observe_step(self, seconds) -> None:
         pass
 
+    def cost_note(self) -> str:
+        return "scripted choices"
+
 
 def test_ar_steps_and_cycles_interleave_without_breaking_the_cache(model):
     learned = model.auto_controller
@@ -78,7 +81,7 @@ def test_ar_steps_and_cycles_interleave_without_breaking_the_cache(model):
 def test_block_size_is_checked_per_call_and_on_the_command_line(model):
     with pytest.raises(PyorthrusError, match="integer K or 'auto'"):
         model.generate("hello", max_tokens=4, block_size="fast")
-    with pytest.raises(PyorthrusError, match="out of range"):
+    with pytest.raises(PyorthrusError, match=r"must be in 2 \.\.\. "):
         model.generate("hello", max_tokens=4, block_size=model.trained_block_size + 1)
     assert model.generate("hello", max_tokens=4, block_size=4).stats.block_size == 4
     assert block_size_argument("auto") == "auto" and block_size_argument("8") == 8

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PyorthrusError
+from ..files import atomic_write
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
 from .model import ROW_WEIGHTS, diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
@@ -148,34 +149,21 @@ def checkpoint_config(model: OrthrusModel, base, block_size: int, mask_id: int) 
     }
 
 
-def _atomic_write(path: Path, writer) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_weights(out: Path, model: OrthrusModel, config: dict) -> dict[str, torch.Tensor]:
     """A diff-only checkpoint (what `pyorthrus convert` reads): model.safetensors + config.json."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     tensors = diff_state_dict(model)
-    _atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return tensors
 
 
 def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -> None:
     tensors = save_weights(out, model, config)
     full = {**state, "diff": tensors}
-    _atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
+    atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int, time_fraction: float | None = None) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
                                KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+from pyorthrus.paths import check_writable
 
 from .base_gguf import base_alignment, copied_metadata, open_gguf, planned_base_tensors, validate_base
 from .checkpoint import OrthrusCheckpoint
@@ -32,8 +33,8 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
     for out in (adapter_out, merged_out):  # fail before any work, not after a long conversion
         if out is not None and Path(out).exists() and not force:
             raise PyorthrusError(f"{out}: output exists (use --force to overwrite)")
-        if out is not None and not Path(out).parent.is_dir():
-            raise PyorthrusError(f"{out}: directory {Path(out).parent} does not exist")
+        if out is not None:
+            check_writable(out)
     ckpt = OrthrusCheckpoint(ckpt_dir)
     base_reader = None
     if base is not None:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import permute_qk_rows
+from pyorthrus.paths import check_writable
 
 from .checkpoint import DiffTensor, OrthrusCheckpoint
 
@@ -87,8 +88,7 @@ def atomic_output(path: Path, force: bool) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not force:
         raise PyorthrusError(f"{path}: output exists (use --force to overwrite)")
-    if not path.parent.is_dir():
-        raise PyorthrusError(f"{path}: directory {path.parent} does not exist")
+    check_writable(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp

@@ -110,10 +110,10 @@ def _table(entries: dict[str, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .generate import check_arguments
     from .model import Orthrus
 
-    if args.max_tokens < 1:
-        raise PyorthrusError(f"--max-tokens {args.max_tokens}: must be >= 1")
+    check_arguments(args)
     if args.repeats < 1:
         raise PyorthrusError(f"--repeats {args.repeats}: must be >= 1")
     model_path, adapter_path = assets.smollm2_gguf(), assets.default_adapter()

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import assets
+from . import assets, options
+from .errors import PyorthrusError
 
 
 def block_size_argument(value: str) -> int | str:
@@ -29,6 +30,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
                        help="draft block size K at run time (2 ... trained K; default: trained K), or 'auto': per "
                             "cycle the K, or plain AR steps, that the measured pass costs and acceptance favour")
+    group.add_argument("--reprofile", action="store_true",
+                       help="with -k auto: measure this machine's pass costs again instead of reusing the profile "
+                            "kept for this device, model, build and settings")
     group.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                        help="fused cycles: each verify pass also drafts the next block, and after a full "
                             "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
@@ -75,7 +79,37 @@ def system_prompt(args: argparse.Namespace) -> str | None:
     return args.system or None
 
 
+def utf8_text(label: str, text: str) -> str:
+    """text, unless it holds bytes that were not UTF-8: Python hands those over as lone surrogates
+    (surrogateescape), which would fail only once the prompt is tokenized."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PyorthrusError(f"{label}: not UTF-8 text (undecodable byte at character {exc.start})") from None
+    return text
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad values of the flags this verb has (ranges as pyorthrus.options defines them for every surface;
+    text that is not UTF-8) before anything loads. OptionError names the option; pyorthrus.cli names its flag."""
+    if hasattr(args, "temp"):
+        options.check_sampling(args.temp, args.top_k, args.top_p, args.min_p, args.seed)
+    if hasattr(args, "max_tokens"):
+        options.check_max_tokens(args.max_tokens)
+    if hasattr(args, "threads"):
+        options.check_threads(args.threads)
+    if hasattr(args, "ctx_size"):
+        options.check_n_ctx(args.ctx_size)
+    for label, name in (("-p", "prompt"), ("--system", "system")):
+        if getattr(args, name, None) is not None:
+            utf8_text(label, getattr(args, name))
+    for stop in getattr(args, "stop", None) or ():
+        utf8_text("--stop", stop)
+
+
 def open_model(args: argparse.Namespace):
+    """The Orthrus model the flags describe, after check_arguments."""
+    check_arguments(args)
     from .model import Orthrus
 
     adapter = adapter_path(args)
@@ -83,27 +117,61 @@ def open_model(args: argparse.Namespace):
                    mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
                    n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
                    seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused,
-                   system_prompt=system_prompt(args))
+                   system_prompt=system_prompt(args), reprofile=args.reprofile)
+
+
+def check_room(model, n_prompt: int, max_tokens: int, what: str, also: str | None = None) -> None:
+    """Refuse a generation that could outgrow the context (the model would too, in its own words) saying which
+    flags make room: `what` says what the prompt is ("-p is 7 tokens"), `also` what else helps ("/reset")."""
+    cells = model.round_cells()
+    need, n_ctx = n_prompt + max_tokens + cells, model.llm.n_ctx()
+    if need <= n_ctx:
+        return
+    fits = n_ctx - n_prompt - cells  # the largest -n that fits
+    remedies = [f"-c {need} or more"] + ([f"-n {fits} or less"] if fits >= 1 else []) + ([also] if also else [])
+    raise PyorthrusError(f"{what}: with -n {max_tokens} and a decode round of {cells} that needs {need} tokens of "
+                         f"context, and the context (-c) holds {n_ctx}: give " + ", or ".join(remedies))
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
     return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
 
 
+def auto_summary(stats) -> str:
+    """What -k auto did: how many tokens it decoded as plain AR steps, and why (the profile's cost note)."""
+    if not stats.n_cycles:
+        done = f"all {stats.n_generated} tokens as AR steps"
+    elif stats.n_ar_steps:
+        done = f"{stats.n_ar_steps} of {stats.n_generated} tokens as AR steps"
+    else:
+        done = "no AR steps"
+    return done + (f": {stats.auto_note}" if stats.auto_note else "")
+
+
 def stats_footer(stats) -> str:
-    line = (f"[{stats.n_generated} tokens, {stats.tokens_per_second:.1f} tok/s, mode {stats.mode}")
+    from .model import AUTO  # here, not at the top: the flags are checked before numpy and the model load
+
+    parts = [f"{stats.n_generated} tokens", f"{stats.tokens_per_second:.1f} tok/s", f"mode {stats.mode}"]
     if stats.mode == "orthrus":
-        line += (f", K={stats.block_size}, {stats.tokens_per_cycle:.2f} tokens/cycle over {stats.n_cycles} cycles, "
-                 f"draft {stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
+        parts.append(f"K={stats.block_size}" + (f": {auto_summary(stats)}" if stats.block_size == AUTO else ""))
+        if stats.n_cycles:  # (none: auto ran AR steps only, or the model ended at once)
+            parts.append(f"{stats.tokens_per_cycle:.2f} tokens/cycle over {stats.n_cycles} cycles, draft "
+                         f"{stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
         if stats.n_carried:
-            line += f", {stats.n_carried} cycles fused into one pass"
-    return line + "]"
+            parts.append(f"{stats.n_carried} cycles fused into one pass")
+    return "[" + ", ".join(parts) + "]"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Generate a continuation of one prompt with Orthrus decoding (or plain AR with --mode ar)."
-    parser.add_argument("-p", "--prompt", required=True, help="prompt text")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.description = ("Generate a chat model's reply to one prompt (or with --raw a continuation of the text) with "
+                          "Orthrus decoding (or plain AR with --mode ar).")
+    parser.add_argument("-p", "--prompt", required=True,
+                        help="prompt text: a chat model's message (its chat template applies) unless --raw")
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--raw", action="store_true",
+                          help="continue -p as plain text, without the chat template (a base model has none)")
+    # the chat template was opt-in before it became the default: --chat is still accepted and changes nothing
+    template.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
@@ -111,9 +179,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
 
 
+def has_chat_template(model) -> bool:
+    return bool(model.llm.metadata.get("tokenizer.chat_template"))
+
+
 def run(args: argparse.Namespace) -> int:
     with open_model(args) as model:
-        prompt = model.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+        chat = not args.raw and has_chat_template(model)
+        prompt = model.tokenize(model.chat_prompt([{"role": "user", "content": args.prompt}]) if chat
+                                else args.prompt)
+        check_room(model, len(prompt), args.max_tokens,
+                   f"-p is {len(prompt)} tokens" + (" in the chat template" if chat else ""))
         pieces = model.generate(prompt, max_tokens=args.max_tokens, stop=args.stop, stream=True,
                                 **sampling_options(args))
         for piece in pieces:
@@ -126,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print()
         print(stats_footer(result.stats), file=sys.stderr)
-        if not result.text and result.finish_reason == "stop" and not args.chat:
-            print("pyorthrus generate: the model ended its reply at once; -p is continued as plain text, so for a "
-                  "question to a chat model add --chat (its chat template)", file=sys.stderr)
+        if not result.text and result.finish_reason == "stop" and args.raw:
+            print("pyorthrus generate: the model ended its reply at once; --raw continues -p as plain text, so for "
+                  "a question to a chat model leave out --raw (its chat template then applies)", file=sys.stderr)
     return 0

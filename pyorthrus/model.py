@@ -32,7 +32,8 @@ from .strict import strict_model_loads
 MODES = ("orthrus", "ar")
 AUTO = "auto"
 
-GGML_LOG_LEVEL_ERROR = 4  # ggml.h of the pinned llama.cpp (llama-cpp-python's own table predates it)
+# ggml.h of the pinned llama.cpp (llama-cpp-python's own table predates it)
+GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4
 
 
 def default_threads() -> int:
@@ -40,6 +41,18 @@ def default_threads() -> int:
     and multi-token passes alike. (llama-cpp-python's own default gives steps half the CPUs and batches all of them,
     which on a 2-core machine made AR steps run on one core while Orthrus passes ran on two: an unfair comparison.)"""
     return options.usable_cpus()
+
+
+def quiet_llama_warnings() -> None:
+    """Keep llama.cpp's warnings off the terminal unless verbose (e.g. "~llama_context: CPU compute buffer size ...
+    does not match expectation", logged when a context whose graphs grew is freed). llama-cpp-python's table of
+    llama.cpp log levels predates the pinned ggml.h, where 3 is WARN: it files them as errors, which it prints even
+    when not verbose. Errors stay as they are (pyorthrus reports them in one line of its own)."""
+    import logging
+
+    from llama_cpp import _logger
+
+    _logger.GGML_LOG_LEVEL_TO_LOGGING_LEVEL[GGML_LOG_LEVEL_WARN] = logging.WARNING
 
 
 @contextlib.contextmanager
@@ -119,6 +132,7 @@ class Orthrus:
                                   flash_attn=flash_attn, strict=self.strict, fused=fused,
                                   **{k: v for k, v in llama_kwargs.items() if k.startswith("n_")})
         errors: list[str] = []
+        quiet_llama_warnings()
         try:
             with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
                 # one count for steps and passes (-t sets both): fixed K-token passes must not get more cores than

@@ -14,6 +14,7 @@ import os
 from .errors import PyorthrusError
 
 SEED_LIMIT = 2 ** 32  # llama.cpp seeds are uint32
+INT32_MAX = 2 ** 31 - 1  # llama_orthrus_params.top_k is int32: ctypes would wrap a larger value silently
 THREADS_PER_CPU = 4  # more threads than this per usable CPU only slows llama.cpp down (1,000 ran at 0.1 tok/s)
 
 
@@ -43,12 +44,12 @@ def _number(name: str, value, integer: bool = False) -> float:
 
 
 def check_sampling(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=0) -> None:
-    """temperature >= 0 (0: greedy), top_k >= 0 (0: off), top_p in [0, 1] (1: off), min_p in [0, 1] (0: off),
-    seed in 0 ... 2^32-1."""
+    """temperature >= 0 (0: greedy), top_k in 0 ... 2^31-1 (0: off), top_p in [0, 1] (1: off), min_p in [0, 1]
+    (0: off), seed in 0 ... 2^32-1."""
     if _number("temperature", temperature) < 0:
         raise OptionError("temperature", temperature, "must be >= 0 (0: greedy)")
-    if _number("top_k", top_k, integer=True) < 0:
-        raise OptionError("top_k", top_k, "must be >= 0 (0: off)")
+    if not 0 <= _number("top_k", top_k, integer=True) <= INT32_MAX:
+        raise OptionError("top_k", top_k, f"must be in 0 ... {INT32_MAX} (0: off)")
     if not 0 <= _number("top_p", top_p) <= 1:
         raise OptionError("top_p", top_p, "must be in [0, 1] (1: off)")
     if not 0 <= _number("min_p", min_p) <= 1:

@@ -9,6 +9,7 @@ profile times one K-token pass in each view; with the measured tokens per cycle 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import platform
@@ -22,8 +23,10 @@ from tqdm import tqdm
 
 from .. import prompts as prompt_sets
 from ..errors import PyorthrusError
-from ..generate import adapter_path, add_model_arguments, open_model
+from ..options import OptionError
+from ..generate import adapter_path, add_model_arguments, check_arguments, open_model
 from ..model import AUTO
+from ..paths import check_writable
 from .shapes import SHAPES
 from .pass_costs import BENCH_SIZES, PassCosts, measure_pass_costs
 
@@ -267,22 +270,42 @@ def _parse_block_sizes(text: str) -> list[int | str]:
     return sizes
 
 
+@contextlib.contextmanager
+def block_sizes_named():
+    """bench's block sizes come from --block-sizes (the model's -k is set from them): its errors name that flag."""
+    try:
+        yield
+    except OptionError as exc:
+        if exc.name != "block_size":
+            raise
+        raise PyorthrusError(f"--block-sizes {exc.value}: {exc.requirement}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from . import report as reports
 
     if args.bench_command == "compare":
+        if args.compare_out:
+            check_writable(args.compare_out)
         return reports.run_compare(args.reports, args.compare_out)
+    # refuse bad flags and an output that cannot be written before minutes of measuring, not after
+    check_arguments(args)
+    for flag, value in (("--profile-reps", args.profile_reps), ("--n-prompts", args.n_prompts)):
+        if value < 1:
+            raise PyorthrusError(f"{flag} {value}: must be >= 1")
+    if args.block_size is not None:  # add_model_arguments' -k: bench sets it per mode itself
+        raise PyorthrusError(f"-k {args.block_size}: bench runs the block sizes of --block-sizes, give them there")
+    if args.out:
+        check_writable(args.out)
     if args.shape:
         from . import shape_runs
 
         return shape_runs.run(args)
     block_sizes = _parse_block_sizes(args.block_sizes)
-    if args.profile_reps < 1:
-        raise PyorthrusError(f"--profile-reps {args.profile_reps}: must be >= 1")
     adapter = adapter_path(args)
     numeric = [mode_options(k)["block_size"] for k in block_sizes if k != AUTO]
     args.block_size = max(numeric) if numeric else AUTO
-    with open_model(args) as llm:
+    with block_sizes_named(), open_model(args) as llm:
         for mode in block_sizes:  # refuse a bad K before minutes of profiling
             options = mode_options(mode)
             llm.check_block_size(options["block_size"], options.get("fused"))
@@ -303,7 +326,6 @@ def run(args: argparse.Namespace) -> int:
                 report["auto_state"] = llm.auto_controller.as_dict()
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         if "summary" in report:
             args.out.with_suffix(".md").write_text(reports.markdown(report, plots=reports.plot(report, args.out)))

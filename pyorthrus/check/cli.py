@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from . import reference, sampling, tasks
-from ..generate import add_model_arguments, open_model, sampling_options
+from ..errors import PyorthrusError
+from ..generate import add_model_arguments, check_arguments, open_model, sampling_options
 from ..prompts import load as load_prompts
 
 if TYPE_CHECKING:
@@ -146,6 +147,9 @@ Exit code 0 only if the exact-match rate reaches 1 - tolerance and, with --sampl
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.json
+    check_arguments(args)  # before the prompt sets and the reference load, not only before the model
+    if args.limit is not None and args.limit < 1:
+        raise PyorthrusError(f"--limit {args.limit}: must be >= 1")
     if args.reference is not None:
         reference.validate(args.reference)
     if args.sampling:

@@ -24,17 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyorthrus.testing.bad_values import BAD_VALUES, VERBS
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- bad-input:begin -->", "<!-- bad-input:end -->"
 PYORTHRUS = [sys.executable, "-m", "pyorthrus"]
-BAD_VALUES = [("-k", "0"), ("-n", "0"), ("-n", "-5"), ("-t", "0"), ("-t", "-1"), ("-t", "1000"), ("--temp", "-1"),
-              ("--temp", "nan"), ("--temp", "inf"), ("--top-p", "2"), ("--top-p", "-0.5"), ("--top-k", "-5"),
-              ("--min-p", "2"), ("-c", "-1")]
-ALL_FLAGS = {flag for flag, _ in BAD_VALUES}
-# verb -> (the arguments it needs, the flags of BAD_VALUES it has)
-VERBS = {"generate": (["-p", "Hi"], ALL_FLAGS), "chat": ([], ALL_FLAGS), "check": (["--limit", "1"], ALL_FLAGS),
-         "bench": (["--no-peer"], {"-k", "-n", "-t", "-c"}), "serve": (["--port", "0"], {"-k", "-t", "-c"}),
-         "demo": ([], {"-k", "-n", "-t"})}
 API_KEY = "bad-input-key"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 BIG_BODY_MB = 50

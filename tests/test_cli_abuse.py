@@ -17,17 +17,10 @@ import pytest
 from pyorthrus import assets
 from pyorthrus.generate import stats_footer
 from pyorthrus.stats import GenerationStats
+from pyorthrus.testing.bad_values import BAD_VALUES, VERBS
 
 # a model path that is never read: a flag error that names the flag, not this file, fired before any loading
 NO_MODEL = ["-m", "/nonexistent/never-loaded.gguf"]
-BAD_VALUES = [("-k", "0"), ("-n", "0"), ("-n", "-5"), ("-t", "0"), ("-t", "-1"), ("-t", "1000"), ("--temp", "-1"),
-              ("--temp", "nan"), ("--temp", "inf"), ("--top-p", "2"), ("--top-p", "-0.5"), ("--top-k", "-5"),
-              ("--min-p", "2"), ("-c", "-1")]
-ALL_FLAGS = {flag for flag, _ in BAD_VALUES}
-# verb -> (the arguments it needs, the flags of BAD_VALUES it has)
-VERBS = {"generate": (["-p", "Hi"], ALL_FLAGS), "chat": ([], ALL_FLAGS), "check": (["--limit", "1"], ALL_FLAGS),
-         "bench": (["--no-peer"], {"-k", "-n", "-t", "-c"}), "serve": (["--port", "0"], {"-k", "-t", "-c"}),
-         "demo": ([], {"-k", "-n", "-t"})}
 BAD_CASES = [(verb, flag, value) for verb, (_, flags) in VERBS.items() for flag, value in BAD_VALUES if flag in flags]
 
 

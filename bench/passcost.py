@@ -1,5 +1,5 @@
 """Cost of one K-token pass, strict vs fast CPU flavour: the verify (AR) and draft views of SmolLM2-135M, K = 1...32,
-after a 128-token prefix, median of several repetitions (each pass timed by pyorthrus's _timed_pass).
+after a 128-token prefix, median of several repetitions (each pass timed by pyorthrus.pass_costs.timed_pass).
 
 The flavour is the installed library's (`pyorthrus build --flavour strict|fast`), so each flavour runs in its own
 environment; the run configuration follows it (strict: GGML_CPU_TILED_MM=0 and use_extra_bufts=False; fast: the
@@ -53,10 +53,10 @@ def model_file(quant: str, work: Path) -> Path:
 def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
     """Median seconds of one K-token pass in the verify (AR) and draft views after a prefix_len-token cache.
 
-    Like pyorthrus's own profile (its _timed_pass times each pass), but the two views alternate rep by rep, so
+    Like pyorthrus's own profile (its timed_pass times each pass), but the two views alternate rep by rep, so
     drift during a K hits both alike, and every pass is kept, on the wall and the CPU clock."""
     from pyorthrus import prompts
-    from pyorthrus.bench.pass_costs import _timed_pass
+    from pyorthrus.pass_costs import timed_pass
 
     text = " ".join(p["prompt"] for p in prompts.load("gsm8k", 8))
     prompt = llm.tokenize(text)[:prefix_len + 1]
@@ -71,13 +71,13 @@ def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
         wall = {diffusion: [] for diffusion in views}
         cpu = {diffusion: [] for diffusion in views}
         for diffusion in views:
-            _timed_pass(llm, block, position, diffusion)  # warm-up (graph build)
+            timed_pass(llm, block, position, diffusion)  # warm-up (graph build)
         for _ in range(reps):
             for diffusion in views:
                 # On a shared machine the wall time mostly measures how long the scheduler kept us waiting; the
                 # process's CPU time does not (with one thread it is the pass's own work, plus a little set-up).
                 cpu_start = time.process_time()
-                wall[diffusion].append(_timed_pass(llm, block, position, diffusion))
+                wall[diffusion].append(timed_pass(llm, block, position, diffusion))
                 cpu[diffusion].append(time.process_time() - cpu_start)
         rows[k] = {"t_verify_s": statistics.median(wall[False]),
                    "t_draft_s": statistics.median(wall[True]) if k > 1 else None,

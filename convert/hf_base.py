@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pyorthrus.build import patched_source_dir
 from pyorthrus.errors import PyorthrusError
+from pyorthrus.llama_source import patched_source_dir
 
 from .checkpoint import OrthrusCheckpoint
 

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .bench.pass_costs import PassCosts
+from .pass_costs import PassCosts
 
 DISCOUNT = 0.95  # weight of the past at each new observation of a position: a memory of ~20 cycles
 PRIOR_WEIGHT = 1.0  # pseudo-observations a position borrows from the position before it

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from .cli import error_text
+from .cli_options import (add_decoding_arguments, add_model_arguments, check_room, open_model, sampling_options,
+                          stats_footer, utf8_text)
 from .errors import PyorthrusError
-from .generate import (add_decoding_arguments, add_model_arguments, check_room, open_model, sampling_options,
-                       stats_footer, utf8_text)
 
 HELP = "commands: /stats (last reply's statistics), /reset (forget the conversation), /quit"
 QUIT = ("/quit", "/exit")

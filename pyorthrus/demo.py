@@ -110,7 +110,7 @@ def _table(entries: dict[str, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .generate import check_arguments
+    from .cli_options import check_arguments
     from .model import Orthrus
 
     check_arguments(args)

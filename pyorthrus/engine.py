@@ -1,7 +1,7 @@
 """The decode engine: one llama_context driven through prefill, Orthrus cycles and plain AR steps, all in C.
 
 `pyorthrus.Orthrus` owns the model and the options; this is what runs the passes. The pass-cost profile
-(pyorthrus.bench.pass_costs) and the checker use it directly. Cache convention of `llama_orthrus_cycle` (llama.h):
+(pyorthrus.pass_costs) and the checker use it directly. Cache convention of `llama_orthrus_cycle` (llama.h):
 the newest committed token is known but not cached, so a cycle or a step may follow either.
 """
 from __future__ import annotations

@@ -291,7 +291,7 @@ class Orthrus:
                                  "a larger context or fewer tokens")
         if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
             from .auto import AutoBlockSize
-            from .bench.pass_costs import auto_sizes
+            from .pass_costs import auto_sizes
             from .profiles import pass_costs
 
             start = time.perf_counter()
@@ -412,7 +412,7 @@ def _warn_low_precision_diff(path) -> None:
     """Warn when the file holding the diff weights stores them below Q8_0 (e.g. a merged file quantized to Q4_K_M
     as a whole): the drafts may then be accepted less often (little on our 135M adapter, far less on 8B models by
     public reports), which no error would reveal."""
-    from .inspect import low_precision_diff_tensors, open_reader
+    from .gguf_meta import low_precision_diff_tensors, open_reader
 
     low = low_precision_diff_tensors(open_reader(path))
     if low:

@@ -1,4 +1,5 @@
-"""Output paths checked before any work: a run that ends in "cannot write" after minutes loses its results."""
+"""Where pyorthrus keeps its files (the cache directory), and output paths checked before any work: a run that ends
+in "cannot write" after minutes loses its results."""
 from __future__ import annotations
 
 import os
@@ -24,3 +25,10 @@ def check_writable(path: Path | str) -> None:
         raise PyorthrusError(f"{path}: cannot create files in {directory} ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("PYORTHRUS_CACHE"):
+        return Path(os.environ["PYORTHRUS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyorthrus"

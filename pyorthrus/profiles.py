@@ -13,6 +13,8 @@ import platform
 from pathlib import Path
 
 from .files import atomic_write
+from .llama_source import cpu_features
+from .paths import default_cache_dir
 
 FORMAT = 1  # of the record; a record of another format is measured again
 
@@ -34,8 +36,6 @@ def _library_identity() -> list:
 
 def profile_key(model, sizes) -> str:
     """The record name of `model`'s (an Orthrus) profile over `sizes`."""
-    from .build import cpu_features
-
     parts = {"format": FORMAT, "machine": [platform.node(), platform.machine(), cpu_features()],
              "library": _library_identity(), "model": _file_identity(model.model_path),
              "adapter": _file_identity(model.adapter_path), "settings": model.pass_settings,
@@ -44,15 +44,13 @@ def profile_key(model, sizes) -> str:
 
 
 def profile_dir() -> Path:
-    from .build import default_cache_dir
-
     return default_cache_dir() / "profiles"
 
 
 def pass_costs(model, sizes, reprofile: bool = False):
     """The PassCosts of `model` over `sizes`: read from the profile cache, or measured (and then kept there).
     A cache that cannot be written costs a measurement next time, nothing else."""
-    from .bench.pass_costs import PassCosts, measure_pass_costs
+    from .pass_costs import PassCosts, measure_pass_costs
 
     path = profile_dir() / f"{profile_key(model, sizes)}.json"
     if not reprofile and path.is_file():

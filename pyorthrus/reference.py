@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from .errors import PyorthrusError
-from .inspect import adapter_fit, fit_error
 from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, SUPPORTED_BASES,  # noqa: F401
                       KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, OrthrusConfig, config_from_hf,
                       llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
+from .gguf_meta import adapter_fit, fit_error
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .cli_options import add_model_arguments, open_model, utf8_text
 from .errors import PyorthrusError
-from .generate import add_model_arguments, open_model, utf8_text
 from .options import OptionError, check_max_tokens, check_sampling
 
 SERVE_DEPENDENCIES = ("fastapi", "uvicorn", "sse_starlette", "pydantic")

@@ -10,8 +10,8 @@ from pytest import approx
 
 from pyorthrus import Orthrus, PyorthrusError, assets, cli
 from pyorthrus.auto import FIRST_PROBE_GAP, AutoBlockSize
-from pyorthrus.generate import block_size_argument
-from pyorthrus.bench.pass_costs import PassCosts, auto_sizes
+from pyorthrus.cli_options import block_size_argument
+from pyorthrus.pass_costs import PassCosts, auto_sizes
 
 PROMPTS = [
     "The three primary colours are",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyorthrus import assets
-from pyorthrus.generate import stats_footer
+from pyorthrus.cli_options import stats_footer
 from pyorthrus.stats import GenerationStats
 from pyorthrus.testing.bad_values import BAD_VALUES, VERBS
 

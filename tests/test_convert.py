@@ -23,7 +23,7 @@ from pyorthrus.convert.gguf_out import PlannedTensor, write_gguf
 from pyorthrus.convert.hf_base import tokenizer_config_as_mapping
 from pyorthrus.errors import PyorthrusError
 from pyorthrus import inspect as inspect_verb
-from pyorthrus.inspect import inspect_gguf
+from pyorthrus.gguf_meta import inspect_gguf
 
 GGML = gguf.GGMLQuantizationType
 TORCH_TYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}

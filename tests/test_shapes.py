@@ -10,7 +10,7 @@ from pyorthrus import cli
 from pyorthrus.bench import shapes
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.model import Orthrus
-from pyorthrus.bench.pass_costs import _monotone, _not_monotone
+from pyorthrus.pass_costs import monotone as _monotone, not_monotone as _not_monotone
 
 
 @pytest.fixture(scope="module")

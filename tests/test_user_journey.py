@@ -14,7 +14,7 @@ import pytest
 from pyorthrus import Orthrus, PyorthrusError, cli
 from pyorthrus.testing import fixtures
 from pyorthrus.convert import convert_checkpoint
-from pyorthrus.inspect import adapter_fit
+from pyorthrus.gguf_meta import adapter_fit
 
 from conftest import JOURNEY_SHAPE
 
@@ -105,7 +105,7 @@ def test_the_community_merged_format_quantized_to_q4_k_m_decodes_and_warns(qwen3
     """A merged `orthrus` file quantized as a whole to Q4_K_M: llama.cpp's quantizer stores the diff tensors in
     4 bits too. It loads and decodes exactly as AR, and the user is warned that the drafts may suffer."""
     from pyorthrus.bench import shapes
-    from pyorthrus.inspect import inspect_gguf
+    from pyorthrus.gguf_meta import inspect_gguf
 
     merged = convert_checkpoint(qwen3_journey["checkpoint"], merged_out=tmp_path / "merged.f32.gguf",
                                 outtype="f32", progress=False)["merged"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import platform
 import resource
@@ -22,13 +21,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import prompts as prompt_sets
+from ..cli_options import adapter_path, add_model_arguments, check_arguments, open_model
 from ..errors import PyorthrusError
-from ..options import OptionError
-from ..generate import adapter_path, add_model_arguments, check_arguments, open_model
 from ..model import AUTO
+from ..options import OptionError
+from ..pass_costs import BENCH_SIZES, PassCosts, measure_pass_costs
 from ..paths import check_writable
+from .device import accelerators, cpu_name
 from .shapes import SHAPES
-from .pass_costs import BENCH_SIZES, PassCosts, measure_pass_costs
 
 
 FUSED_SUFFIX = "f"  # --block-sizes 4f: K=4 with fused cycles
@@ -180,37 +180,11 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fus
     return summary
 
 
-def _accelerators() -> list[str]:
-    """Descriptions of the non-CPU devices ggml sees (e.g. the GPU's name); [] where ggml cannot be asked."""
-    import llama_cpp
-
-    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*ggml.*"))  # libggml.so/.dylib, ggml.dll
-    try:
-        ggml = ctypes.CDLL(str(libs[0]))
-        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-        ggml.ggml_backend_dev_get.restype, ggml.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        ggml.ggml_backend_dev_type.restype, ggml.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-        ggml.ggml_backend_dev_description.restype = ctypes.c_char_p
-        ggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
-    except (IndexError, OSError, AttributeError):
-        return []
-    devices = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
-    return [ggml.ggml_backend_dev_description(d).decode() for d in devices if ggml.ggml_backend_dev_type(d) != 0]
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
-
-
 def device_info(llm, n_gpu_layers: int) -> dict:
     from ..build import installed_build_info
 
     build = installed_build_info()
-    return {"cpu": cpu_name(), "accelerators": _accelerators(), "n_gpu_layers": n_gpu_layers, "machine": platform.machine(),
+    return {"cpu": cpu_name(), "accelerators": accelerators(), "n_gpu_layers": n_gpu_layers, "machine": platform.machine(),
             "system": platform.system(), "threads": llm.llm.n_threads,
             "backend": (build["build"] or {}).get("backend"), "flavour": (build["build"] or {}).get("flavour"),
             "cmake_args": (build["build"] or {}).get("cmake_args"), "llama_cpp_python": build["llama_cpp_python"],

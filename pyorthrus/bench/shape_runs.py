@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import shapes
 from ..errors import PyorthrusError
-from .pass_costs import measure_cycle_costs, measure_pass_costs
+from ..pass_costs import measure_cycle_costs, measure_pass_costs
+from . import shapes
+from .device import accelerators, cpu_name
 
 SIZES = (1, 2, 4, 8, 16, 32)
 PASS_COLUMNS = (4, 16, 32)  # verify pass / step shown in the Markdown table (the JSON has every K and both views)
@@ -119,12 +120,10 @@ def summarize_run(profile: dict, cycles: dict[int, float], floor_s: float) -> di
 def run_shapes(names: list[str], weight_types: list[str], prefixes: list[int], threads: int, reps: int,
                cache: Path, n_gpu_layers: int = 0, flash_attn: bool = False, on_result=None) -> dict:
     """Profile every (shape, weight type); `on_result(report)` after each, so a long run keeps what it measured."""
-    from .cli import _accelerators, cpu_name
-
     for name in names:
         if name not in shapes.SHAPES:
             raise PyorthrusError(f"--shape {name!r}: unknown; choose from {', '.join(shapes.SHAPES)}")
-    device = {"cpu": cpu_name(), "accelerators": _accelerators(), "n_gpu_layers": n_gpu_layers,
+    device = {"cpu": cpu_name(), "accelerators": accelerators(), "n_gpu_layers": n_gpu_layers,
               "flash_attn": flash_attn}
     report = {"kind": "shapes", "label": "random weights: timing only", "device": device, "threads": threads,
               "memory_bandwidth_bytes_s": memory_bandwidth(threads), "sizes": list(SIZES), "results": []}

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import PyorthrusError
 from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
+from ..paths import default_cache_dir
 
 GIB = 1 << 30
 
@@ -252,6 +253,4 @@ def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None
 
 
 def default_cache() -> Path:
-    from ..build import default_cache_dir
-
     return default_cache_dir() / "shapes"

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from . import reference, sampling, tasks
+from ..cli_options import add_model_arguments, check_arguments, open_model, sampling_options
 from ..errors import PyorthrusError
-from ..generate import add_model_arguments, check_arguments, open_model, sampling_options
 from ..prompts import load as load_prompts
 
 if TYPE_CHECKING:

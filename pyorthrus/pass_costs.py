@@ -3,6 +3,9 @@
 Whether Orthrus pays on a machine is decided by how a K-token pass compares with a one-token step (DESIGN.md
 section 4): about one step on datacenter GPUs, several on CPUs and Macs. `block_size="auto"` measures a few K
 values once and interpolates between them; `pyorthrus bench` measures more values with more repetitions.
+
+Part of the runtime (pyorthrus.auto plans with PassCosts, pyorthrus.profiles keeps them on disk): it imports only the
+runtime below it, and the benchmark package (pyorthrus.bench, bench/passcost.py) builds on it.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PyorthrusError
-from ..prompts import CHAT_PROMPTS
+from .errors import PyorthrusError
+from .prompts import CHAT_PROMPTS
 
 BENCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
 # untimed passes before each K's timed ones: the first builds the graph; ggml-cuda captures a CUDA graph on the
@@ -77,12 +80,12 @@ def auto_sizes(trained_k: int, fused: bool = False) -> list[int]:
     return sorted({1, largest} | {2 ** i for i in range(1, largest.bit_length()) if 2 ** i <= largest})
 
 
-def _timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> float:
+def timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> float:
     """Seconds for one decode of `tokens` at start_pos.. with an output for every row (in argmax mode, as greedy
     cycles run), until its result is on the host; its cells are removed after, so the cache is back where it was."""
     import llama_cpp
 
-    from .. import _lib as lib
+    from . import _lib as lib
 
     ctx = llm.ctx
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
@@ -108,7 +111,7 @@ def _timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> floa
 
 
 def _timed_pair(llm, tokens, position, views) -> dict[bool, float]:
-    return {diffusion: _timed_pass(llm, tokens, position, diffusion) for diffusion in views}
+    return {diffusion: timed_pass(llm, tokens, position, diffusion) for diffusion in views}
 
 
 def _measure_size(llm, tokens, position, reps, statistic) -> dict[bool, float]:
@@ -130,7 +133,7 @@ def _measure_size(llm, tokens, position, reps, statistic) -> dict[bool, float]:
     return {view: statistic(values) for view, values in times.items()}
 
 
-def _not_monotone(table: dict[int, float]) -> list[int]:
+def not_monotone(table: dict[int, float]) -> list[int]:
     """Sizes whose pass is clearly cheaper than a smaller size's (a busy machine, not the device)."""
     sizes = sorted(table)
     return [k for i, k in enumerate(sizes) if any(table[k] < (1 - WARM_TOLERANCE) * table[j] for j in sizes[:i])]
@@ -162,18 +165,18 @@ def measure_pass_costs(llm, sizes, prefix_len: int = 128, reps: int = 3,
     position = len(prompt) - 1
     measured = {k: _measure_size(llm, prompt[:k], position, reps, statistic) for k in sizes}
     for _ in range(MAX_REMEASURES):
-        bad = set(_not_monotone({k: m[False] for k, m in measured.items()}))
-        bad |= set(_not_monotone({k: m[True] for k, m in measured.items() if k > 1}))
+        bad = set(not_monotone({k: m[False] for k, m in measured.items()}))
+        bad |= set(not_monotone({k: m[True] for k, m in measured.items() if k > 1}))
         if not bad:
             break
         for k in sorted(bad):
             measured[k] = _measure_size(llm, prompt[:k], position, reps, statistic)
-    t_verify = _monotone({k: m[False] for k, m in measured.items()})
-    t_draft = _monotone({k: m[True] for k, m in measured.items() if k > 1})
+    t_verify = monotone({k: m[False] for k, m in measured.items()})
+    t_draft = monotone({k: m[True] for k, m in measured.items() if k > 1})
     return PassCosts(position, t_verify, t_draft)
 
 
-def _monotone(table: dict[int, float]) -> dict[int, float]:
+def monotone(table: dict[int, float]) -> dict[int, float]:
     out, floor = {}, 0.0
     for k in sorted(table):
         floor = max(floor, table[k])
@@ -191,7 +194,7 @@ def measure_cycle_costs(llm, sizes, prefix_len: int = 128, reps: int = 3,
 
     import llama_cpp
 
-    from .. import _lib as lib
+    from . import _lib as lib
 
     ctx = llm.ctx
     mem = llama_cpp.llama_get_memory(ctx)

@@ -1,0 +1,164 @@
+"""The command-line options every running verb shares: the model group (`add_model_arguments`: -m, -a, -k, -c,
+-t, ...), the decoding and sampling group (`add_decoding_arguments`), their checks before anything loads
+(`check_arguments`, with the ranges of pyorthrus.options), the model they describe (`open_model`), the context-room
+check and the stats footer.
+
+Used by the verbs generate, chat, serve, demo, check and bench; it imports the runtime (pyorthrus.model) only when a
+verb opens a model or prints a footer, so the flags are checked before numpy and the model load.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import assets, options
+from .errors import PyorthrusError
+
+
+def block_size_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an integer K nor 'auto'") from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("-m", "--model", type=Path, default=None,
+                       help="base or merged GGUF (default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    group.add_argument("-a", "--adapter", type=Path, default=None, help="Orthrus adapter GGUF for the base model")
+    group.add_argument("-k", "--block-size", type=block_size_argument, default=None, metavar="K|auto",
+                       help="draft block size K at run time (2 ... trained K; default: trained K), or 'auto': per "
+                            "cycle the K, or plain AR steps, that the measured pass costs and acceptance favour")
+    group.add_argument("--reprofile", action="store_true",
+                       help="with -k auto: measure this machine's pass costs again instead of reusing the profile "
+                            "kept for this device, model, build and settings")
+    group.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                       help="fused cycles: each verify pass also drafts the next block, and after a full "
+                            "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
+                            "costs about a K-token one: GPUs). Default: with -k auto, per cycle where the measured "
+                            "costs say it pays; with a fixed K, off")
+    group.add_argument("-s", "--system", default=None,
+                       help="system message of chat prompts (default: for the embedded model "
+                            f"{assets.EMBEDDED_SYSTEM_PROMPT!r}, under which its adapter was trained; for other "
+                            "models, or with --system '', none: the chat template's own default applies)")
+    group.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in tokens")
+    group.add_argument("-t", "--threads", type=int, default=None,
+                       help="CPU threads for steps and passes alike (default: every CPU this process may use)")
+    group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
+    group.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                       help="batch-invariant CPU settings, so greedy Orthrus reproduces AR bit for bit (default: on "
+                            "when no layer is offloaded; --no-strict trades that for faster K-quant passes)")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("orthrus", "ar"), default="orthrus",
+                        help="orthrus (draft/verify) or ar (the same model, one token per step)")
+    sampling = parser.add_argument_group(
+        "sampling (temperature 0 = greedy; as in llama.cpp, top-k, top-p and min-p filter the raw logits, then "
+        "temperature applies)")
+    sampling.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sampling.add_argument("--temp", type=float, default=0.0, help="temperature")
+    sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
+    sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
+
+
+def adapter_path(args: argparse.Namespace) -> Path | None:
+    """-a, or for the embedded default model (no -m) its shipped adapter."""
+    if args.model is None and args.adapter is None:
+        return assets.default_adapter()
+    return args.adapter
+
+
+def system_prompt(args: argparse.Namespace) -> str | None:
+    """--system, or for the embedded default model (no -m) the system message its adapter was trained under."""
+    if args.system is None and args.model is None:
+        return assets.EMBEDDED_SYSTEM_PROMPT
+    return args.system or None
+
+
+def utf8_text(label: str, text: str) -> str:
+    """text, unless it holds bytes that were not UTF-8: Python hands those over as lone surrogates
+    (surrogateescape), which would fail only once the prompt is tokenized."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PyorthrusError(f"{label}: not UTF-8 text (undecodable byte at character {exc.start})") from None
+    return text
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad values of the flags this verb has (ranges as pyorthrus.options defines them for every surface;
+    text that is not UTF-8) before anything loads. OptionError names the option; pyorthrus.cli names its flag."""
+    if hasattr(args, "temp"):
+        options.check_sampling(args.temp, args.top_k, args.top_p, args.min_p, args.seed)
+    if hasattr(args, "max_tokens"):
+        options.check_max_tokens(args.max_tokens)
+    if hasattr(args, "threads"):
+        options.check_threads(args.threads)
+    if hasattr(args, "ctx_size"):
+        options.check_n_ctx(args.ctx_size)
+    for label, name in (("-p", "prompt"), ("--system", "system")):
+        if getattr(args, name, None) is not None:
+            utf8_text(label, getattr(args, name))
+    for stop in getattr(args, "stop", None) or ():
+        utf8_text("--stop", stop)
+
+
+def open_model(args: argparse.Namespace):
+    """The Orthrus model the flags describe, after check_arguments."""
+    check_arguments(args)
+    from .model import Orthrus
+
+    adapter = adapter_path(args)
+    return Orthrus(args.model or assets.smollm2_gguf(), adapter, block_size=args.block_size,
+                   mode=getattr(args, "mode", "orthrus"), n_ctx=args.ctx_size, n_threads=args.threads,
+                   n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn,
+                   seed=getattr(args, "seed", 0), strict=args.strict, fused=args.fused,
+                   system_prompt=system_prompt(args), reprofile=args.reprofile)
+
+
+def check_room(model, n_prompt: int, max_tokens: int, what: str, also: str | None = None) -> None:
+    """Refuse a generation that could outgrow the context (the model would too, in its own words) saying which
+    flags make room: `what` says what the prompt is ("-p is 7 tokens"), `also` what else helps ("/reset")."""
+    cells = model.round_cells()
+    need, n_ctx = n_prompt + max_tokens + cells, model.llm.n_ctx()
+    if need <= n_ctx:
+        return
+    fits = n_ctx - n_prompt - cells  # the largest -n that fits
+    remedies = [f"-c {need} or more"] + ([f"-n {fits} or less"] if fits >= 1 else []) + ([also] if also else [])
+    raise PyorthrusError(f"{what}: with -n {max_tokens} and a decode round of {cells} that needs {need} tokens of "
+                         f"context, and the context (-c) holds {n_ctx}: give " + ", or ".join(remedies))
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+
+
+def auto_summary(stats) -> str:
+    """What -k auto did: how many tokens it decoded as plain AR steps, and why (the profile's cost note)."""
+    if not stats.n_cycles:
+        done = f"all {stats.n_generated} tokens as AR steps"
+    elif stats.n_ar_steps:
+        done = f"{stats.n_ar_steps} of {stats.n_generated} tokens as AR steps"
+    else:
+        done = "no AR steps"
+    return done + (f": {stats.auto_note}" if stats.auto_note else "")
+
+
+def stats_footer(stats) -> str:
+    from .model import AUTO  # here, not at the top: the flags are checked before numpy and the model load
+
+    parts = [f"{stats.n_generated} tokens", f"{stats.tokens_per_second:.1f} tok/s", f"mode {stats.mode}"]
+    if stats.mode == "orthrus":
+        parts.append(f"K={stats.block_size}" + (f": {auto_summary(stats)}" if stats.block_size == AUTO else ""))
+        if stats.n_cycles:  # (none: auto ran AR steps only, or the model ended at once)
+            parts.append(f"{stats.tokens_per_cycle:.2f} tokens/cycle over {stats.n_cycles} cycles, draft "
+                         f"{stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
+        if stats.n_carried:
+            parts.append(f"{stats.n_carried} cycles fused into one pass")
+    return "[" + ", ".join(parts) + "]"

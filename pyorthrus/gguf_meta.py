@@ -1,0 +1,141 @@
+"""Reading GGUF metadata without loading anything into llama.cpp (numpy and gguf-py only): what a file is (model /
+Orthrus adapter / merged Orthrus model), how complete its diff tensors are, which of them are stored below Q8_0, and
+whether an adapter fits a base, check by check, as llama_adapter_orthrus_init decides it.
+
+Part of the runtime (pyorthrus.model warns about low-precision diff weights, pyorthrus.reference refuses an adapter
+that does not fit): the `inspect` verb (pyorthrus.inspect) prints what this module reads.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from .errors import PyorthrusError
+from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
+                      KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+
+NO_QK_NORM_ARCHS = ("llama", "qwen2")
+ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
+# diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
+# per forward pass
+SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
+_DIFF_NAME = re.compile(r"^blk\.(\d+)\.(attn_\w+_diff)\.(weight|bias)$")
+
+
+def _field(reader, key: str):
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def open_reader(path):
+    """gguf.GGUFReader of a file, or a one-line PyorthrusError naming it."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise PyorthrusError(f"{path}: no such file")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as exc:  # gguf-py raises assorted errors on damaged files
+        raise PyorthrusError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_gguf(path) -> dict:
+    """A JSON-ready description of a GGUF file."""
+    path = Path(path)
+    reader = open_reader(path)
+    arch = _field(reader, "general.architecture")
+    is_adapter = _field(reader, KEY_GENERAL_TYPE) == "adapter"
+    if is_adapter and _field(reader, KEY_ADAPTER_TYPE) != ADAPTER_TYPE_ORTHRUS:
+        kind = f"adapter ({_field(reader, KEY_ADAPTER_TYPE)})"
+    elif is_adapter:
+        kind = "adapter"
+    else:
+        kind = "merged" if any(_DIFF_NAME.match(t.name) for t in reader.tensors) else "model"
+    block_count = _field(reader, KEY_ADAPTER_BASE + "block_count" if is_adapter else f"{arch}.block_count")
+    return {
+        "path": str(path),
+        "file_size": path.stat().st_size,
+        "architecture": arch,
+        "type": kind,
+        "name": _field(reader, "general.name"),
+        "block_count": block_count,
+        "block_size": _field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or _field(reader, KEY_ADAPTER_BLOCK_SIZE),
+        "mask_token_id": _field(reader, KEY_MASK_TOKEN_ID),
+        "tensor_count": len(reader.tensors),
+        "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
+        "diff_coverage": diff_coverage(reader, arch, block_count),
+        "low_precision_diff_tensors": low_precision_diff_tensors(reader),
+        "base": {key.removeprefix(KEY_ADAPTER_BASE): _field(reader, key)
+                 for key in reader.fields if key.startswith(KEY_ADAPTER_BASE)} or None,
+    }
+
+
+def diff_coverage(reader, arch: str, block_count: int | None) -> dict:
+    """Which diff tensors each layer has: counts, complete layers, and the gaps (layer -> missing names)."""
+    per_layer: dict[int, set[str]] = {}
+    for t in reader.tensors:
+        match = _DIFF_NAME.match(t.name)
+        if match and match.group(3) == "weight":
+            per_layer.setdefault(int(match.group(1)), set()).add(match.group(2))
+    expected = [n for n in DIFF_TENSORS if not (arch in NO_QK_NORM_ARCHS and "norm" in n)]
+    layers = range(block_count) if isinstance(block_count, int) else sorted(per_layer)
+    missing = {layer: [n for n in expected if n not in per_layer.get(layer, set())] for layer in layers}
+    missing = {layer: names for layer, names in missing.items() if names and per_layer}
+    return {
+        "diff_tensors": sum(len(v) for v in per_layer.values()),
+        "expected_per_layer": expected,
+        "layers_with_diff": len(per_layer),
+        "complete_layers": sum(1 for layer in layers if per_layer and layer not in missing),
+        "missing": {str(layer): names for layer, names in missing.items()},
+    }
+
+
+def low_precision_diff_tensors(reader) -> dict[str, int]:
+    """Type -> count of the diff weight matrices stored below Q8_0 (where drafts lose their acceptance)."""
+    return dict(Counter(t.tensor_type.name for t in reader.tensors if _DIFF_NAME.match(t.name)
+                        and len(t.shape) > 1 and t.tensor_type.name not in SAFE_DIFF_TYPES))
+
+
+def _vocab_size(reader, arch: str) -> int | None:
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
+
+
+def adapter_fit(base, adapter) -> dict:
+    """Whether an Orthrus adapter GGUF fits a base GGUF (paths or open readers): one entry per check, with both
+    values; `fits` is true when every check passes. The checks are the ones llama_adapter_orthrus_init makes."""
+    base_reader = base if not isinstance(base, (str, Path)) else open_reader(base)
+    adapter_reader = adapter if not isinstance(adapter, (str, Path)) else open_reader(adapter)
+    arch = _field(base_reader, "general.architecture")
+    vocab = _vocab_size(base_reader, arch)
+    mask = _field(adapter_reader, KEY_MASK_TOKEN_ID)
+    checks = [("file type", "model" if _field(base_reader, KEY_GENERAL_TYPE) != "adapter" else "adapter",
+               f"{_field(adapter_reader, KEY_GENERAL_TYPE)}/{_field(adapter_reader, KEY_ADAPTER_TYPE)}",
+               _field(base_reader, KEY_GENERAL_TYPE) != "adapter"
+               and (_field(adapter_reader, KEY_GENERAL_TYPE), _field(adapter_reader, KEY_ADAPTER_TYPE))
+               == ("adapter", ADAPTER_TYPE_ORTHRUS)),
+              ("architecture", arch, _field(adapter_reader, "general.architecture"),
+               arch == _field(adapter_reader, "general.architecture") and arch in ADAPTER_ARCHS)]
+    for label, key, base_key in (("layers", "block_count", "block_count"),
+                                 ("width", "embedding_length", "embedding_length"),
+                                 ("attention heads", "head_count", "attention.head_count"),
+                                 ("KV heads", "head_count_kv", "attention.head_count_kv")):
+        want, got = _field(base_reader, f"{arch}.{base_key}"), _field(adapter_reader, KEY_ADAPTER_BASE + key)
+        checks.append((label, want, got, want == got))
+    got = _field(adapter_reader, KEY_ADAPTER_BASE + "vocab_size")
+    checks.append(("vocabulary", vocab, got, vocab == got))
+    checks.append(("mask token", f"< {vocab}", mask, isinstance(mask, int) and vocab is not None and 0 <= mask < vocab))
+    entries = [{"check": label, "base": want, "adapter": got, "ok": bool(ok)} for label, want, got, ok in checks]
+    return {"base": str(base_reader.data.filename), "adapter": str(adapter_reader.data.filename),
+            "fits": all(e["ok"] for e in entries), "checks": entries}
+
+
+def fit_error(fit: dict) -> str | None:
+    """The first failing check of adapter_fit as one line naming both files, or None when the adapter fits."""
+    bad = next((e for e in fit["checks"] if not e["ok"]), None)
+    if bad is None:
+        return None
+    return (f"{fit['adapter']} does not fit {fit['base']}: {bad['check']} is {bad['adapter']} in the adapter, "
+            f"{bad['base']} in the base")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -85,6 +84,7 @@ from pyorthrus.testing.harness import Context, Model, init_backend, orthrus_gene
 from pyorthrus.testing.adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
+from pyorthrus.files import atomic_write  # noqa: E402
 from pyorthrus.prompts import load as load_prompts  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402
 
@@ -182,9 +182,7 @@ def save(path: Path, settings: dict, build: dict, results: list[dict]) -> None:
     """Rewrite the JSON and its .txt summary atomically, so an interrupted run never leaves a truncated file."""
     for target, text in ((path, json.dumps(dict(config=settings, build=build, results=results), indent=1)),
                          (path.with_suffix(".txt"), summary(settings, build, results))):
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp, text=text: tmp.write_text(text))
 
 
 def load_adapters(model: Model, path: Path, quant: str, ks: list[int], work: Path) -> dict[int, tuple]:
@@ -200,8 +198,7 @@ def load_adapters(model: Model, path: Path, quant: str, ks: list[int], work: Pat
     if missing:
         identity_path = work / f"identity.{quant}.K{max(missing)}.gguf"
         if not identity_path.is_file():
-            tmp = identity_path.with_name(f"{identity_path.name}.{os.getpid()}.tmp")
-            os.replace(write_identity_adapter(path, tmp, block_size=max(missing)), identity_path)
+            atomic_write(identity_path, lambda tmp: write_identity_adapter(path, tmp, block_size=max(missing)))
         ad = model.load_adapter(identity_path)
         if not ad:
             raise SystemExit(O.last_error())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyorthrus.reference import _read_gguf, gguf_field, load_gguf  # noqa: E402
+from pyorthrus.files import atomic_write  # noqa: E402
+from pyorthrus.gguf_meta import gguf_field, open_reader  # noqa: E402
+from pyorthrus.reference import load_gguf  # noqa: E402
 from pyorthrus.train.loop import _vocab  # noqa: E402
 from pyorthrus.train.model import _attend, _head, _qkv, _rope_tables  # noqa: E402
 
@@ -34,7 +35,7 @@ EOS_NAMES = ("<|im_end|>", "<|endoftext|>")
 
 
 def eos_ids(base: Path) -> set[int]:
-    ids = {int(gguf_field(_read_gguf(base), "tokenizer.ggml.eos_token_id"))}
+    ids = {int(gguf_field(open_reader(base), "tokenizer.ggml.eos_token_id"))}
     vocab = _vocab(base)
     return ids | {vocab.index(name) for name in EOS_NAMES if name in vocab}
 
@@ -139,9 +140,10 @@ def main(argv=None) -> int:
     eos = torch.tensor(sorted(eos_ids(args.base)), device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
 
-    tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
     t0, n_answers, n_tokens = time.time(), 0, 0
-    try:
+
+    def write(tmp: Path) -> None:
+        nonlocal n_answers, n_tokens
         with tmp.open("w") as fh:
             for i in range(0, len(jobs), args.batch):
                 if args.minutes is not None and time.time() - t0 > args.minutes * 60:
@@ -156,9 +158,8 @@ def main(argv=None) -> int:
                 n_answers += len(chunk)
                 el = time.time() - t0
                 print(f"[{n_answers}/{len(jobs)}] {n_tokens} answer tokens, {n_tokens / el:.0f} tok/s", flush=True)
-        os.replace(tmp, args.out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(args.out, write)
     el = time.time() - t0
     print(json.dumps({"answers": n_answers, "answer_tokens": n_tokens, "seconds": round(el, 1),
                       "answer_tok_s": round(n_tokens / el, 1), "device": args.device,

@@ -34,6 +34,7 @@ def model_file(quant: str, work: Path) -> Path:
     import llama_cpp.llama_cpp as lowlevel
 
     from pyorthrus import assets
+    from pyorthrus.files import atomic_write
 
     source = assets.smollm2_gguf()
     if quant == "Q4_1":
@@ -43,10 +44,12 @@ def model_file(quant: str, work: Path) -> Path:
         params = lowlevel.llama_model_quantize_default_params()
         params.ftype = getattr(lowlevel, f"LLAMA_FTYPE_MOSTLY_{quant}")
         params.allow_requantize = True
-        partial = target.with_suffix(".partial")
-        if lowlevel.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0:
-            raise SystemExit(f"llama_model_quantize to {quant} failed")
-        os.replace(partial, target)
+
+        def quantize(tmp: Path) -> None:
+            if lowlevel.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+                raise SystemExit(f"llama_model_quantize to {quant} failed")
+
+        atomic_write(target, quantize)
     return target
 
 

@@ -3,12 +3,12 @@ quantized from it with llama_model_quantize (kept in a work directory, written a
 processes never see a partial file)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
 
 from pyorthrus import assets
+from pyorthrus.files import atomic_write
 
 FTYPES = {
     "F32": L.LLAMA_FTYPE_ALL_F32,
@@ -32,10 +32,11 @@ def model_file(quant: str, work: Path, threads: int) -> Path:
         qp.nthread = threads
         qp.ftype = FTYPES[quant]
         qp.allow_requantize = True
-        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # shards may quantize at once; one file wins
-        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), qp)
-        if rc != 0:
-            tmp.unlink(missing_ok=True)
-            raise SystemExit(f"llama_model_quantize to {quant} failed ({rc})")
-        os.replace(tmp, dst)
+
+        def quantize(tmp: Path) -> None:
+            rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), qp)
+            if rc != 0:
+                raise SystemExit(f"llama_model_quantize to {quant} failed ({rc})")
+
+        atomic_write(dst, quantize)  # shards may quantize at once; one file wins
     return dst

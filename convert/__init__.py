@@ -8,11 +8,12 @@ from pathlib import Path
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
                                KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+from pyorthrus.gguf_meta import gguf_field, open_reader
 from pyorthrus.paths import check_writable
 
-from .base_gguf import base_alignment, copied_metadata, open_gguf, planned_base_tensors, validate_base
+from .base_gguf import base_alignment, copied_metadata, planned_base_tensors, validate_base
 from .checkpoint import OrthrusCheckpoint
-from .gguf_out import OUTTYPES, atomic_output, plan_diff_tensors, string, uint32, write_gguf
+from .gguf_out import OUTTYPES, plan_diff_tensors, string, uint32, write_gguf, write_output
 from .hf_base import convert_base_to_gguf
 
 __all__ = ["convert_checkpoint", "OUTTYPES"]
@@ -38,7 +39,7 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
     ckpt = OrthrusCheckpoint(ckpt_dir)
     base_reader = None
     if base is not None:
-        base_reader = open_gguf(Path(base))
+        base_reader = open_reader(Path(base))
         validate_base(base_reader, Path(base), ckpt.config)
     elif merged_out is not None and ckpt.diff_only:
         raise PyorthrusError(f"{ckpt.dir}: diff-only checkpoint; a merged file needs --base BASE.gguf")
@@ -55,7 +56,7 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
             work_dir = Path(tempfile.mkdtemp(prefix=f".{merged_out.name}.", dir=merged_out.parent))
             try:
                 base_path = convert_base_to_gguf(ckpt, outtype, work_dir)
-                write_merged(ckpt, open_gguf(base_path), merged_out, outtype, force, progress)
+                write_merged(ckpt, open_reader(base_path), merged_out, outtype, force, progress)
             finally:
                 shutil.rmtree(work_dir, ignore_errors=True)
         summary["merged"] = str(merged_out)
@@ -76,14 +77,14 @@ def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool,
         uint32(KEY_ADAPTER_BASE + "head_count_kv", cfg.num_kv_heads),
         uint32(KEY_ADAPTER_BASE + "vocab_size", cfg.vocab_size),
     ]
-    with atomic_output(out, force) as tmp:
-        write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, plan_diff_tensors(ckpt, outtype), progress, label=out.name)
+    write_output(out, force, lambda tmp: write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, plan_diff_tensors(ckpt, outtype),
+                                                    progress, label=out.name))
 
 
 def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, force: bool,
                  progress: bool) -> None:
     """Base GGUF metadata and tensors as they are, plus the diff tensors and the Orthrus keys."""
-    base_arch = base_reader.fields["general.architecture"].contents()
+    base_arch = gguf_field(base_reader, "general.architecture")
     arch = MERGED_ARCH[base_arch]
     kv = copied_metadata(base_reader, rename_arch=(base_arch, arch) if arch != base_arch else None)
     block_size_key = KEY_BLOCK_SIZE.format(arch=arch)
@@ -91,5 +92,5 @@ def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, 
     kv += [uint32(block_size_key, ckpt.hf_config["block_size"]),
            uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"])]
     tensors = planned_base_tensors(base_reader) + plan_diff_tensors(ckpt, outtype)
-    with atomic_output(out, force) as tmp:
-        write_gguf(tmp, arch, kv, tensors, progress, alignment=base_alignment(base_reader), label=out.name)
+    write_output(out, force, lambda tmp: write_gguf(tmp, arch, kv, tensors, progress,
+                                                    alignment=base_alignment(base_reader), label=out.name))

@@ -8,6 +8,7 @@ import numpy as np
 
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import GGUF_ARCH_TO_BASE, OrthrusConfig
+from pyorthrus.gguf_meta import gguf_field
 
 from .gguf_out import PlannedTensor
 
@@ -15,34 +16,20 @@ from .gguf_out import PlannedTensor
 _OWN_KEYS = ("general.architecture", "tokenizer.ggml.mask_token_id")
 
 
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    if not Path(path).is_file():
-        raise PyorthrusError(f"{path}: no such file")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as exc:  # gguf-py raises ValueError, struct.error, IndexError... on damaged files
-        raise PyorthrusError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from None
-
-
-def _field(reader: gguf.GGUFReader, key: str):
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
-
-
 def validate_base(reader: gguf.GGUFReader, path: Path, cfg: OrthrusConfig) -> str:
     """Check the base GGUF matches the checkpoint; return its architecture name."""
-    arch = _field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if GGUF_ARCH_TO_BASE.get(arch) != cfg.base:
         raise PyorthrusError(f"{path}: architecture {arch!r} does not match the checkpoint's base {cfg.base!r}")
     names = {t.name: t for t in reader.tensors}
     if any("_diff." in name for name in names):
         raise PyorthrusError(f"{path}: already contains Orthrus diff tensors; pass the plain base model")
     embd = names.get("token_embd.weight")
-    heads = _field(reader, f"{arch}.attention.head_count")
-    checks = (("block_count", _field(reader, f"{arch}.block_count"), cfg.num_layers),
-              ("embedding_length", _field(reader, f"{arch}.embedding_length"), cfg.hidden_size),
+    heads = gguf_field(reader, f"{arch}.attention.head_count")
+    checks = (("block_count", gguf_field(reader, f"{arch}.block_count"), cfg.num_layers),
+              ("embedding_length", gguf_field(reader, f"{arch}.embedding_length"), cfg.hidden_size),
               ("head_count", heads, cfg.num_heads),
-              ("head_count_kv", _field(reader, f"{arch}.attention.head_count_kv") or heads, cfg.num_kv_heads),
+              ("head_count_kv", gguf_field(reader, f"{arch}.attention.head_count_kv") or heads, cfg.num_kv_heads),
               ("vocab size", None if embd is None else int(embd.shape[1]), cfg.vocab_size))
     for what, have, want in checks:
         if have != want:
@@ -79,7 +66,7 @@ def copied_metadata(reader: gguf.GGUFReader, rename_arch: tuple[str, str] | None
 
 
 def base_alignment(reader: gguf.GGUFReader) -> int | None:
-    return _field(reader, "general.alignment")
+    return gguf_field(reader, "general.alignment")
 
 
 def planned_base_tensors(reader: gguf.GGUFReader) -> list[PlannedTensor]:

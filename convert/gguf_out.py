@@ -5,17 +5,16 @@ tensor infos are written, then each tensor's data is produced and written in tur
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import gguf
 import numpy as np
 from tqdm import tqdm
 
 from pyorthrus.errors import PyorthrusError
+from pyorthrus.files import atomic_write
 from pyorthrus.formats import permute_qk_rows
 from pyorthrus.paths import check_writable
 
@@ -82,20 +81,14 @@ def plan_diff_tensors(ckpt: OrthrusCheckpoint, outtype: str) -> list[PlannedTens
     return planned
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+def write_output(path: Path, force: bool, writer: Callable[[Path], object]) -> None:
+    """Refuse an existing `path` (unless force) or an unwritable directory, then write it with atomic_write:
+    writer(tmp) writes a temporary file beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
     if path.exists() and not force:
         raise PyorthrusError(f"{path}: output exists (use --force to overwrite)")
     check_writable(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    atomic_write(path, writer)
 
 
 def write_gguf(path: Path, arch: str, kv: list[tuple[str, object, gguf.GGUFValueType, object]],

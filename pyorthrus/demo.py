@@ -18,6 +18,7 @@ import sys
 from . import assets
 from .errors import PyorthrusError
 from .model import AUTO
+from .stats import tokens_per_cycle
 
 DEMO_PROMPTS = [
     "What is the capital of France?",
@@ -77,7 +78,7 @@ def _totals(rows: list[dict], mode: str) -> dict:
     ar_seconds = sum(r["modes"]["ar"]["t_s"] for r in rows)
     cycles, ar_steps = sum(m["cycles"] for m in modes), sum(m["ar_steps"] for m in modes)
     return {"tokens": tokens, "tok_s": tokens / seconds, "speedup": ar_seconds / seconds,
-            "tokens_per_cycle": (tokens - ar_steps) / cycles if cycles else None, "cycles": cycles,
+            "tokens_per_cycle": tokens_per_cycle(tokens, ar_steps, cycles, None), "cycles": cycles,
             "ar_steps": ar_steps, "passes_per_token": sum(m["passes"] for m in modes) / tokens,
             "carried": sum(m["carried"] for m in modes), "identical": all(m["identical"] for m in modes)}
 

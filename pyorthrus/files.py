@@ -7,7 +7,7 @@ from pathlib import Path
 
 def atomic_write(path: Path, writer) -> None:
     """writer(tmp) writes the whole file to tmp, a sibling of path; it then replaces path in one rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         writer(tmp)
         os.chmod(tmp, 0o644)

@@ -23,15 +23,18 @@ SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
 _DIFF_NAME = re.compile(r"^blk\.(\d+)\.(attn_\w+_diff)\.(weight|bias)$")
 
 
-def _field(reader, key: str):
+def gguf_field(reader, key: str, default=None):
+    """The value of metadata field `key` of an open gguf.GGUFReader, or `default` when the file has no such key."""
     f = reader.fields.get(key)
-    return None if f is None else f.contents()
+    return default if f is None else f.contents()
 
 
 def open_reader(path):
-    """gguf.GGUFReader of a file, or a one-line PyorthrusError naming it."""
+    """gguf.GGUFReader of a file (an open reader is returned as it is), or a one-line PyorthrusError naming it."""
     import gguf
 
+    if isinstance(path, gguf.GGUFReader):
+        return path
     path = Path(path)
     if not path.is_file():
         raise PyorthrusError(f"{path}: no such file")
@@ -45,29 +48,29 @@ def inspect_gguf(path) -> dict:
     """A JSON-ready description of a GGUF file."""
     path = Path(path)
     reader = open_reader(path)
-    arch = _field(reader, "general.architecture")
-    is_adapter = _field(reader, KEY_GENERAL_TYPE) == "adapter"
-    if is_adapter and _field(reader, KEY_ADAPTER_TYPE) != ADAPTER_TYPE_ORTHRUS:
-        kind = f"adapter ({_field(reader, KEY_ADAPTER_TYPE)})"
+    arch = gguf_field(reader, "general.architecture")
+    is_adapter = gguf_field(reader, KEY_GENERAL_TYPE) == "adapter"
+    if is_adapter and gguf_field(reader, KEY_ADAPTER_TYPE) != ADAPTER_TYPE_ORTHRUS:
+        kind = f"adapter ({gguf_field(reader, KEY_ADAPTER_TYPE)})"
     elif is_adapter:
         kind = "adapter"
     else:
         kind = "merged" if any(_DIFF_NAME.match(t.name) for t in reader.tensors) else "model"
-    block_count = _field(reader, KEY_ADAPTER_BASE + "block_count" if is_adapter else f"{arch}.block_count")
+    block_count = gguf_field(reader, KEY_ADAPTER_BASE + "block_count" if is_adapter else f"{arch}.block_count")
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
         "architecture": arch,
         "type": kind,
-        "name": _field(reader, "general.name"),
+        "name": gguf_field(reader, "general.name"),
         "block_count": block_count,
-        "block_size": _field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or _field(reader, KEY_ADAPTER_BLOCK_SIZE),
-        "mask_token_id": _field(reader, KEY_MASK_TOKEN_ID),
+        "block_size": gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or gguf_field(reader, KEY_ADAPTER_BLOCK_SIZE),
+        "mask_token_id": gguf_field(reader, KEY_MASK_TOKEN_ID),
         "tensor_count": len(reader.tensors),
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
         "diff_coverage": diff_coverage(reader, arch, block_count),
         "low_precision_diff_tensors": low_precision_diff_tensors(reader),
-        "base": {key.removeprefix(KEY_ADAPTER_BASE): _field(reader, key)
+        "base": {key.removeprefix(KEY_ADAPTER_BASE): gguf_field(reader, key)
                  for key in reader.fields if key.startswith(KEY_ADAPTER_BASE)} or None,
     }
 
@@ -100,7 +103,7 @@ def low_precision_diff_tensors(reader) -> dict[str, int]:
 
 def _vocab_size(reader, arch: str) -> int | None:
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    return _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
+    return gguf_field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
 
 
 def adapter_fit(base, adapter) -> dict:
@@ -108,23 +111,23 @@ def adapter_fit(base, adapter) -> dict:
     values; `fits` is true when every check passes. The checks are the ones llama_adapter_orthrus_init makes."""
     base_reader = base if not isinstance(base, (str, Path)) else open_reader(base)
     adapter_reader = adapter if not isinstance(adapter, (str, Path)) else open_reader(adapter)
-    arch = _field(base_reader, "general.architecture")
+    arch = gguf_field(base_reader, "general.architecture")
     vocab = _vocab_size(base_reader, arch)
-    mask = _field(adapter_reader, KEY_MASK_TOKEN_ID)
-    checks = [("file type", "model" if _field(base_reader, KEY_GENERAL_TYPE) != "adapter" else "adapter",
-               f"{_field(adapter_reader, KEY_GENERAL_TYPE)}/{_field(adapter_reader, KEY_ADAPTER_TYPE)}",
-               _field(base_reader, KEY_GENERAL_TYPE) != "adapter"
-               and (_field(adapter_reader, KEY_GENERAL_TYPE), _field(adapter_reader, KEY_ADAPTER_TYPE))
+    mask = gguf_field(adapter_reader, KEY_MASK_TOKEN_ID)
+    checks = [("file type", "model" if gguf_field(base_reader, KEY_GENERAL_TYPE) != "adapter" else "adapter",
+               f"{gguf_field(adapter_reader, KEY_GENERAL_TYPE)}/{gguf_field(adapter_reader, KEY_ADAPTER_TYPE)}",
+               gguf_field(base_reader, KEY_GENERAL_TYPE) != "adapter"
+               and (gguf_field(adapter_reader, KEY_GENERAL_TYPE), gguf_field(adapter_reader, KEY_ADAPTER_TYPE))
                == ("adapter", ADAPTER_TYPE_ORTHRUS)),
-              ("architecture", arch, _field(adapter_reader, "general.architecture"),
-               arch == _field(adapter_reader, "general.architecture") and arch in ADAPTER_ARCHS)]
+              ("architecture", arch, gguf_field(adapter_reader, "general.architecture"),
+               arch == gguf_field(adapter_reader, "general.architecture") and arch in ADAPTER_ARCHS)]
     for label, key, base_key in (("layers", "block_count", "block_count"),
                                  ("width", "embedding_length", "embedding_length"),
                                  ("attention heads", "head_count", "attention.head_count"),
                                  ("KV heads", "head_count_kv", "attention.head_count_kv")):
-        want, got = _field(base_reader, f"{arch}.{base_key}"), _field(adapter_reader, KEY_ADAPTER_BASE + key)
+        want, got = gguf_field(base_reader, f"{arch}.{base_key}"), gguf_field(adapter_reader, KEY_ADAPTER_BASE + key)
         checks.append((label, want, got, want == got))
-    got = _field(adapter_reader, KEY_ADAPTER_BASE + "vocab_size")
+    got = gguf_field(adapter_reader, KEY_ADAPTER_BASE + "vocab_size")
     checks.append(("vocabulary", vocab, got, vocab == got))
     checks.append(("mask token", f"< {vocab}", mask, isinstance(mask, int) and vocab is not None and 0 <= mask < vocab))
     entries = [{"check": label, "base": want, "adapter": got, "ok": bool(ok)} for label, want, got, ok in checks]

@@ -22,7 +22,7 @@ from .errors import PyorthrusError
 from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, SUPPORTED_BASES,  # noqa: F401
                       KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, OrthrusConfig, config_from_hf,
                       llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
-from .gguf_meta import adapter_fit, fit_error
+from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,13 +301,6 @@ def _load_diff_tensors(model: OrthrusModel, tensors: dict[str, torch.Tensor], so
 # Loading GGUF files
 
 
-def gguf_field(reader, key: str, default=None):
-    field_ = reader.fields.get(key)
-    if field_ is None:
-        return default
-    return field_.contents()
-
-
 def gguf_tensor_f32(tensor) -> np.ndarray:
     """A GGUF tensor as a float32 array in numpy (row-major, HF) shape."""
     import gguf
@@ -384,18 +377,6 @@ def _own_name_for_gguf(name: str) -> str | None:
     return f"layers.{index}.{own.format(attn=attn)}.{kind}"
 
 
-def _read_gguf(path):
-    """An open gguf.GGUFReader for a path (or the reader itself)."""
-    import gguf
-
-    if isinstance(path, gguf.GGUFReader):
-        return path
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as exc:  # gguf-py raises bare ValueError/struct errors on damaged files
-        raise PyorthrusError(f"{path}: not a readable GGUF file ({exc})") from None
-
-
 def _gguf_name(reader) -> str:
     return str(reader.data.filename)
 
@@ -404,11 +385,11 @@ def load_gguf(base_gguf, adapter_gguf=None, dtype: torch.dtype = torch.float32) 
     """Load a base or merged GGUF (any quantization, dequantized) and optionally an Orthrus adapter GGUF; each is
     a path or an open gguf.GGUFReader. Llama Q/K rows are un-permuted back to the HF layout. Without diff tensors
     the diff slots copy the AR weights."""
-    reader = _read_gguf(base_gguf)
+    reader = open_reader(base_gguf)
     cfg = config_from_gguf(reader, _gguf_name(reader))
     sources = [(reader, _gguf_name(reader))]
     if adapter_gguf is not None:
-        adapter = _read_gguf(adapter_gguf)
+        adapter = open_reader(adapter_gguf)
         mismatch = fit_error(adapter_fit(reader, adapter))
         if mismatch:
             raise PyorthrusError(mismatch)

@@ -6,6 +6,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+def tokens_per_cycle(tokens: int, ar_steps: int, cycles: int, default: float | None = 0.0) -> float | None:
+    """Tokens committed per Orthrus cycle: the generated tokens less the plain AR steps block_size="auto" took, over
+    the cycles; `default` when there were no cycles."""
+    return (tokens - ar_steps) / cycles if cycles else default
+
+
 @dataclass
 class GenerationStats:
     mode: str
@@ -32,7 +38,7 @@ class GenerationStats:
     @property
     def tokens_per_cycle(self) -> float:
         """Tokens committed per Orthrus cycle (AR steps taken by block_size="auto" left out)."""
-        return (self.n_generated - self.n_ar_steps) / self.n_cycles if self.n_cycles else 0.0
+        return tokens_per_cycle(self.n_generated, self.n_ar_steps, self.n_cycles)
 
     @property
     def tokens_per_second(self) -> float:

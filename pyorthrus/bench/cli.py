@@ -27,6 +27,7 @@ from ..model import AUTO
 from ..options import OptionError
 from ..pass_costs import BENCH_SIZES, PassCosts, measure_pass_costs
 from ..paths import check_writable
+from ..stats import tokens_per_cycle
 from .device import accelerators, cpu_name
 from .shapes import SHAPES
 
@@ -152,7 +153,7 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fus
         histogram = _merged([m["block_size_histogram"] for m in mode])
         entry = {"tok_s_median": statistics.median(m["tok_s"] for m in mode),
                  "speedup_median": statistics.median(measured), "speedup_min": min(measured),
-                 "speedup_max": max(measured), "tokens_per_cycle": (tokens - ar_steps) / cycles if cycles else None,
+                 "speedup_max": max(measured), "tokens_per_cycle": tokens_per_cycle(tokens, ar_steps, cycles, None),
                  "first_token_s_median": statistics.median(m["t_first_token_s"] for m in mode),
                  "kv_bytes_per_cell": statistics.median(m["kv_bytes_per_cell"] for m in mode),
                  "identical_rate": sum(m["identical"] for m in mode) / len(mode),

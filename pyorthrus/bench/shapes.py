@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 
 from ..errors import PyorthrusError
+from ..files import atomic_write
 from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
 from ..paths import default_cache_dir
 
@@ -123,11 +124,12 @@ def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
 
 def _smollm2_tokenizer_kv(vocab_size: int) -> list[tuple]:
     """SmolLM2's tokenizer from the real GGUF, padded with [PADn] tokens (one of them the mask) to vocab_size."""
-    from ..convert.base_gguf import copied_metadata, open_gguf
+    from ..convert.base_gguf import copied_metadata
+    from ..gguf_meta import open_reader
 
     from ..assets import smollm2_gguf
 
-    kv = [item for item in copied_metadata(open_gguf(smollm2_gguf())) if item[0].startswith("tokenizer.")]
+    kv = [item for item in copied_metadata(open_reader(smollm2_gguf())) if item[0].startswith("tokenizer.")]
     for i, (key, value, vtype, sub) in enumerate(kv):
         if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
             n = len(value)
@@ -158,7 +160,7 @@ def _metadata(name: str, shape: Shape) -> list[tuple]:
 
 def write_f16(name: str, path: Path, seed: int = 0, progress: bool = True) -> Path:
     """The merged F16 file of SHAPES[name]. Matrices repeat one random tile (N(0, 0.02)); norms are ones."""
-    from ..convert.gguf_out import PlannedTensor, atomic_output, write_gguf
+    from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
 
     shape = SHAPES[name]
     tile = (np.random.default_rng(seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
@@ -171,8 +173,8 @@ def write_f16(name: str, path: Path, seed: int = 0, progress: bool = True) -> Pa
             n = int(np.prod(dims))
             planned.append(PlannedTensor(tensor, dims, gguf.GGMLQuantizationType.F16, 2 * n,
                                          lambda n=n, dims=dims: np.resize(tile, n).reshape(dims)))
-    with atomic_output(path, force=True) as tmp:
-        write_gguf(tmp, shape.gguf_arch, _metadata(name, shape), planned, progress, label=f"{name} f16")
+    write_output(path, True, lambda tmp: write_gguf(tmp, shape.gguf_arch, _metadata(name, shape), planned, progress,
+                                                    label=f"{name} f16"))
     return path
 
 
@@ -242,13 +244,12 @@ def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None
     params.nthread = threads or os.cpu_count() or 1
     params.ftype = types[weight_type]
     params.allow_requantize = True
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
+
+    def quantize(tmp: Path) -> None:
         if L.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
             raise PyorthrusError(f"{source}: llama_model_quantize to {weight_type} failed")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(out, quantize)
     return out
 
 

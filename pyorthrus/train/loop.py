@@ -108,9 +108,9 @@ def default_mask_token(base, model: OrthrusModel) -> int:
 def _vocab(base) -> list[str]:
     base = Path(base)
     if base.suffix == ".gguf":
-        from ..reference import _read_gguf, gguf_field
+        from ..gguf_meta import gguf_field, open_reader
 
-        return list(gguf_field(_read_gguf(base), "tokenizer.ggml.tokens", []) or [])
+        return list(gguf_field(open_reader(base), "tokenizer.ggml.tokens", []) or [])
     tok = base / "tokenizer.json"
     if tok.is_file():
         spec = json.loads(tok.read_text())

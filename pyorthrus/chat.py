@@ -11,8 +11,9 @@ import sys
 
 from .cli import error_text
 from .cli_options import (add_decoding_arguments, add_model_arguments, check_room, open_model, sampling_options,
-                          stats_footer, utf8_text)
+                          stats_footer)
 from .errors import PyorthrusError
+from .options import utf8_text
 
 HELP = "commands: /stats (last reply's statistics), /reset (forget the conversation), /quit"
 QUIT = ("/quit", "/exit")

@@ -81,16 +81,6 @@ def system_prompt(args: argparse.Namespace) -> str | None:
     return args.system or None
 
 
-def utf8_text(label: str, text: str) -> str:
-    """text, unless it holds bytes that were not UTF-8: Python hands those over as lone surrogates
-    (surrogateescape), which would fail only once the prompt is tokenized."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        raise PyorthrusError(f"{label}: not UTF-8 text (undecodable byte at character {exc.start})") from None
-    return text
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad values of the flags this verb has (ranges as pyorthrus.options defines them for every surface;
     text that is not UTF-8) before anything loads. OptionError names the option; pyorthrus.cli names its flag."""
@@ -104,9 +94,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         options.check_n_ctx(args.ctx_size)
     for label, name in (("-p", "prompt"), ("--system", "system")):
         if getattr(args, name, None) is not None:
-            utf8_text(label, getattr(args, name))
+            options.utf8_text(label, getattr(args, name))
     for stop in getattr(args, "stop", None) or ():
-        utf8_text("--stop", stop)
+        options.utf8_text("--stop", stop)
 
 
 def open_model(args: argparse.Namespace):

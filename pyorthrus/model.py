@@ -13,7 +13,6 @@ import copy
 import ctypes
 import numbers
 import re
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -127,17 +126,17 @@ class Orthrus:
         # strict (batch-invariant) by default when every layer runs on the CPU
         self.strict = n_gpu_layers == 0 if strict is None else strict
         self.model_path, self.adapter_path = model_path, adapter_path
+        # one count for steps and passes (-t sets both): fixed K-token passes must not get more cores than the AR
+        # steps they are compared with
+        n_threads = n_threads or default_threads()
         # what shapes a pass's cost besides the files and the build (the profile cache's key, pyorthrus.profiles)
-        self.pass_settings = dict(n_ctx=n_ctx, n_threads=n_threads or default_threads(), n_gpu_layers=n_gpu_layers,
+        self.pass_settings = dict(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                   flash_attn=flash_attn, strict=self.strict, fused=fused,
                                   **{k: v for k, v in llama_kwargs.items() if k.startswith("n_")})
         errors: list[str] = []
         quiet_llama_warnings()
         try:
             with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
-                # one count for steps and passes (-t sets both): fixed K-token passes must not get more cores than
-                # the AR steps they are compared with
-                n_threads = n_threads or default_threads()
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                                            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
@@ -262,11 +261,7 @@ class Orthrus:
 
         self._check_open()
         add_bos = llama_cpp.llama_vocab_get_add_bos(self.engine.vocab)
-        try:
-            data = text.encode()
-        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from undecodable command-line bytes
-            raise PyorthrusError(f"the text is not valid Unicode ({exc.reason} at character {exc.start})") from None
-        return self.llm.tokenize(data, add_bos=add_bos, special=special)
+        return self.llm.tokenize(options.utf8_text("text", text).encode(), add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._check_open()
@@ -279,12 +274,13 @@ class Orthrus:
             self.engine.prefill(list(tokens))
             return self.engine.decode_one(tokens[-1]).copy()
 
-    def _start(self, prompt: list[int], max_tokens: int, block_size: int | str, stats: GenerationStats):
+    def _start(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool,
+               stats: GenerationStats):
         """Prefill a generation (reusing the cached prefix) after checking it fits; with block size auto, the
         controller is made first (pass costs read from the profile cache, or measured). Under the session lock."""
         if not prompt:
             raise PyorthrusError("empty prompt")
-        largest = self.round_cells(block_size)
+        largest = self.round_cells(block_size, fused)
         if len(prompt) + max_tokens + largest > self.llm.n_ctx():
             raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + the cells of one "
                                  f"decode round ({largest}) exceeds the context ({self.llm.n_ctx()} tokens): give "

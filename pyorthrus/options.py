@@ -73,6 +73,16 @@ def check_threads(n_threads) -> None:
                           f"{usable_cpus()} CPUs this process may use)")
 
 
+def utf8_text(label: str, text: str) -> str:
+    """text, unless it holds bytes that were not UTF-8: Python hands those over as lone surrogates
+    (surrogateescape), which would fail only once the prompt is tokenized."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PyorthrusError(f"{label}: not UTF-8 text (undecodable byte at character {exc.start})") from None
+    return text
+
+
 def check_n_ctx(n_ctx) -> None:
     """0 (the model's trained context) or a positive token count."""
     if _number("n_ctx", n_ctx, integer=True) < 0:

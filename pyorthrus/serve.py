@@ -33,9 +33,9 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .cli_options import add_model_arguments, open_model, utf8_text
+from .cli_options import add_model_arguments, open_model
 from .errors import PyorthrusError
-from .options import OptionError, check_max_tokens, check_sampling
+from .options import OptionError, check_max_tokens, check_sampling, utf8_text
 
 SERVE_DEPENDENCIES = ("fastapi", "uvicorn", "sse_starlette", "pydantic")
 CONCURRENCY = "one request at a time, in arrival order"

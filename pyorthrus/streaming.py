@@ -99,7 +99,7 @@ class TextStream:
         with session.lock:
             session.claim(self)
             try:
-                owner._start(self.prompt, self.max_tokens, self.block_size, stats)
+                owner._start(self.prompt, self.max_tokens, self.block_size, self.fused, stats)
                 rounds = owner._rounds(self.prompt, self.max_tokens, self.block_size, self.fused, self.sampling,
                                        self.stop_tokens, stats)
             except BaseException:

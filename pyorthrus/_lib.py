@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from llama_cpp._ctypes_extensions import CtypesArray, CtypesPointerOrRef
 
 # the API version this module mirrors; llama_orthrus_api_version() of the library must equal it
-LLAMA_ORTHRUS_API_VERSION = 7
+LLAMA_ORTHRUS_API_VERSION = 8
 
 _lib = _llama_cpp._lib
 
@@ -79,6 +79,10 @@ if _found != LLAMA_ORTHRUS_API_VERSION:
 #     const llama_token * stop_tokens;
 #     int32_t  n_stop_tokens;
 #     bool     fused;          // verify block n and draft block n+1 in one pass
+#     int32_t  tree_nodes;     // 0: chain; >= 1: tree verify of this many nodes besides the root
+#     int32_t  tree_width;     // candidates per position; 0 = 8
+#     int32_t  tree_depth;     // longest path; 0 = verify_len - 1
+#     bool     tree_relayout;  // re-decode an accepted off-chain path so the cache equals AR bit for bit
 # };
 class llama_orthrus_params(ctypes.Structure):
     _fields_ = [
@@ -93,6 +97,10 @@ class llama_orthrus_params(ctypes.Structure):
         ("stop_tokens", llama_token_p),
         ("n_stop_tokens", ctypes.c_int32),
         ("fused", ctypes.c_bool),
+        ("tree_nodes", ctypes.c_int32),
+        ("tree_width", ctypes.c_int32),
+        ("tree_depth", ctypes.c_int32),
+        ("tree_relayout", ctypes.c_bool),
     ]
 
     if TYPE_CHECKING:
@@ -107,12 +115,17 @@ class llama_orthrus_params(ctypes.Structure):
         stop_tokens: CtypesArray[ctypes.c_int32]
         n_stop_tokens: int
         fused: bool
+        tree_nodes: int
+        tree_width: int
+        tree_depth: int
+        tree_relayout: bool
 
 
 # struct llama_orthrus_stats {
 #     int32_t n_drafted; int32_t n_accepted; int32_t n_committed;
 #     int64_t t_draft_us; int64_t t_verify_us; bool stopped;
 #     int32_t n_passes; bool carried; bool fused;
+#     int32_t n_tree_nodes; int32_t n_offchain; int32_t n_redecoded; int64_t t_redecode_us;
 # };
 class llama_orthrus_stats(ctypes.Structure):
     _fields_ = [
@@ -125,6 +138,10 @@ class llama_orthrus_stats(ctypes.Structure):
         ("n_passes", ctypes.c_int32),
         ("carried", ctypes.c_bool),
         ("fused", ctypes.c_bool),
+        ("n_tree_nodes", ctypes.c_int32),
+        ("n_offchain", ctypes.c_int32),
+        ("n_redecoded", ctypes.c_int32),
+        ("t_redecode_us", ctypes.c_int64),
     ]
 
     if TYPE_CHECKING:
@@ -137,6 +154,10 @@ class llama_orthrus_stats(ctypes.Structure):
         n_passes: int
         carried: bool
         fused: bool
+        n_tree_nodes: int
+        n_offchain: int
+        n_redecoded: int
+        t_redecode_us: int
 
 
 llama_orthrus_params_p = ctypes.POINTER(llama_orthrus_params)
@@ -299,6 +320,17 @@ def llama_orthrus_get_argmax_ith(ctx: Optional[int], i: int, /) -> int:
 def llama_orthrus_set_fused(ctx: Optional[int], n_verify: int, /) -> int:
     """Fused pass for the next decodes: rows [0, n_verify) verify in the AR view, the rest draft in the diffusion
     view (0: off); 0, or -1 on error."""
+    ...
+
+
+# int32_t llama_orthrus_set_tree(struct llama_context * ctx, const int32_t * parent, int32_t n);
+@ctypes_function(
+    "llama_orthrus_set_tree",
+    [llama_context_p_ctypes, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32],
+    ctypes.c_int32,
+)
+def llama_orthrus_set_tree(ctx: Optional[int], parent: "Optional[CtypesArray[ctypes.c_int32]]", n: int, /) -> int:
+    """Tree mask for the next decodes (n tokens, parents in topological order; n = 0: off). 0, or -1."""
     ...
 
 

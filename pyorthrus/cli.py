@@ -32,11 +32,14 @@ VERBS = {
 
 # Python keyword of an option (OptionError.name) -> its flag, the same in every verb that has it
 FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "seed": "--seed",
-         "max_tokens": "-n", "n_threads": "-t", "n_ctx": "-c", "block_size": "-k"}
+         "max_tokens": "-n", "n_threads": "-t", "n_ctx": "-c", "block_size": "-k",
+         "tree": "--tree"}
 # what library messages say in the Python API's words -> the same on the command line
 CLI_WORDS = {"give it an Orthrus adapter GGUF, or decode plain AR":
              "give its Orthrus adapter (-a ADAPTER.gguf), or decode plain AR (--mode ar)",
-             "give a larger context or a smaller block size": "give a larger -c or a smaller -k"}
+             "give a larger context or a smaller block size": "give a larger -c or a smaller -k",
+             "needs a fixed block size K (block_size 'auto' runs chains)": "needs a fixed -k K (-k auto runs chains)",
+             "tree cycles are not fused: drop fused": "tree cycles are not fused: drop --fused"}
 # the exit status of a CLI that SIGPIPE ended (`seq 1000000 | head -1`): 128 + the signal
 EXIT_BROKEN_PIPE = 141
 

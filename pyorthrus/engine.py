@@ -114,6 +114,10 @@ class DecodeEngine:
         stats.accepted[cycle.n_accepted] += 1
         stats.t_draft_s += cycle.t_draft_us / 1e6
         stats.t_verify_s += cycle.t_verify_us / 1e6
+        stats.n_tree_nodes += cycle.n_tree_nodes
+        stats.n_offchain += cycle.n_offchain > 0
+        stats.n_redecoded += cycle.n_redecoded
+        stats.t_redecode_s += cycle.t_redecode_us / 1e6
         return list(out[:n]), bool(cycle.stopped)
 
     def step(self, last, params, out, step) -> tuple[list[int], bool]:

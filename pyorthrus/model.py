@@ -86,6 +86,10 @@ class Orthrus:
 
     block_size: K (2 ... trained K; default trained K), or "auto": per round, the K with the best expected tokens
     per second from the measured pass costs and the acceptance seen so far, or a plain AR step when that is faster.
+    tree: tree verify, nodes per verify pass besides the root (0: chains). Each cycle verifies the `tree` best
+    continuations of the draft (best-first over its per-position probabilities) in one AR pass of tree + 1 tokens and
+    commits the longest path the AR model agrees with: more tokens per pass than the argmax chain, output unchanged.
+    Not with fused cycles or block_size "auto".
     system_prompt: the system message chat_prompt() puts first when the messages have none (None: the chat
     template's own default, if it has one).
     """
@@ -94,7 +98,7 @@ class Orthrus:
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
                  strict: bool | None = None, fused: bool | None = None, system_prompt: str | None = None,
-                 reprofile: bool = False, verbose: bool = False, **llama_kwargs):
+                 tree: int = 0, reprofile: bool = False, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -164,6 +168,7 @@ class Orthrus:
         self.engine = DecodeEngine(self.llm, trained_k)
         try:
             self.block_size = self.check_block_size(trained_k if block_size is None else block_size)
+            self.tree = self.check_tree(tree, self.block_size, fused)
         except PyorthrusError:
             self.close()
             raise
@@ -198,15 +203,35 @@ class Orthrus:
                               f"{self.llm.n_batch}" + (" (fused cycles decode 2K tokens)" if fused else ""))
         return block_size
 
-    def round_cells(self, block_size: int | str | None = None, fused: bool | None = None) -> int:
+    def check_tree(self, tree: int, block_size: int | str, fused: bool | None) -> int:
+        """tree (nodes verified per pass besides the root; 0: chains) if this model can run it with block_size and
+        fused; else an OptionError that says why."""
+        if not isinstance(tree, numbers.Integral) or isinstance(tree, bool) or tree < 0:
+            raise OptionError("tree", tree, "must be an integer >= 0 (0: verify the draft's argmax chain)")
+        tree = int(tree)
+        if tree == 0 or self.mode == "ar":
+            return tree
+        if block_size == AUTO:
+            raise OptionError("tree", tree, "needs a fixed block size K (block_size 'auto' runs chains)")
+        if fused:
+            raise OptionError("tree", tree, "tree cycles are not fused: drop fused")
+        if tree + 1 > self.llm.n_batch:
+            raise OptionError("tree", tree, f"a tree pass of {tree + 1} tokens exceeds n_batch {self.llm.n_batch}")
+        return tree
+
+    def round_cells(self, block_size: int | str | None = None, fused: bool | None = None,
+                    tree: int | None = None) -> int:
         """The most cache cells a decode round may hold beyond the committed tokens: K, or 2K for a fused pass
-        (which caches the next draft block too); for "auto" those of the trained K; 1 in mode "ar"."""
+        (which caches the next draft block too), or tree + 1 for a tree pass; for "auto" those of the trained K;
+        1 in mode "ar"."""
         if self.mode == "ar":
             return 1
         block_size = self.block_size if block_size is None else block_size
         largest = self.trained_block_size if block_size == AUTO else block_size
         fused = bool(self.fused) if fused is None else fused
-        return largest * (2 if fused or (block_size == AUTO and self.fused is not False) else 1)
+        tree = self.tree if tree is None else tree
+        return max(largest * (2 if fused or (block_size == AUTO and self.fused is not False) else 1),
+                   tree + 1 if tree else 0)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def ar_view(self) -> "Orthrus":
@@ -275,12 +300,12 @@ class Orthrus:
             return self.engine.decode_one(tokens[-1]).copy()
 
     def _start(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool,
-               stats: GenerationStats):
+               stats: GenerationStats, tree: int = 0):
         """Prefill a generation (reusing the cached prefix) after checking it fits; with block size auto, the
         controller is made first (pass costs read from the profile cache, or measured). Under the session lock."""
         if not prompt:
             raise PyorthrusError("empty prompt")
-        largest = self.round_cells(block_size, fused)
+        largest = self.round_cells(block_size, fused, tree)
         if len(prompt) + max_tokens + largest > self.llm.n_ctx():
             raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + the cells of one "
                                  f"decode round ({largest}) exceeds the context ({self.llm.n_ctx()} tokens): give "
@@ -302,14 +327,15 @@ class Orthrus:
         stats.n_reused = self.engine.prefill(prompt, reuse=True)
         stats.t_prefill_s = time.perf_counter() - start
 
-    def _rounds(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, sampling: dict,
+    def _rounds(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, cycle_params: dict,
                 stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[Chunk]:
         """The decode rounds of one generation after _start, each run by the caller under the session lock, with
-        the totals of stats kept current."""
+        the totals of stats kept current. cycle_params: llama_orthrus_params fields (sampling, tree verify)."""
         start = time.perf_counter()
         params = self._lib.llama_orthrus_default_params()
-        for name, value in sampling.items():
+        for name, value in cycle_params.items():
             setattr(params, name, value)
+        stats.tree = params.tree_nodes if self.mode == "orthrus" else 0
         if self.mode == "ar":
             block_size, auto = 1, None
         else:
@@ -326,12 +352,12 @@ class Orthrus:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, stop: Sequence[str] = (),
                  stop_tokens: Sequence[int] = (), stream: bool = False, block_size: int | str | None = None,
-                 seed: int | None = None, fused: bool | None = None):
+                 seed: int | None = None, fused: bool | None = None, tree: int | None = None):
         """Generate a continuation. Returns a `Generation`, or with stream=True an iterator of text pieces whose
         `.result` is set to the `Generation` once exhausted (its `cancel()` ends the generation at the next decode
         round, from any thread). temperature <= 0 is greedy. block_size overrides the instance's block size (an
-        integer K or "auto"), seed its sampling seed and fused its fused setting (fixed K only: "auto" decides per
-        cycle) for this call.
+        integer K or "auto"), seed its sampling seed, fused its fused setting (fixed K only: "auto" decides per
+        cycle) and tree its tree verify (nodes per verify pass besides the root; 0: chains) for this call.
 
         One generation decodes at a time per model (and its ar_views): a generation on another thread waits for
         the one in progress; a new one on the thread of an unfinished stream cancels that stream (it was left
@@ -344,9 +370,14 @@ class Orthrus:
         options.check_sampling(temperature, top_k, top_p, min_p, seed)
         block = self.block_size if block_size is None and fused is None else \
             self.check_block_size(self.block_size if block_size is None else block_size, fused)
+        tree = self.tree if tree is None and block_size is None and fused is None else \
+            self.check_tree(self.tree if tree is None else tree, block, fused)
         fused = bool(self.fused) if fused is None else fused
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-        it = TextStream(self, prompt, max_tokens, block, fused, sampling, list(stop), list(stop_tokens))
+        # the llama_orthrus_params fields of this generation; strict builds re-lay an off-chain tree path so the
+        # cache stays bit-identical to AR (one more pass in those cycles)
+        cycle_params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                            tree_nodes=tree, tree_relayout=self.strict)
+        it = TextStream(self, prompt, max_tokens, block, fused, cycle_params, list(stop), list(stop_tokens))
         if stream:
             return it
         for _ in it:

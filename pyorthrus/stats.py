@@ -32,6 +32,11 @@ class GenerationStats:
     t_ar_s: float = 0.0  # one-token AR steps (mode "ar", or chosen by block_size="auto")
     t_total_s: float = 0.0  # prefill excluded
     n_reused: int = 0  # prompt tokens whose cache cells an earlier generation left (prefix reuse): not decoded again
+    tree: int = 0  # tree verify: nodes per verify pass besides the root (0: chains)
+    n_tree_nodes: int = 0  # tree verify: nodes verified, all cycles together
+    n_offchain: int = 0  # tree verify: cycles whose committed path left the draft's argmax chain
+    n_redecoded: int = 0  # tree verify, strict builds: tokens decoded again at the cells AR uses (one pass each cycle)
+    t_redecode_s: float = 0.0
     # block_size="auto": why it ran what it ran, for a footer ("a K=4 cycle costs 6.1 AR steps here"); "" otherwise
     auto_note: str = ""
 
@@ -54,4 +59,5 @@ class GenerationStats:
                 "t_profile_s": self.t_profile_s, "t_prefill_s": self.t_prefill_s,
                 "t_first_token_s": self.t_first_token_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
                 "t_ar_s": self.t_ar_s, "t_total_s": self.t_total_s, "n_reused": self.n_reused,
-                "auto_note": self.auto_note}
+                "auto_note": self.auto_note, "tree": self.tree, "n_tree_nodes": self.n_tree_nodes,
+                "n_offchain": self.n_offchain, "n_redecoded": self.n_redecoded, "t_redecode_s": self.t_redecode_s}

@@ -80,10 +80,11 @@ class TextStream:
     character not complete yet. A character the last tokens leave unfinished (a generation cut by max_tokens or
     cancelled inside a multi-byte character) is left out of the text: no piece ever carries U+FFFD for it."""
 
-    def __init__(self, owner, prompt, max_tokens, block_size, fused, sampling: dict, stop, stop_tokens):
+    def __init__(self, owner, prompt, max_tokens, block_size, fused, cycle_params: dict, stop, stop_tokens):
         self.owner, self.stop, self.block_size = owner, [s for s in stop if s], block_size
         self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self.max_tokens, self.fused, self.sampling, self.stop_tokens = max_tokens, fused, sampling, stop_tokens
+        self.max_tokens, self.fused, self.stop_tokens = max_tokens, fused, stop_tokens
+        self.cycle_params = cycle_params  # llama_orthrus_params fields: sampling and tree verify
         self.result: Generation | None = None
         self.cancelled = False
         self.preempted = False  # another generation took the context over (or the model was closed)
@@ -99,8 +100,9 @@ class TextStream:
         with session.lock:
             session.claim(self)
             try:
-                owner._start(self.prompt, self.max_tokens, self.block_size, self.fused, stats)
-                rounds = owner._rounds(self.prompt, self.max_tokens, self.block_size, self.fused, self.sampling,
+                owner._start(self.prompt, self.max_tokens, self.block_size, self.fused, stats,
+                             self.cycle_params["tree_nodes"])
+                rounds = owner._rounds(self.prompt, self.max_tokens, self.block_size, self.fused, self.cycle_params,
                                        self.stop_tokens, stats)
             except BaseException:
                 owner.engine.forget()

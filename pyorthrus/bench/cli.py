@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -33,12 +34,16 @@ from .shapes import SHAPES
 
 
 FUSED_SUFFIX = "f"  # --block-sizes 4f: K=4 with fused cycles
+TREE_MODE = re.compile(r"(\d+)t(\d+)")  # --block-sizes 16t32: K=16 verifying a tree of 32 nodes
 
 
 def mode_options(mode: int | str) -> dict:
-    """generate() arguments of a bench mode: an integer K, "auto", or "Kf" (K with fused cycles)."""
+    """generate() arguments of a bench mode: an integer K, "auto", "Kf" (K with fused cycles) or "KtN" (K with
+    tree verify of N nodes)."""
     if isinstance(mode, str) and mode.endswith(FUSED_SUFFIX):
         return {"block_size": int(mode[:-1]), "fused": True}
+    if isinstance(mode, str) and (tree := TREE_MODE.fullmatch(mode)):
+        return {"block_size": int(tree.group(1)), "tree": int(tree.group(2))}
     return {"block_size": mode}
 
 
@@ -46,13 +51,15 @@ def mode_key(mode: int | str) -> str:
     if mode == AUTO:
         return "orthrus_auto"
     options = mode_options(mode)
-    return f"orthrus_k{options['block_size']}" + ("_fused" if options.get("fused") else "")
+    return f"orthrus_k{options['block_size']}" + ("_fused" if options.get("fused") else "") + \
+        (f"_tree{options['tree']}" if options.get("tree") else "")
 
 
-def device_profile(llm, reps: int, fused: bool) -> dict:
+def device_profile(llm, reps: int, fused: bool, largest_pass: int = 0) -> dict:
     """The pass-cost curve over BENCH_SIZES up to the trained K (included; twice that with fused cycles, whose verify
-    pass decodes 2K tokens), median of `reps` passes each."""
-    largest = min((2 if fused else 1) * (llm.trained_block_size or max(BENCH_SIZES)), llm.llm.n_batch)
+    pass decodes 2K tokens; largest_pass where a tree's verify pass is longer still), median of `reps` passes each."""
+    largest = min(max((2 if fused else 1) * (llm.trained_block_size or max(BENCH_SIZES)), largest_pass),
+                  llm.llm.n_batch)
     return measure_pass_costs(llm, {k for k in BENCH_SIZES if k <= largest} | {largest}, reps=reps).as_dict()
 
 
@@ -122,7 +129,8 @@ def _mode_row(out) -> dict:
     d = s.as_dict()
     return {"tokens": len(out.tokens), "tok_s": s.tokens_per_second, "tokens_per_cycle": s.tokens_per_cycle,
             "cycles": s.n_cycles, "ar_steps": s.n_ar_steps, "block_size_histogram": d["block_size_histogram"],
-            "passes": s.n_passes, "carried": s.n_carried,
+            "passes": s.n_passes, "carried": s.n_carried, "tree_nodes": s.n_tree_nodes, "offchain": s.n_offchain,
+            "redecoded": s.n_redecoded,
             "t_total_s": s.t_total_s, "t_prefill_s": s.t_prefill_s, "t_first_token_s": s.t_first_token_s,
             "t_draft_s": s.t_draft_s, "t_verify_s": s.t_verify_s, "t_ar_s": s.t_ar_s,
             "accepted_histogram": d["accepted_histogram"],
@@ -169,6 +177,15 @@ def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fus
                 - carried * mean_draft + ar_steps * t1
             entry["carried_share"] = carried / cycles if cycles else 0.0
             entry["passes_per_cycle"] = (sum(m["passes"] for m in mode) - ar_steps) / cycles if cycles else None
+        elif mode_options(k).get("tree"):
+            # a tree cycle: the K-token draft pass and a verify pass of every node plus the root; strict builds
+            # add a pass re-laying an accepted off-chain path (the share of such cycles, at the tail's length)
+            nodes = mode_options(k)["tree"]
+            offchain = sum(m["offchain"] for m in mode)
+            predicted_s = sum(n * (costs.draft(size) + costs.verify(nodes + 1)) for size, n in histogram.items()) \
+                + offchain * t1 + ar_steps * t1
+            entry["offchain_share"] = offchain / cycles if cycles else 0.0
+            entry["tree_nodes"] = nodes
         else:
             predicted_s = sum(n * costs.cycle(size) for size, n in histogram.items()) + ar_steps * t1
         if predicted_s:
@@ -202,7 +219,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens per prompt")
     parser.add_argument("--block-sizes", default="4,8,16,4f,8f,16f,auto",
                         help="comma-separated modes to run: integers K, 'Kf' (K with fused cycles: each verify "
-                             "pass also drafts the next block) and/or 'auto'")
+                             "pass also drafts the next block), 'KtN' (K verifying a tree of N draft nodes per "
+                             "pass, e.g. 16t32) and/or 'auto'")
     parser.add_argument("--no-peer", action="store_true", help="skip the prompt-lookup peer")
     parser.add_argument("--profile-only", action="store_true", help="only the device pass-cost profile")
     parser.add_argument("--profile-reps", type=int, default=7, help="timed passes per K in the device profile")
@@ -236,10 +254,10 @@ def _parse_block_sizes(text: str) -> list[int | str]:
     for item in (part.strip() for part in text.split(",")):
         if item == AUTO or item.isdigit():
             sizes.append(item if item == AUTO else int(item))
-        elif item.endswith(FUSED_SUFFIX) and item[:-1].isdigit():
+        elif (item.endswith(FUSED_SUFFIX) and item[:-1].isdigit()) or TREE_MODE.fullmatch(item):
             sizes.append(item)
         elif item:
-            raise PyorthrusError(f"--block-sizes {text!r}: {item!r} is neither an integer K, 'Kf' nor 'auto'")
+            raise PyorthrusError(f"--block-sizes {text!r}: {item!r} is neither an integer K, 'Kf', 'KtN' nor 'auto'")
     if not sizes:
         raise PyorthrusError("--block-sizes names no block size")
     return sizes
@@ -251,7 +269,7 @@ def block_sizes_named():
     try:
         yield
     except OptionError as exc:
-        if exc.name != "block_size":
+        if exc.name not in ("block_size", "tree"):
             raise
         raise PyorthrusError(f"--block-sizes {exc.value}: {exc.requirement}") from None
 
@@ -270,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
             raise PyorthrusError(f"{flag} {value}: must be >= 1")
     if args.block_size is not None:  # add_model_arguments' -k: bench sets it per mode itself
         raise PyorthrusError(f"-k {args.block_size}: bench runs the block sizes of --block-sizes, give them there")
+    if args.tree:
+        raise PyorthrusError(f"--tree {args.tree}: bench runs the trees of --block-sizes, give them there (e.g. 16t32)")
     if args.out:
         check_writable(args.out)
     if args.shape:
@@ -284,8 +304,10 @@ def run(args: argparse.Namespace) -> int:
         for mode in block_sizes:  # refuse a bad K before minutes of profiling
             options = mode_options(mode)
             llm.check_block_size(options["block_size"], options.get("fused"))
+            llm.check_tree(options.get("tree", 0), options["block_size"], options.get("fused"))
         any_fused = llm.fused is not False or any(mode_options(m).get("fused") for m in block_sizes)
-        profile = device_profile(llm, args.profile_reps, any_fused)
+        largest_tree = max((mode_options(m).get("tree", 0) + 1 for m in block_sizes), default=0)
+        profile = device_profile(llm, args.profile_reps, any_fused, largest_tree)
         report = {"model": str(llm.llm.model_path), "adapter": str(adapter) if adapter else None,
                   "device": device_info(llm, args.n_gpu_layers), "strict": llm.strict, "profile": profile,
                   "prompts": args.prompts, "n_prompts": args.n_prompts, "max_tokens": args.max_tokens,

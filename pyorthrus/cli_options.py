@@ -9,6 +9,7 @@ verb opens a model or prints a footer, so the flags are checked before numpy and
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from . import assets, options
@@ -22,6 +23,37 @@ def block_size_argument(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is neither an integer K nor 'auto'") from None
+
+
+FUSED_SUFFIX = "f"  # a decode mode "4f": K=4 with fused cycles
+TREE_MODE = re.compile(r"(\d+)t(\d+)")  # a decode mode "16t32": K=16 verifying a tree of 32 nodes
+
+
+def mode_options(mode: int | str) -> dict:
+    """generate() arguments of a decode mode (bench --block-sizes, demo -k): an integer K, "auto", "Kf" (K with
+    fused cycles) or "KtN" (K with tree verify of N nodes)."""
+    if isinstance(mode, str) and mode.endswith(FUSED_SUFFIX):
+        return {"block_size": int(mode[:-1]), "fused": True}
+    if isinstance(mode, str) and (tree := TREE_MODE.fullmatch(mode)):
+        return {"block_size": int(tree.group(1)), "tree": int(tree.group(2))}
+    return {"block_size": mode}
+
+
+def parse_modes(text: str, flag: str, allow_auto: bool = False) -> list[int | str]:
+    """A comma-separated list of decode modes (see mode_options); a PyorthrusError naming `flag` otherwise."""
+    modes: list[int | str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item.isdigit():
+            modes.append(int(item))
+        elif (item == "auto" and allow_auto) or (item.endswith(FUSED_SUFFIX) and item[:-1].isdigit()) or \
+                TREE_MODE.fullmatch(item):
+            modes.append(item)
+        elif item:
+            raise PyorthrusError(f"{flag} {text!r}: {item!r} is not a decode mode (an integer K, 'Kf' for fused "
+                                 "cycles, 'KtN' for a tree of N nodes" + (", or 'auto')" if allow_auto else ")"))
+    if not modes:
+        raise PyorthrusError(f"{flag} names no block size")
+    return modes
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,14 +28,13 @@ DEMO_PROMPTS = [
 ]
 
 
-def _block_sizes(text: str) -> list[int]:
+def _modes(text: str) -> list[int | str]:
+    from .cli_options import parse_modes
+
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not sizes:
-        raise argparse.ArgumentTypeError("no block size given")
-    return sizes
+        return parse_modes(text, "-k")
+    except PyorthrusError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("-k ")) from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "Orthrus 'auto' and fixed block sizes side by side, with token identity to AR, tokens per "
                           "cycle, speed, and what limits the speedup on this machine.")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate per prompt")
-    parser.add_argument("-k", "--block-sizes", type=_block_sizes, default=[4, 8, 16], metavar="K,K,...",
-                        help="fixed block sizes to compare with AR and auto (default: 4,8,16)")
+    parser.add_argument("-k", "--block-sizes", type=_modes, default=[4, 8, 16, "16t16"], metavar="K,K,...",
+                        help="fixed block sizes to compare with AR and auto: integers K, 'KtN' (K verifying a tree "
+                             "of N draft nodes per pass) or 'Kf' (K with fused cycles) (default: 4,8,16,16t16)")
     parser.add_argument("-r", "--repeats", type=int, default=2,
                         help="runs of every mode per prompt, taking turns; each keeps its fastest (default 2)")
     parser.add_argument("-t", "--threads", type=int, default=None,
@@ -54,6 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def mode_name(block_size: int | str) -> str:
     return "ar" if block_size == 1 else AUTO if block_size == AUTO else f"k{block_size}"
+
+
+def _generate(llm, ar, mode, tokens, max_tokens: int):
+    from .cli_options import mode_options
+
+    if mode == 1:
+        return ar.generate(tokens, max_tokens=max_tokens)
+    return llm.generate(tokens, max_tokens=max_tokens, **mode_options(mode))
 
 
 def _fastest(runs):
@@ -68,7 +76,7 @@ def _mode_row(runs, base) -> dict:
             "speedup": s.tokens_per_second / base.stats.tokens_per_second,
             "tokens_per_cycle": s.tokens_per_cycle if s.mode == "orthrus" else None,
             "cycles": s.n_cycles if s.mode == "orthrus" else 0, "ar_steps": s.n_ar_steps,
-            "passes": s.n_passes, "carried": s.n_carried,
+            "passes": s.n_passes, "carried": s.n_carried, "offchain": s.n_offchain,
             "identical": all(run.tokens == base.tokens for run in runs)}
 
 
@@ -80,7 +88,8 @@ def _totals(rows: list[dict], mode: str) -> dict:
     return {"tokens": tokens, "tok_s": tokens / seconds, "speedup": ar_seconds / seconds,
             "tokens_per_cycle": tokens_per_cycle(tokens, ar_steps, cycles, None), "cycles": cycles,
             "ar_steps": ar_steps, "passes_per_token": sum(m["passes"] for m in modes) / tokens,
-            "carried": sum(m["carried"] for m in modes), "identical": all(m["identical"] for m in modes)}
+            "carried": sum(m["carried"] for m in modes), "offchain": sum(m["offchain"] for m in modes),
+            "identical": all(m["identical"] for m in modes)}
 
 
 def _limits(costs, block_size: int, tokens_per_cycle: float) -> dict:
@@ -97,22 +106,41 @@ def _limits(costs, block_size: int, tokens_per_cycle: float) -> dict:
 
 
 def _table(entries: dict[str, dict]) -> str:
-    lines = [f"  {'mode':<6} {'tok/s':>7} {'vs AR':>6} {'tok/cycle':>9} {'passes/tok':>10}  identical to AR"]
+    lines = [f"  {'mode':<7} {'tok/s':>7} {'vs AR':>6} {'tok/cycle':>9} {'passes/tok':>10}  identical to AR"]
     for mode, m in entries.items():
         per_cycle = f"{m['tokens_per_cycle']:.2f}" if m["tokens_per_cycle"] else "-"
         passes = m["passes_per_token"] if "passes_per_token" in m else m["passes"] / m["tokens"]
         notes = [] if mode != AUTO else [f"{m['ar_steps']} of {m['tokens']} tokens as AR steps"]
         if m["carried"]:
             notes.append(f"{m['carried']} fused cycles carried")
+        if m["offchain"]:
+            notes.append(f"{m['offchain']} of {m['cycles']} cycles off the argmax chain")
         same = "-" if mode == "ar" else "yes" if m["identical"] else "NO"
-        lines.append(f"  {mode:<6} {m['tok_s']:>7.1f} {m['speedup']:>5.2f}x {per_cycle:>9} {passes:>10.2f}  {same}"
+        lines.append(f"  {mode:<7} {m['tok_s']:>7.1f} {m['speedup']:>5.2f}x {per_cycle:>9} {passes:>10.2f}  {same}"
                      + (f"  ({'; '.join(notes)})" if notes else ""))
     return "\n".join(lines)
+
+
+def _tree_gains(totals: dict, modes: list) -> list[dict]:
+    """Each tree mode against the chain of its K, where both ran: tokens per cycle (= per verify pass) and gain."""
+    from .cli_options import mode_options
+
+    gains = []
+    for mode in modes:
+        options = mode_options(mode)
+        chain = mode_name(options["block_size"])
+        if options.get("tree") and chain in totals and totals[chain]["tokens_per_cycle"]:
+            tree, base = totals[mode_name(mode)]["tokens_per_cycle"], totals[chain]["tokens_per_cycle"]
+            gains.append({"mode": mode, "block_size": options["block_size"], "tree": options["tree"],
+                          "tokens_per_cycle": tree, "chain_tokens_per_cycle": base, "gain": tree / base - 1.0})
+    return gains
 
 
 def run(args: argparse.Namespace) -> int:
     from .cli_options import check_arguments
     from .model import Orthrus
+
+    from .cli_options import mode_options
 
     check_arguments(args)
     if args.repeats < 1:
@@ -122,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     with Orthrus(model_path, adapter_path, block_size=AUTO, n_ctx=2048, n_threads=args.threads,
                  system_prompt=assets.EMBEDDED_SYSTEM_PROMPT) as llm:
         for k in args.block_sizes:
-            llm.check_block_size(k)
+            options = mode_options(k)
+            llm.check_block_size(options["block_size"], options.get("fused"))
+            llm.check_tree(options.get("tree", 0), options["block_size"], options.get("fused"))
         say(f"model   {model_path.name}\nadapter {adapter_path.name} (trained K={llm.trained_block_size})")
         modes = [1, AUTO, *args.block_sizes]
         ar = llm.ar_view()
@@ -130,15 +160,14 @@ def run(args: argparse.Namespace) -> int:
         print("warming up and measuring this machine's pass costs ...", file=sys.stderr, flush=True)
         warmup = llm.tokenize("Hello")
         for k in modes:
-            (ar if k == 1 else llm).generate(warmup, max_tokens=8, block_size=None if k == 1 else k)
+            _generate(llm, ar, k, warmup, 8)
         rows = []
         for prompt in DEMO_PROMPTS:
             tokens = llm.tokenize(llm.chat_prompt([{"role": "user", "content": prompt}]))
             runs = {mode_name(k): [] for k in modes}
             for _ in range(args.repeats):
                 for k in modes:
-                    runs[mode_name(k)].append((ar if k == 1 else llm).generate(
-                        tokens, max_tokens=args.max_tokens, block_size=None if k == 1 else k))
+                    runs[mode_name(k)].append(_generate(llm, ar, k, tokens, args.max_tokens))
             base = _fastest(runs["ar"])
             row = {"prompt": prompt, "text": base.text,
                    "modes": {name: _mode_row(mode_runs, base) for name, mode_runs in runs.items()}}
@@ -146,10 +175,13 @@ def run(args: argparse.Namespace) -> int:
             say(f"\n>>> {prompt}\n{base.text.strip()}\n{_table(row['modes'])}")
         costs = llm.auto_controller.costs
     totals = {mode_name(k): _totals(rows, mode_name(k)) for k in modes}
-    best = max(args.block_sizes, key=lambda k: totals[mode_name(k)]["speedup"])
-    limits = _limits(costs, best, totals[mode_name(best)]["tokens_per_cycle"])
+    # the limits are those of a chain cycle (its passes are the profile's); trees are set against their chain below
+    chains = [k for k in args.block_sizes if isinstance(k, int)] or [llm.trained_block_size]
+    best = max(chains, key=lambda k: totals[mode_name(k)]["speedup"] if mode_name(k) in totals else 0.0)
+    limits = _limits(costs, best, totals[mode_name(best)]["tokens_per_cycle"] if mode_name(best) in totals else 0.0)
+    trees = _tree_gains(totals, args.block_sizes)
     summary = {"all_identical": all(t["identical"] for t in totals.values()), "modes": totals,
-               "best_fixed_block_size": best, "limits": limits, "pass_costs": costs.as_dict()}
+               "best_fixed_block_size": best, "limits": limits, "trees": trees, "pass_costs": costs.as_dict()}
     if args.json:
         print(json.dumps({"model": str(model_path), "adapter": str(adapter_path),
                           "system_prompt": assets.EMBEDDED_SYSTEM_PROMPT, "summary": summary, "prompts": rows},
@@ -164,6 +196,10 @@ def run(args: argparse.Namespace) -> int:
           f"cycle; the shipped adapter commits {limits['tokens_per_cycle']:.2f} (predicted "
           f"{limits['predicted_speedup']:.2f}x). Where a K-token pass costs about one step (GPUs, Apple M5) the same "
           f"acceptance would give {limits['speedup_if_pass_costs_one_step']:.2f}x.\n"
+          + "".join(f"Tree of {g['tree']} at K={g['block_size']}: {g['tokens_per_cycle']:.2f} tokens per verify pass vs "
+                    f"{g['chain_tokens_per_cycle']:.2f} for the chain (+{g['gain'] * 100:.0f}%), at a verify pass of "
+                    f"{g['tree'] + 1} tokens instead of {g['block_size']}: {g['tokens_per_cycle'] / 2:.2f}x where a pass "
+                    "costs about one step.\n" for g in trees) +
           f"auto: {auto['speedup']:.2f}x AR, {auto['ar_steps']} of {auto['tokens']} tokens as plain AR steps "
           f"(it runs Orthrus cycles only where the measured costs say they pay).\n"
           f"Orthrus output identical to AR in every mode on every prompt: "

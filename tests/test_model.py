@@ -54,6 +54,29 @@ def test_orthrus_greedy_equals_ar_greedy(orthrus, ar, prompt):
     assert sum(k * v for k, v in stats.accepted.items()) + stats.n_cycles >= stats.n_generated
 
 
+def test_tree_verify_equals_ar_and_reports_its_tree(smollm2_path, ar):
+    """Orthrus(tree=N) with the shipped adapter: greedy output is AR's, more tokens per cycle than the chain of the
+    same K, and the stats say what the tree did; a per-call tree=0 runs the chain; bad trees are OptionErrors."""
+    with Orthrus(smollm2_path, assets.default_adapter(), n_ctx=512, n_threads=2, tree=16) as model:
+        prompt = model.chat_prompt([{"role": "user", "content": "List the first ten prime numbers."}])
+        expected = ar.generate(prompt, max_tokens=64)
+        tree = model.generate(prompt, max_tokens=64)
+        chain = model.generate(prompt, max_tokens=64, tree=0)
+        assert tree.tokens == chain.tokens == expected.tokens
+        stats = tree.stats.as_dict()
+        assert stats["tree"] == 16 and stats["n_tree_nodes"] == 16 * tree.stats.n_cycles
+        assert stats["n_offchain"] > 0 and stats["n_redecoded"] > 0
+        assert chain.stats.n_tree_nodes == 0 and chain.stats.tree == 0
+        assert tree.stats.tokens_per_cycle > chain.stats.tokens_per_cycle
+        for bad, words in ((-1, "integer >= 0"), (1000, "n_batch")):
+            with pytest.raises(PyorthrusError, match=words):
+                model.generate(prompt, max_tokens=4, tree=bad)
+        with pytest.raises(PyorthrusError, match="fixed block size"):
+            model.generate(prompt, max_tokens=4, block_size="auto")
+        with pytest.raises(PyorthrusError, match="not fused"):
+            model.generate(prompt, max_tokens=4, fused=True)
+
+
 def test_stream_yields_the_same_text(orthrus):
     whole = orthrus.generate(PROMPTS[1], max_tokens=40)
     pieces = orthrus.generate(PROMPTS[1], max_tokens=40, stream=True)
@@ -144,6 +167,13 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
         for prompt in PROMPTS:  # fused cycles (2K-token verify passes) on the K-quant too
             assert fused.generate(prompt, max_tokens=48).tokens == fused.ar_view().generate(prompt,
                                                                                            max_tokens=48).tokens
+    with Orthrus(smollm2_q4_k_m, assets.default_adapter(), n_ctx=512, n_threads=2, tree=16) as tree:
+        offchain = 0
+        for prompt in PROMPTS:  # tree verify, off-chain paths re-laid, on the K-quant too
+            got = tree.generate(prompt, max_tokens=48)
+            assert got.tokens == tree.ar_view().generate(prompt, max_tokens=48).tokens
+            offchain += got.stats.n_offchain
+        assert offchain > 0
     with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
         assert not fast.strict and fast.llm.model_params.use_extra_bufts
 

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import platform
-import re
 import resource
 import statistics
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import prompts as prompt_sets
-from ..cli_options import adapter_path, add_model_arguments, check_arguments, open_model
+from ..cli_options import adapter_path, add_model_arguments, check_arguments, mode_options, open_model, parse_modes
 from ..errors import PyorthrusError
 from ..model import AUTO
 from ..options import OptionError
@@ -31,20 +30,6 @@ from ..paths import check_writable
 from ..stats import tokens_per_cycle
 from .device import accelerators, cpu_name
 from .shapes import SHAPES
-
-
-FUSED_SUFFIX = "f"  # --block-sizes 4f: K=4 with fused cycles
-TREE_MODE = re.compile(r"(\d+)t(\d+)")  # --block-sizes 16t32: K=16 verifying a tree of 32 nodes
-
-
-def mode_options(mode: int | str) -> dict:
-    """generate() arguments of a bench mode: an integer K, "auto", "Kf" (K with fused cycles) or "KtN" (K with
-    tree verify of N nodes)."""
-    if isinstance(mode, str) and mode.endswith(FUSED_SUFFIX):
-        return {"block_size": int(mode[:-1]), "fused": True}
-    if isinstance(mode, str) and (tree := TREE_MODE.fullmatch(mode)):
-        return {"block_size": int(tree.group(1)), "tree": int(tree.group(2))}
-    return {"block_size": mode}
 
 
 def mode_key(mode: int | str) -> str:
@@ -249,20 +234,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          help="also write OUT.md and OUT.png")
 
 
-def _parse_block_sizes(text: str) -> list[int | str]:
-    sizes: list[int | str] = []
-    for item in (part.strip() for part in text.split(",")):
-        if item == AUTO or item.isdigit():
-            sizes.append(item if item == AUTO else int(item))
-        elif (item.endswith(FUSED_SUFFIX) and item[:-1].isdigit()) or TREE_MODE.fullmatch(item):
-            sizes.append(item)
-        elif item:
-            raise PyorthrusError(f"--block-sizes {text!r}: {item!r} is neither an integer K, 'Kf', 'KtN' nor 'auto'")
-    if not sizes:
-        raise PyorthrusError("--block-sizes names no block size")
-    return sizes
-
-
 @contextlib.contextmanager
 def block_sizes_named():
     """bench's block sizes come from --block-sizes (the model's -k is set from them): its errors name that flag."""
@@ -296,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         from . import shape_runs
 
         return shape_runs.run(args)
-    block_sizes = _parse_block_sizes(args.block_sizes)
+    block_sizes = parse_modes(args.block_sizes, "--block-sizes", allow_auto=True)
     adapter = adapter_path(args)
     numeric = [mode_options(k)["block_size"] for k in block_sizes if k != AUTO]
     args.block_size = max(numeric) if numeric else AUTO

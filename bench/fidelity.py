@@ -58,6 +58,9 @@ def _parse():
     ap.add_argument("--adapter", default=None, help="trained adapter for K <= its block size (default: identity)")
     ap.add_argument("--fused", action="store_true", help="fused cycles (patch 0009): each verify pass drafts the next "
                     "block; the results record how many cycles carried their draft over")
+    ap.add_argument("--tree", type=int, default=0, metavar="N",
+                    help="tree verify (patch 0019): every cycle verifies a tree of N draft nodes (off-chain paths "
+                         "re-laid, as strict pyorthrus runs them); the results record how many cycles left the chain")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
                     help="layers offloaded to the GPU (-1: all) on a GPU build; use with --config fast")
@@ -90,7 +93,7 @@ from smollm2_quants import model_file  # noqa: E402
 
 # settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow),
 # with their values for files written before the setting existed
-RESUME_SETTINGS = {"tokens": None, "config": None, "adapter": None, "n_gpu_layers": 0}
+RESUME_SETTINGS = {"tokens": None, "config": None, "adapter": None, "n_gpu_layers": 0, "tree": 0}
 
 
 def prompts(n: int) -> list[str]:
@@ -228,7 +231,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
         # outermost and both flash-attn settings alternate, so a run cut off early still covers both alike.
         names = list(dict.fromkeys(name for _, name in sorted(adapters.values(), key=lambda a: "identity" in a[1])))
         phases = [[K for K in ks if adapters[K][1] == name] for name in names]
-        contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, 2 * max(ks)),
+        contexts = {fa: Context(model, n_ctx=max(512, args.tokens + 400), n_batch=max(64, 2 * max(ks), args.tree + 1),
                                 flash_attn=(fa == "on"), n_threads=args.threads) for fa in fas}
         for phase_ks in phases:
             todo = [(pi, fa) for pi in mine for fa in fas
@@ -245,12 +248,13 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                     ad, ad_name = adapters[K]
                     O.llama_set_adapter_orthrus(ctx.ptr, ad)
                     t0 = time.time()
-                    run = orthrus_generate(ctx, prompt, args.tokens, block_size=K, fused=args.fused)
+                    run = orthrus_generate(ctx, prompt, args.tokens, block_size=K, fused=args.fused, tree=args.tree)
                     t_or = time.time() - t0
                     row = dict(quant=quant, fa=fa, K=K, prompt=pi, adapter=ad_name, n_tokens=len(ref),
                                **divergence(ref, tops, run.tokens),
                                cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
                                tokens_per_cycle=len(run.tokens) / max(1, run.cycles), carried=run.carried,
+                               offchain=run.offchain,
                                t_ar_s=t_ar,
                                t_orthrus_s=t_or, build_key=build.get("key"))
                     results.append(row)
@@ -286,7 +290,8 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
     lines = [f"config={settings['config']} (build {(build or {}).get('backend')}, flavour "
              f"{(build or {}).get('flavour')}) threads={settings['threads']} "
              f"n_gpu_layers={settings.get('n_gpu_layers', 0)} adapter={settings.get('adapter') or 'identity'}"
-             + (" fused cycles" if settings.get("fused") else ""),
+             + (" fused cycles" if settings.get("fused") else "")
+             + (f" tree verify of {settings['tree']} nodes" if settings.get("tree") else ""),
              f"requested: {settings['prompts']} prompts x {settings['tokens']} tokens x {requested} configurations "
              f"({len(quants)} quants x {len(fas)} fa x {len(ks)} K) = {settings['prompts'] * requested} runs",
              f"covered:   {len(results)} runs = {len(configs_done)} configurations, {len(prompts_done)} distinct "
@@ -296,7 +301,7 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
              "builds:    " + ", ".join(f"{key} ({n} runs)" for key, n in sorted(Counter(
                  r.get("build_key") or "unrecorded" for r in results).items())), "",
              f"{'quant':7} {'fa':3} {'K':>3} {'adapter':>{width}} {'identical':>10} {'tokens':>7} {'tok/cycle':>9} "
-             f"{'acc/cycle':>9} {'carried':>7} {'AR s':>7} {'Orth s':>7}"]
+             f"{'acc/cycle':>9} {'carried':>7} {'offchain':>8} {'AR s':>7} {'Orth s':>7}"]
     for q, fa, K in configs_done:
         rs = [r for r in results if (r["quant"], r["fa"], r["K"]) == (q, fa, K)]
         cycles = max(1, sum(r["cycles"] for r in rs))
@@ -304,6 +309,7 @@ def summary(settings: dict, build: dict, results: list[dict]) -> str:
         lines.append(f"{q:7} {fa:3} {K:>3} {adapter:>{width}} {sum(r['identical'] for r in rs):>4}/{len(rs):<5} "
                      f"{sum(r['n_tokens'] for r in rs):7} {sum(r['n_tokens'] for r in rs) / cycles:9.2f} "
                      f"{sum(r['accepted'] for r in rs) / cycles:9.2f} {sum(r.get('carried', 0) for r in rs):7} "
+                     f"{sum(r.get('offchain', 0) for r in rs):8} "
                      f"{sum(r['t_ar_s'] for r in rs):7.1f} "
                      f"{sum(r['t_orthrus_s'] for r in rs):7.1f}")
     bad = [r for r in results if not r["identical"]]

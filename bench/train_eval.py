@@ -12,6 +12,10 @@ kernels write different greedy text after a while, so the drafts are judged on d
 
     python bench/train_eval.py ADAPTER.gguf                                  # 8 prompts of each kind x K 4, 8, 16
     python bench/train_eval.py ADAPTER.gguf --kinds math --ks 16 --prompts 10  # the MODEL_CARD growth curve
+    python bench/train_eval.py ADAPTER.gguf --ks 4,8,16,16t3,16t7,16t15,16t31,16t63  # chains vs trees (issue 34)
+
+A mode KtN verifies a tree of N draft nodes plus the root per pass (N+1 tokens); each tree is set against the chain
+whose verify pass is the same size, or the largest chain below it (the trained K bounds a chain).
 """
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapter", type=Path)
     parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="comma-separated, default: all")
-    parser.add_argument("--ks", default="4,8,16", help="block sizes, comma-separated")
+    parser.add_argument("--ks", default="4,8,16",
+                        help="decode modes, comma-separated: block sizes K and trees KtN (K drafting, N nodes)")
     parser.add_argument("--prompts", type=int, default=8,
                         help="prompts per kind (default 8: every chat and structured prompt there is; the first "
                              "4 of each kind read about 0.1 tokens/cycle higher than all 8)")
@@ -64,10 +69,11 @@ def main(argv=None) -> int:
                         help="also run the PyTorch reference on the first N prompts at the largest K")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    ks = [int(k) for k in args.ks.split(",")]
-
     from pyorthrus import Orthrus
     from pyorthrus.assets import smollm2_gguf
+    from pyorthrus.cli_options import mode_options, parse_modes
+
+    ks = parse_modes(args.ks, "--ks")
 
     m = Orthrus(smollm2_gguf(), args.adapter, n_ctx=1024, n_threads=args.threads)
     rows = []
@@ -76,30 +82,51 @@ def main(argv=None) -> int:
         for i, question in enumerate(eval_prompts(kind, args.prompts, args.first)):
             prompt = m.chat_prompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
             for k in ks:
-                g = m.generate(prompt, max_tokens=args.max_tokens, block_size=k)
+                g = m.generate(prompt, max_tokens=args.max_tokens, **mode_options(k))
                 rows.append({"kind": kind, "index": i, "block_size": k, "tokens": len(g.tokens),
                              "cycles": g.stats.n_cycles, "tokens_per_cycle": g.stats.tokens_per_cycle,
-                             "prompt": prompt, "out_tokens": g.tokens})
-                print(f"{kind}[{i}] K={k}: {len(g.tokens)} tokens, {g.stats.n_cycles} cycles, "
+                             "offchain": g.stats.n_offchain, "prompt": prompt, "out_tokens": g.tokens})
+                print(f"{kind}[{i}] {k}: {len(g.tokens)} tokens, {g.stats.n_cycles} cycles, "
                       f"{g.stats.tokens_per_cycle:.2f} tokens/cycle", flush=True)
     table = {}
     for kind in [*args.kinds, "all"]:
         for k in ks:
             part = [r for r in rows if r["block_size"] == k and kind in (r["kind"], "all")]
             table.setdefault(kind, {})[k] = sum(r["tokens"] for r in part) / max(1, sum(r["cycles"] for r in part))
+    gains = tree_gains(table, ks)
     result = {"adapter": str(args.adapter), "prompts_per_kind": args.prompts, "max_tokens": args.max_tokens,
-              "tokens_per_cycle": table, "wall_s": time.time() - t0}
-    print("\n| kind | " + " | ".join(f"K={k}" for k in ks) + " |\n|---|" + "---:|" * len(ks))
+              "tokens_per_cycle": table, "tree_gains": gains, "wall_s": time.time() - t0}
+    names = [f"K={k}" if isinstance(k, int) else f"{k} ({mode_options(k)['tree'] + 1} tok)" for k in ks]
+    print("\n| kind | " + " | ".join(names) + " |\n|---|" + "---:|" * len(ks))
     for kind, per_k in table.items():
         print(f"| {kind} | " + " | ".join(f"{per_k[k]:.2f}" for k in ks) + " |")
+    for kind, per_mode in gains.items():
+        print(f"{kind}: " + ", ".join(f"{mode} {g * 100:+.0f}% over {chain}" for mode, (chain, g) in per_mode.items()))
     if args.reference:
-        result["reference"] = _reference(m, [r for r in rows if r["block_size"] == max(ks)][:args.reference], args)
+        largest = max(k for k in ks if isinstance(k, int))
+        result["reference"] = _reference(m, [r for r in rows if r["block_size"] == largest][:args.reference], args)
     if args.json:
         for r in rows:
             r.pop("prompt"), r.pop("out_tokens")
         result["per_prompt"] = rows
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def tree_gains(table: dict, modes: list) -> dict:
+    """Per kind, each tree mode's tokens per cycle over the chain's whose verify pass is the same size (or the largest
+    chain below it): {kind: {mode: (chain, gain)}}."""
+    from pyorthrus.cli_options import mode_options
+
+    chains = sorted(k for k in modes if isinstance(k, int))
+    gains: dict = {}
+    for mode in modes:
+        tree = mode_options(mode).get("tree")
+        below = [k for k in chains if k <= (tree or 0) + 1]
+        if tree and below:
+            for kind, per_mode in table.items():
+                gains.setdefault(kind, {})[mode] = (below[-1], per_mode[mode] / per_mode[below[-1]] - 1.0)
+    return gains
 
 
 def _reference(m, rows: list[dict], args) -> list[dict]:

@@ -15,6 +15,13 @@ draft's guess. Its expected seconds are t_verify(2K) + (1 - pi) t_draft(K), pi =
 h = P(bonus == guess | every draft accepted) learned like the acceptance rates (seen at the cycle after a fused full
 acceptance: carried or not). Each round runs the better variant of the best K.
 
+With tree budgets, the trained K also has tree variants: a cycle verifying a tree of B draft nodes in one pass of
+B+1 tokens. Expected tokens of a tree cycle are a discounted mean of what tree cycles of that budget committed
+(before any, the chain's at the trained K times TREE_PRIOR_GAIN; once cycles win over AR steps, each budget runs
+once, at a cycle that would run anyway, before the estimates rank them); its seconds t_draft(K) + t_verify(B+1), scaled by its own observed/profiled ratio once observed (which then
+also prices a strict build's relayout pass). A round runs a tree when its expected tokens per second beat every
+chain's.
+
 The option that wins runs; the other one is probed now and then, so that neither its statistics nor its cost go
 stale: an Orthrus cycle while AR wins, an AR step while Orthrus wins. An option never observed yet is probed at once
 (the profile may have caught the machine at a busy moment); after that the gap starts at FIRST_PROBE_GAP rounds,
@@ -34,6 +41,8 @@ from .pass_costs import PassCosts
 DISCOUNT = 0.95  # weight of the past at each new observation of a position: a memory of ~20 cycles
 PRIOR_WEIGHT = 1.0  # pseudo-observations a position borrows from the position before it
 FIRST_POSITION_PRIOR = 0.5  # what position 1 is assumed to accept before any cycle has run
+TREE_PRIOR_GAIN = 1.3  # trees: tokens per cycle assumed at first, over the chain's at the trained K (measured: +20-30%)
+AUTO_TREES = (8, 16, 32)  # the tree budgets block_size="auto" weighs unless told otherwise (Orthrus(tree=...))
 GUESS_PRIOR = 0.5  # fused cycles: what P(bonus == the draft's guess | every draft accepted) is assumed to be at first
 # least weight of a new observed/profiled time ratio (the n-th observation gets 1/n until then: a plain mean at
 # first), averaged in log space: a pass preempted to 10x its time moves the estimate by 10 ** 0.1 = 1.26x, not 1.9x
@@ -47,9 +56,17 @@ class AutoBlockSize:
     """Chooses each round's block size (1 = a plain AR step) from the pass costs and the acceptance seen so far.
     One per Orthrus instance: its statistics carry over from one generation to the next."""
 
-    def __init__(self, costs: PassCosts, trained_k: int, fused: bool = False):
+    def __init__(self, costs: PassCosts, trained_k: int, fused: bool = False, trees: tuple[int, ...] = ()):
         self.costs = costs
         self.fused = fused
+        # tree variants of the trained K (needs the curve up to the largest budget + 1)
+        self.trees = tuple(trees)
+        self._profiled_tree_s = np.array([costs.draft(trained_k) + costs.verify(b + 1) for b in self.trees])
+        self._tree_tokens = np.zeros(len(self.trees))  # discounted committed tokens (uncut) per budget
+        self._tree_seen = np.zeros(len(self.trees))  # discounted tree cycles per budget
+        self._log_tree_scale = np.zeros(len(self.trees))  # log(observed / profiled seconds) per budget
+        self._trees_observed = [0] * len(self.trees)
+        self.next_tree = 0  # the tree budget of the round choose() returned last (0: a chain)
         self.block_sizes = np.arange(2, trained_k + 1)
         self._profiled_cycle_s = np.array([costs.cycle(int(k)) for k in self.block_sizes])
         self._profiled_draft_s = np.array([costs.draft(int(k)) for k in self.block_sizes])
@@ -90,6 +107,18 @@ class AutoBlockSize:
     def cycle_seconds(self) -> np.ndarray:
         return self._profiled_cycle_s * math.exp(self._log_cycle_scale)
 
+    def expected_tree_tokens(self) -> np.ndarray:
+        """Expected committed tokens of a tree cycle for each budget in trees."""
+        prior = self._expected[-1] * TREE_PRIOR_GAIN
+        return (self._tree_tokens + PRIOR_WEIGHT * prior) / (self._tree_seen + PRIOR_WEIGHT)
+
+    def tree_cycle_seconds(self) -> np.ndarray:
+        """Expected seconds of a tree cycle per budget: the profile's, at the budget's own observed scale, or the
+        chains' before it was observed."""
+        scale = np.array([s if n else self._log_cycle_scale for s, n in zip(self._log_tree_scale,
+                                                                              self._trees_observed)])
+        return self._profiled_tree_s * np.exp(scale)
+
     def guess_rate(self) -> float:
         return (self._guess_hits + PRIOR_WEIGHT * GUESS_PRIOR) / (self._guess_seen + PRIOR_WEIGHT)
 
@@ -121,6 +150,12 @@ class AutoBlockSize:
             best = i if rate > self._rates[best] else best
             self._best_upto.append(best)
         self._ceiling_upto = list(itertools.accumulate(ceiling_rates.tolist(), max))
+        if self.trees:
+            tree_tokens, tree_s = self.expected_tree_tokens(), self.tree_cycle_seconds()
+            tree_rates = tree_tokens / tree_s
+            best_tree = int(np.argmax(tree_rates))
+            self._tree_best = (self.trees[best_tree], float(tree_rates[best_tree]), float(tree_s[best_tree]),
+                               float(tree_tokens[best_tree]))
 
     # -- decisions ------------------------------------------------------------------------------------------------
     def choose(self, limit: int) -> int:
@@ -130,8 +165,16 @@ class AutoBlockSize:
             return 1
         last = min(limit, len(self._rates) + 1) - 2  # index of the largest usable block size, min(limit, trained K)
         best = self._best_upto[last]
-        best_k, step, cycle, tokens = best + 2, self._step_s, self._cycle_s[best], self._tokens[best]
-        ar_winning = self._rates[best] * step <= 1.0
+        best_k, step, cycle, tokens, rate = best + 2, self._step_s, self._cycle_s[best], self._tokens[best], \
+            self._rates[best]
+        self.next_tree = 0
+        # trees are weighed once a chain cycle has grounded their prior, and only where a whole block is wanted
+        trees_open = bool(self.trees) and self._seen[0] > 0 and last == len(self._rates) - 1
+        if trees_open and self._tree_best[1] > rate:
+            # a tree at the trained K beats every chain (its cycle commits at most K tokens: limit >= K here)
+            self.next_tree, rate, cycle, tokens = self._tree_best
+            best_k = last + 2
+        ar_winning = rate * step <= 1.0
         if ar_winning != self._ar_winning:  # a new winner: probe the old one soon
             self._ar_winning, self._gap, self._until_probe = ar_winning, FIRST_PROBE_GAP, None
         if ar_winning and self._ceiling_upto[last] * step <= 1.0:
@@ -146,17 +189,30 @@ class AutoBlockSize:
                 loss, round_s = step - cycle / tokens, cycle
             self._until_probe = max(self._gap, math.ceil(loss / (PROBE_BUDGET * round_s)))
             self._gap = min(2 * self._gap, MAX_PROBE_GAP)
-        self.next_fused = self.fused and self._fused_wins[best]
+        self.next_fused = self.fused and not self.next_tree and self._fused_wins[best]
         if self._until_probe > 0:
             self._until_probe -= 1
-            return 1 if ar_winning else best_k
-        self._until_probe = None
-        return best_k if ar_winning else 1
+            choice = 1 if ar_winning else best_k
+        else:
+            self._until_probe = None
+            choice = best_k if ar_winning else 1
+        unseen = [b for b, n in zip(self.trees, self._trees_observed) if not n]
+        if choice == 1:
+            self.next_tree = 0
+        elif unseen and not ar_winning and trees_open:
+            # Orthrus wins, so a cycle runs anyway: a budget never observed yet runs it once (priors alone cannot
+            # rank the budgets)
+            self.next_tree, self.next_fused, choice = unseen[0], False, last + 2
+        return choice
 
     def observe_cycle(self, block_size: int, n_accepted: int, seconds: float, fused: bool = False,
-                      carried: bool = False) -> None:
+                      carried: bool = False, tree: int = 0) -> None:
         """A cycle at block_size accepted n_accepted drafts: positions 1..n_accepted accepted, the next one (if
-        any) rejected, later ones not reached. `fused`: it ran fused; `carried`: its draft was carried over."""
+        any) rejected, later ones not reached. `fused`: it ran fused; `carried`: its draft was carried over;
+        `tree`: it verified a tree of that many nodes (its path's acceptance says nothing about the chain's)."""
+        if tree in self.trees:
+            self._observe_tree(self.trees.index(tree), n_accepted, seconds)
+            return
         i = block_size - 2
         if fused and self._pending_full == block_size:
             self._guess_hits = self._guess_hits * DISCOUNT + carried
@@ -171,6 +227,20 @@ class AutoBlockSize:
         self._cycles_seen += 1
         log_ratio = math.log(seconds / profiled)
         self._log_cycle_scale += max(COST_SMOOTHING, 1 / self._cycles_seen) * (log_ratio - self._log_cycle_scale)
+        self._refresh()
+
+    def _observe_tree(self, b: int, n_accepted: int, seconds: float) -> None:
+        self._pending_full = None
+        self._tree_tokens[b] = self._tree_tokens[b] * DISCOUNT + n_accepted + 1
+        self._tree_seen[b] = self._tree_seen[b] * DISCOUNT + 1.0
+        self._trees_observed[b] += 1
+        self._cycles_seen += 1
+        log_ratio = math.log(seconds / self._profiled_tree_s[b])
+        if self._trees_observed[b] == 1:
+            self._log_tree_scale[b] = log_ratio
+        else:
+            self._log_tree_scale[b] += max(COST_SMOOTHING, 1 / self._trees_observed[b]) * \
+                (log_ratio - self._log_tree_scale[b])
         self._refresh()
 
     def observe_step(self, seconds: float) -> None:
@@ -188,4 +258,7 @@ class AutoBlockSize:
                 "cycle_scale": math.exp(self._log_cycle_scale), "step_scale": math.exp(self._log_step_scale),
                 "fused": self.fused, "guess_rate": self.guess_rate() if self.fused else None,
                 "best_block_size": int(self.block_sizes[best]),
+                "trees": {int(b): {"expected_tokens": round(float(e), 3), "seconds": float(s)}
+                          for b, e, s in zip(self.trees, self.expected_tree_tokens(), self.tree_cycle_seconds())}
+                if self.trees else {},
                 "best_over_ar": self._rates[best] * self._step_s, "pass_costs": self.costs.as_dict()}

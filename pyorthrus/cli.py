@@ -38,7 +38,6 @@ FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p
 CLI_WORDS = {"give it an Orthrus adapter GGUF, or decode plain AR":
              "give its Orthrus adapter (-a ADAPTER.gguf), or decode plain AR (--mode ar)",
              "give a larger context or a smaller block size": "give a larger -c or a smaller -k",
-             "needs a fixed block size K (block_size 'auto' runs chains)": "needs a fixed -k K (-k auto runs chains)",
              "tree cycles are not fused: drop fused": "tree cycles are not fused: drop --fused"}
 # the exit status of a CLI that SIGPIPE ended (`seq 1000000 | head -1`): 128 + the signal
 EXIT_BROKEN_PIPE = 141

@@ -72,11 +72,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "acceptance the next cycle needs one pass instead of two (pays where a 2K-token pass "
                             "costs about a K-token one: GPUs). Default: with -k auto, per cycle where the measured "
                             "costs say it pays; with a fixed K, off")
-    group.add_argument("--tree", type=int, default=0, metavar="N",
+    group.add_argument("--tree", type=int, default=None, metavar="N",
                        help="tree verify: each cycle verifies the N best continuations of the draft in one pass "
                             "of N+1 tokens, not only its argmax chain, and keeps the longest path AR agrees with "
-                            "(output unchanged; more tokens per pass, e.g. 16 or 32). Needs a fixed -k, not --fused. "
-                            "Default 0: the chain")
+                            "(output unchanged; more tokens per pass, e.g. 16 or 32; not with --fused). Default: "
+                            "chains with a fixed -k; with -k auto, trees of 8, 16 and 32 where the measured costs "
+                            "say they pay (--tree 0: none, --tree N: N only)")
     group.add_argument("-s", "--system", default=None,
                        help="system message of chat prompts (default: for the embedded model "
                             f"{assets.EMBEDDED_SYSTEM_PROMPT!r}, under which its adapter was trained; for other "
@@ -129,7 +130,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         options.check_threads(args.threads)
     if hasattr(args, "ctx_size"):
         options.check_n_ctx(args.ctx_size)
-    if getattr(args, "tree", 0) < 0:
+    if (getattr(args, "tree", None) or 0) < 0:
         raise options.OptionError("tree", args.tree, "must be an integer >= 0 (0: verify the draft's argmax chain)")
     for label, name in (("-p", "prompt"), ("--system", "system")):
         if getattr(args, name, None) is not None:
@@ -190,8 +191,9 @@ def stats_footer(stats) -> str:
                          f"{stats.t_draft_s * 1e3:.0f} ms + verify {stats.t_verify_s * 1e3:.0f} ms")
         if stats.n_carried:
             parts.append(f"{stats.n_carried} cycles fused into one pass")
-        if stats.tree and stats.n_cycles:
-            parts.append(f"tree of {stats.tree}: {stats.n_offchain} of {stats.n_cycles} cycles took a non-argmax "
-                         "branch" + (f", {stats.n_redecoded} tokens re-laid for strict AR identity "
-                                     f"({stats.t_redecode_s * 1e3:.0f} ms)" if stats.n_redecoded else ""))
+        if stats.n_tree_cycles:
+            trees = f"tree of {stats.tree}" if stats.tree else f"trees in {stats.n_tree_cycles} of {stats.n_cycles} cycles"
+            parts.append(f"{trees}: {stats.n_offchain} cycles took a non-argmax branch"
+                         + (f", {stats.n_redecoded} tokens re-laid for strict AR identity "
+                            f"({stats.t_redecode_s * 1e3:.0f} ms)" if stats.n_redecoded else ""))
     return "[" + ", ".join(parts) + "]"

@@ -115,6 +115,7 @@ class DecodeEngine:
         stats.t_draft_s += cycle.t_draft_us / 1e6
         stats.t_verify_s += cycle.t_verify_us / 1e6
         stats.n_tree_nodes += cycle.n_tree_nodes
+        stats.n_tree_cycles += cycle.n_tree_nodes > 0
         stats.n_offchain += cycle.n_offchain > 0
         stats.n_redecoded += cycle.n_redecoded
         stats.t_redecode_s += cycle.t_redecode_us / 1e6
@@ -158,10 +159,12 @@ class DecodeEngine:
                     stats.n_cycles += 1
             else:
                 params.fused = auto.next_fused if auto else fused
+                if auto:
+                    params.tree_nodes = auto.next_tree
                 tokens, stopped = self.cycle(last, k, params, out, min(k, max_tokens - produced), counters, stats)
                 if auto:
                     auto.observe_cycle(k, counters.n_accepted, time.perf_counter() - start, counters.fused,
-                                       counters.carried)
+                                       counters.carried, counters.n_tree_nodes)
             produced += len(tokens)
             last = tokens[-1]
             if stopped:

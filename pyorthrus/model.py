@@ -86,10 +86,11 @@ class Orthrus:
 
     block_size: K (2 ... trained K; default trained K), or "auto": per round, the K with the best expected tokens
     per second from the measured pass costs and the acceptance seen so far, or a plain AR step when that is faster.
-    tree: tree verify, nodes per verify pass besides the root (0: chains). Each cycle verifies the `tree` best
-    continuations of the draft (best-first over its per-position probabilities) in one AR pass of tree + 1 tokens and
-    commits the longest path the AR model agrees with: more tokens per pass than the argmax chain, output unchanged.
-    Not with fused cycles or block_size "auto".
+    tree: tree verify, nodes per verify pass besides the root. Each cycle verifies the `tree` best continuations of
+    the draft (best-first over its per-position probabilities) in one AR pass of tree + 1 tokens and commits the
+    longest path the AR model agrees with: more tokens per pass than the argmax chain, output unchanged. With a
+    fixed K: None or 0 runs chains, N trees of N nodes (not with fused cycles). With block_size "auto": the budgets
+    it may choose per round besides chains and AR steps: None = 8, 16 and 32, 0 = none, N = N only.
     system_prompt: the system message chat_prompt() puts first when the messages have none (None: the chat
     template's own default, if it has one).
     """
@@ -98,7 +99,7 @@ class Orthrus:
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
                  strict: bool | None = None, fused: bool | None = None, system_prompt: str | None = None,
-                 tree: int = 0, reprofile: bool = False, verbose: bool = False, **llama_kwargs):
+                 tree: int | None = None, reprofile: bool = False, verbose: bool = False, **llama_kwargs):
         import llama_cpp
 
         from . import _lib
@@ -203,17 +204,17 @@ class Orthrus:
                               f"{self.llm.n_batch}" + (" (fused cycles decode 2K tokens)" if fused else ""))
         return block_size
 
-    def check_tree(self, tree: int, block_size: int | str, fused: bool | None) -> int:
-        """tree (nodes verified per pass besides the root; 0: chains) if this model can run it with block_size and
-        fused; else an OptionError that says why."""
+    def check_tree(self, tree: int | None, block_size: int | str, fused: bool | None) -> int | None:
+        """tree (nodes verified per pass besides the root; 0: chains; None: the default, see the class) if this
+        model can run it with block_size and fused; else an OptionError that says why."""
+        if tree is None:
+            return None
         if not isinstance(tree, numbers.Integral) or isinstance(tree, bool) or tree < 0:
             raise OptionError("tree", tree, "must be an integer >= 0 (0: verify the draft's argmax chain)")
         tree = int(tree)
         if tree == 0 or self.mode == "ar":
             return tree
-        if block_size == AUTO:
-            raise OptionError("tree", tree, "needs a fixed block size K (block_size 'auto' runs chains)")
-        if fused:
+        if fused and block_size != AUTO:
             raise OptionError("tree", tree, "tree cycles are not fused: drop fused")
         if tree + 1 > self.llm.n_batch:
             raise OptionError("tree", tree, f"a tree pass of {tree + 1} tokens exceeds n_batch {self.llm.n_batch}")
@@ -229,9 +230,16 @@ class Orthrus:
         block_size = self.block_size if block_size is None else block_size
         largest = self.trained_block_size if block_size == AUTO else block_size
         fused = bool(self.fused) if fused is None else fused
-        tree = self.tree if tree is None else tree
-        return max(largest * (2 if fused or (block_size == AUTO and self.fused is not False) else 1),
-                   tree + 1 if tree else 0)
+        trees = self.auto_trees() if block_size == AUTO else [self.tree if tree is None else tree]
+        return max([largest * (2 if fused or (block_size == AUTO and self.fused is not False) else 1),
+                    *(b + 1 for b in trees if b)])
+
+    def auto_trees(self) -> tuple[int, ...]:
+        """The tree budgets block_size "auto" weighs (see the class's tree), those that fit one batch."""
+        from .auto import AUTO_TREES
+
+        budgets = AUTO_TREES if self.tree is None else (self.tree,) if self.tree else ()
+        return tuple(b for b in budgets if b + 1 <= self.llm.n_batch)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def ar_view(self) -> "Orthrus":
@@ -317,9 +325,11 @@ class Orthrus:
 
             start = time.perf_counter()
             may_fuse = self.fused is not False
-            costs = pass_costs(self, auto_sizes(self.trained_block_size, may_fuse), self.reprofile)
+            trees = self.auto_trees()
+            costs = pass_costs(self, auto_sizes(self.trained_block_size, may_fuse, max(trees, default=-1) + 1),
+                               self.reprofile)
             self.engine.forget()  # measuring decoded passes of its own
-            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse)
+            self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse, trees)
             stats.t_profile_s = time.perf_counter() - start
         if block_size == AUTO and self.mode == "orthrus":
             stats.auto_note = self.auto_controller.cost_note()
@@ -335,7 +345,7 @@ class Orthrus:
         params = self._lib.llama_orthrus_default_params()
         for name, value in cycle_params.items():
             setattr(params, name, value)
-        stats.tree = params.tree_nodes if self.mode == "orthrus" else 0
+        stats.tree = params.tree_nodes if self.mode == "orthrus" else 0  # auto: 0 (its trees vary per round)
         if self.mode == "ar":
             block_size, auto = 1, None
         else:
@@ -370,13 +380,16 @@ class Orthrus:
         options.check_sampling(temperature, top_k, top_p, min_p, seed)
         block = self.block_size if block_size is None and fused is None else \
             self.check_block_size(self.block_size if block_size is None else block_size, fused)
+        if block == AUTO and tree is not None:
+            raise OptionError("tree", tree, "with block_size 'auto' the tree budgets are the model's (give "
+                              "Orthrus(tree=...))")
         tree = self.tree if tree is None and block_size is None and fused is None else \
             self.check_tree(self.tree if tree is None else tree, block, fused)
         fused = bool(self.fused) if fused is None else fused
         # the llama_orthrus_params fields of this generation; strict builds re-lay an off-chain tree path so the
         # cache stays bit-identical to AR (one more pass in those cycles)
         cycle_params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                            tree_nodes=tree, tree_relayout=self.strict)
+                            tree_nodes=0 if block == AUTO else tree or 0, tree_relayout=self.strict)
         it = TextStream(self, prompt, max_tokens, block, fused, cycle_params, list(stop), list(stop_tokens))
         if stream:
             return it

@@ -73,10 +73,11 @@ def _interpolate(table: dict[int, float], k: int) -> float:
     return float(np.interp(k, sizes, [table[s] for s in sizes]))
 
 
-def auto_sizes(trained_k: int, fused: bool = False) -> list[int]:
+def auto_sizes(trained_k: int, fused: bool = False, largest_pass: int = 0) -> list[int]:
     """The K values block_size='auto' measures: 1, powers of two and the trained K (interpolated in between); with
-    fused cycles up to 2 x trained K (a fused pass decodes 2K tokens)."""
-    largest = 2 * trained_k if fused else trained_k
+    fused cycles up to 2 x trained K (a fused pass decodes 2K tokens); up to largest_pass where a tree's verify pass
+    (budget + 1 tokens) is longer still."""
+    largest = max(2 * trained_k if fused else trained_k, largest_pass)
     return sorted({1, largest} | {2 ** i for i in range(1, largest.bit_length()) if 2 ** i <= largest})
 
 

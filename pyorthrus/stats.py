@@ -33,6 +33,7 @@ class GenerationStats:
     t_total_s: float = 0.0  # prefill excluded
     n_reused: int = 0  # prompt tokens whose cache cells an earlier generation left (prefix reuse): not decoded again
     tree: int = 0  # tree verify: nodes per verify pass besides the root (0: chains)
+    n_tree_cycles: int = 0  # tree verify: cycles that verified a tree (block_size "auto" chooses per round)
     n_tree_nodes: int = 0  # tree verify: nodes verified, all cycles together
     n_offchain: int = 0  # tree verify: cycles whose committed path left the draft's argmax chain
     n_redecoded: int = 0  # tree verify, strict builds: tokens decoded again at the cells AR uses (one pass each cycle)
@@ -59,5 +60,6 @@ class GenerationStats:
                 "t_profile_s": self.t_profile_s, "t_prefill_s": self.t_prefill_s,
                 "t_first_token_s": self.t_first_token_s, "t_draft_s": self.t_draft_s, "t_verify_s": self.t_verify_s,
                 "t_ar_s": self.t_ar_s, "t_total_s": self.t_total_s, "n_reused": self.n_reused,
-                "auto_note": self.auto_note, "tree": self.tree, "n_tree_nodes": self.n_tree_nodes,
+                "auto_note": self.auto_note, "tree": self.tree, "n_tree_cycles": self.n_tree_cycles,
+                "n_tree_nodes": self.n_tree_nodes,
                 "n_offchain": self.n_offchain, "n_redecoded": self.n_redecoded, "t_redecode_s": self.t_redecode_s}

@@ -45,18 +45,22 @@ def test_auto_greedy_equals_ar_and_accounts_for_every_token(model, prompt):
 
 class _ScriptedChoices:
     """Stands in for the auto controller: a fixed, repeating sequence of AR steps (1) and cycles at several K,
-    every other cycle fused."""
+    every other cycle fused, the others verifying a tree of 8 nodes where K >= 4."""
 
     def __init__(self, choices):
         self._choices = itertools.cycle(choices)
         self.next_fused = False
+        self.next_tree = 0
+        self.trees_seen = 0
 
     def choose(self, limit: int) -> int:
+        k = min(next(self._choices), max(2, limit))
         self.next_fused = not self.next_fused
-        return min(next(self._choices), max(2, limit))
+        self.next_tree = 0 if self.next_fused or k < 4 else 8
+        return k
 
-    def observe_cycle(self, block_size, n_accepted, seconds, fused=False, carried=False) -> None:
-        pass
+    def observe_cycle(self, block_size, n_accepted, seconds, fused=False, carried=False, tree=0) -> None:
+        self.trees_seen += tree > 0
 
     def observe_step(self, seconds) -> None:
         pass
@@ -74,6 +78,7 @@ def test_ar_steps_and_cycles_interleave_without_breaking_the_cache(model):
             assert got.tokens == model.ar_view().generate(prompt, max_tokens=32).tokens
             assert got.stats.n_ar_steps > 0 and got.stats.n_cycles > 0
             _assert_accounts_for_every_token(got.stats, model.trained_block_size)
+        assert model.auto_controller.trees_seen > 0  # tree cycles ran between the others
     finally:
         model.auto_controller = learned
 
@@ -194,6 +199,43 @@ def test_controller_stops_fusing_when_the_guess_keeps_failing():
     assert any(fused for _, fused in choices[:100])  # once drafts are seen to be accepted, fusing looks good
     assert not any(fused for k, fused in choices[-100:] if k > 1)
     assert controller.guess_rate() < 0.2
+
+
+def _costs_trees(step_s: float, pass_s) -> PassCosts:
+    sizes = auto_sizes(16, largest_pass=33)
+    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in sizes}, {k: pass_s(k) for k in sizes if k > 1})
+
+
+def _simulate_trees(controller: AutoBlockSize, rounds: int, pass_s, chain_accepted: int, tree_accepted) -> list:
+    """As _simulate, with tree budgets: a tree cycle of budget B costs a K-token draft and a (B+1)-token verify and
+    accepts tree_accepted(B) drafts; a chain cycle accepts chain_accepted."""
+    choices = []
+    for _ in range(rounds):
+        k = controller.choose(1000)
+        tree = controller.next_tree
+        choices.append((k, tree))
+        if k == 1:
+            controller.observe_step(pass_s(1))
+        elif tree:
+            controller.observe_cycle(k, tree_accepted(tree), pass_s(k) + pass_s(tree + 1), tree=tree)
+        else:
+            controller.observe_cycle(k, min(chain_accepted, k - 1), 2 * pass_s(k))
+    return choices
+
+
+def test_controller_verifies_trees_where_a_longer_verify_pass_is_cheap():
+    controller = AutoBlockSize(_costs_trees(0.01, _gpu_like_pass), 16, trees=(8, 16, 32))
+    choices = _simulate_trees(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), 2,
+                              lambda b: {8: 3, 16: 4, 32: 5}[b])
+    assert choices[-100:].count((16, 32)) >= 95  # the budget that commits most per second
+    assert controller.as_dict()["trees"][32]["expected_tokens"] > 5.5
+
+
+def test_controller_keeps_chains_where_trees_commit_no_more():
+    controller = AutoBlockSize(_costs_trees(0.01, _gpu_like_pass), 16, trees=(8, 16, 32))
+    choices = _simulate_trees(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), 3, lambda b: 1)
+    assert any(tree for _, tree in choices[:50])  # the optimistic prior tries the trees
+    assert not any(tree for _, tree in choices[-100:])  # and their committing less is learned
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def test_tree_verify_equals_ar_and_reports_its_tree(smollm2_path, ar):
         for bad, words in ((-1, "integer >= 0"), (1000, "n_batch")):
             with pytest.raises(PyorthrusError, match=words):
                 model.generate(prompt, max_tokens=4, tree=bad)
-        with pytest.raises(PyorthrusError, match="fixed block size"):
-            model.generate(prompt, max_tokens=4, block_size="auto")
+        with pytest.raises(PyorthrusError, match="budgets are the model's"):
+            model.generate(prompt, max_tokens=4, block_size="auto", tree=8)
         with pytest.raises(PyorthrusError, match="not fused"):
             model.generate(prompt, max_tokens=4, fused=True)
 

@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
             raise PyorthrusError(f"{flag} {value}: must be >= 1")
     if args.block_size is not None:  # add_model_arguments' -k: bench sets it per mode itself
         raise PyorthrusError(f"-k {args.block_size}: bench runs the block sizes of --block-sizes, give them there")
-    if args.tree:
+    if args.tree is not None:
         raise PyorthrusError(f"--tree {args.tree}: bench runs the trees of --block-sizes, give them there (e.g. 16t32)")
     if args.out:
         check_writable(args.out)

@@ -175,12 +175,13 @@ class OrthrusRun:
     t_verify_us: int = 0
     stopped: bool = False
     carried: int = 0  # fused cycles whose draft came from the previous cycle's pass
+    offchain: int = 0  # tree cycles whose committed path left the draft's argmax chain
 
 
 def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, block_size: int = 0,
                      verify_len: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, seed: int = 0, stop_tokens: Sequence[int] = (),
-                     check_cache: bool = True, fused: bool = False) -> OrthrusRun:
+                     check_cache: bool = True, fused: bool = False, tree: int = 0) -> OrthrusRun:
     last = ctx.prefill(prompt)
     p = O.llama_orthrus_default_params()
     p.block_size = block_size
@@ -191,6 +192,7 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
     p.min_p = min_p
     p.seed = seed
     p.fused = fused
+    p.tree_nodes = tree
     stops = (L.llama_token * max(1, len(stop_tokens)))(*stop_tokens)
     p.stop_tokens = ctypes.cast(stops, L.llama_token_p)
     p.n_stop_tokens = len(stop_tokens)
@@ -209,6 +211,7 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
         run.t_draft_us += st.t_draft_us
         run.t_verify_us += st.t_verify_us
         run.carried += st.carried
+        run.offchain += st.n_offchain > 0
         last = run.tokens[-1]
         if check_cache:
             committed = len(prompt) + len(run.tokens)

@@ -13,14 +13,15 @@
 #    tokens, SmolLM2 Q4_1/F16/Q8_0, K 4/8/16 (shipped adapter) and 32 (identity adapter), flash-attn off/on.
 #    GPU kernels are not batch-invariant, so a divergence from greedy AR is possible; each is reported with the AR
 #    logit margin where it happened.
-# 4. OUT_DIR/bench{,_fa}.{json,md}: `pyorthrus bench -ngl -1` (AR vs Orthrus at K 4/8/16, plain and fused
-#    cycles, and auto, vs prompt lookup, side by side in one run), flash-attn off and on.
+#    OUT_DIR/fidelity_tree.{json,txt}: the same for tree verify (patch 0019), K 16 with trees of 16 nodes, Q4_1.
+# 4. OUT_DIR/bench{,_fa}.{json,md}: `pyorthrus bench -ngl -1` (AR vs Orthrus at K 4/8/16, plain, fused and with
+#    trees of 16 and 32 nodes, and auto, vs prompt lookup, side by side in one run), flash-attn off and on.
 # 5. OUT_DIR/shapes{,_fa}.{json,md}: `pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m` with every
 #    layer offloaded, flash-attn off / on: random-weight files of real shapes made ON the device (nothing carried;
 #    the 8B needs ~25 GB of disk and ~6 GB of GPU memory), pass costs at prefixes 128 and 4096, whole cycles.
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
-# steps (default: "batch_variance reference_tests fidelity bench bench_fa shapes shapes_fa"; for the speed
+# steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa"; for the speed
 # checks alone: GPU_SUITE_STEPS="shapes shapes_fa bench bench_fa").
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [PROMPTS]}
@@ -32,7 +33,7 @@ mkdir -p "$out"
 work=$(mktemp -d)  # quantized models and the identity adapter: large, kept out of OUT_DIR
 trap 'rm -rf "$work"' EXIT
 status=0
-steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity bench bench_fa shapes shapes_fa} "
+steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa} "
 step() {  # step NAME COMMAND...: run with the time limit, log to OUT_DIR/NAME.log, remember the first failure
     local name=$1 rc
     shift
@@ -55,10 +56,13 @@ step reference_tests env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -
 step fidelity "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
     --quants Q4_1,F16,Q8_0 --ks 4,8,16,32 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
     --work "$work" --json "$out/fidelity.json"
-step bench "$python" -m pyorthrus bench -ngl -1 --n-prompts 10 -n 128 --block-sizes 4,8,16,4f,8f,16f,auto \
+step fidelity_tree "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
+    --quants Q4_1 --ks 16 --tree 16 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
+    --work "$work" --json "$out/fidelity_tree.json"
+step bench "$python" -m pyorthrus bench -ngl -1 --n-prompts 10 -n 128 --block-sizes 4,8,16,16t16,16t32,4f,8f,16f,auto \
     --out "$out/bench"
 step bench_fa "$python" -m pyorthrus bench -ngl -1 --flash-attn --n-prompts 10 -n 128 \
-    --block-sizes 4,8,16,4f,8f,16f,auto --out "$out/bench_fa"
+    --block-sizes 4,8,16,16t16,16t32,4f,8f,16f,auto --out "$out/bench_fa"
 for fa in "" --flash-attn; do
     step "shapes${fa:+_fa}" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
         --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes${fa:+_fa}"

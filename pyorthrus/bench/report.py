@@ -4,6 +4,7 @@ skipped with a one-line note."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,18 +13,27 @@ from ..errors import PyorthrusError
 NAN = float("nan")
 
 
+MODE_KEY = re.compile(r"orthrus_k(\d+)(_fused|_tree(\d+))?")  # bench.cli.mode_key's names
+
+
 def _fixed_k(summary: dict, fused: bool = False) -> list[tuple[int, dict]]:
-    """(K, summary entry) of each fixed-block-size Orthrus mode (fused: of each fused one), in increasing K."""
-    suffix = "_fused" if fused else ""
-    return sorted((int(key[len("orthrus_k"):len(key) - len(suffix)]), e) for key, e in summary.items()
-                  if key.startswith("orthrus_k") and key.endswith("_fused") == fused)
+    """(K, summary entry) of each fixed-block-size chain mode (fused: of each fused one), in increasing K."""
+    keys = [(MODE_KEY.fullmatch(key), e) for key, e in summary.items()]
+    return sorted((int(m.group(1)), e) for m, e in keys if m and (m.group(2) == "_fused" if fused else not m.group(2)))
+
+
+def _trees(summary: dict) -> list[tuple[int, int, dict]]:
+    """(K, nodes, summary entry) of each tree mode, by K then nodes."""
+    keys = [(MODE_KEY.fullmatch(key), e) for key, e in summary.items()]
+    return sorted((int(m.group(1)), int(m.group(3)), e) for m, e in keys if m and m.group(3))
 
 
 def _modes(summary: dict) -> list[tuple[str, str, dict]]:
-    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, fused ones the same, then
-    auto."""
+    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, fused ones the same, trees,
+    then auto."""
     modes = [(f"K={k}", f"orthrus_k{k}", e) for k, e in _fixed_k(summary)]
     modes += [(f"K={k} fused", f"orthrus_k{k}_fused", e) for k, e in _fixed_k(summary, fused=True)]
+    modes += [(f"K={k} tree {n}", f"orthrus_k{k}_tree{n}", e) for k, n, e in _trees(summary)]
     return modes + ([("auto", "orthrus_auto", summary["orthrus_auto"])] if "orthrus_auto" in summary else [])
 
 
@@ -64,6 +74,11 @@ def markdown(report: dict, plots: list[Path] | None = None) -> str:
                            "passes/cycle)" for label, e in fused)
         lines += ["", "Fused cycles (each verify pass also drafts the next block); cycles whose draft was carried "
                   f"over (one pass instead of two): {shares}."]
+    trees = [(label, e) for label, _, e in _modes(s) if "offchain_share" in e]
+    if trees:
+        shares = ", ".join(f"{label}: {e['offchain_share']:.0%}" for label, e in trees)
+        lines += ["", "Trees (each verify pass checks a tree of draft continuations, not only the argmax chain); cycles "
+                  f"whose committed path left the chain: {shares}."]
     if "orthrus_auto" in s:
         auto = s["orthrus_auto"]
         cycles = ", ".join(f"K={k}: {n}" for k, n in auto["block_size_histogram"].items()) or "none"

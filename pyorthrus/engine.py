@@ -101,31 +101,32 @@ class DecodeEngine:
             raise PyorthrusError("llama_decode failed")
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.llm.n_vocab(),))
 
-    def cycle(self, last, block_size, params, out, n_max, cycle, stats: GenerationStats) -> tuple[list[int], bool]:
-        """One llama_orthrus_cycle at block_size; its counters go into stats. (committed tokens, stopped)"""
+    def cycle(self, last, block_size, params, out, n_max, counters, stats: GenerationStats) -> tuple[list[int], bool]:
+        """One llama_orthrus_cycle at block_size; its counters (a llama_orthrus_stats) go into stats. (committed
+        tokens, stopped)"""
         params.block_size = block_size
-        n = self.lib.llama_orthrus_cycle(self.ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(cycle))
+        n = self.lib.llama_orthrus_cycle(self.ctx, 0, last, ctypes.byref(params), out, n_max, ctypes.byref(counters))
         if n < 0:
             raise PyorthrusError(f"llama_orthrus_cycle failed: {self.lib.last_error()}")
         stats.n_cycles += 1
-        stats.n_passes += cycle.n_passes
-        stats.n_carried += cycle.carried
+        stats.n_passes += counters.n_passes
+        stats.n_carried += counters.carried
         stats.cycles.append((block_size, n))
-        stats.accepted[cycle.n_accepted] += 1
-        stats.t_draft_s += cycle.t_draft_us / 1e6
-        stats.t_verify_s += cycle.t_verify_us / 1e6
-        stats.n_tree_nodes += cycle.n_tree_nodes
-        stats.n_tree_cycles += cycle.n_tree_nodes > 0
-        stats.n_offchain += cycle.n_offchain > 0
-        stats.n_redecoded += cycle.n_redecoded
-        stats.t_redecode_s += cycle.t_redecode_us / 1e6
-        return list(out[:n]), bool(cycle.stopped)
+        stats.accepted[counters.n_accepted] += 1
+        stats.t_draft_s += counters.t_draft_us / 1e6
+        stats.t_verify_s += counters.t_verify_us / 1e6
+        stats.n_tree_nodes += counters.n_tree_nodes
+        stats.n_tree_cycles += counters.n_tree_nodes > 0
+        stats.n_offchain += counters.n_offchain > 0
+        stats.n_redecoded += counters.n_redecoded
+        stats.t_redecode_s += counters.t_redecode_us / 1e6
+        return list(out[:n]), bool(counters.stopped)
 
-    def step(self, last, params, out, step) -> tuple[list[int], bool]:
+    def step(self, last, params, out, counters) -> tuple[list[int], bool]:
         """One plain AR step (llama_orthrus_step). (the committed token, stopped)"""
-        if self.lib.llama_orthrus_step(self.ctx, 0, last, ctypes.byref(params), out, ctypes.byref(step)) != 1:
+        if self.lib.llama_orthrus_step(self.ctx, 0, last, ctypes.byref(params), out, ctypes.byref(counters)) != 1:
             raise PyorthrusError(f"llama_orthrus_step failed: {self.lib.last_error()}")
-        return [out[0]], bool(step.stopped)
+        return [out[0]], bool(counters.stopped)
 
     def rounds(self, prompt, max_tokens, block_size, fused, auto, params, stop_tokens,
                stats: GenerationStats) -> Iterator[Chunk]:

@@ -61,9 +61,9 @@ def test_perturbed_decoding_fails_with_a_clear_report(smollm2_path, tmp_path):
     with Orthrus(smollm2_path, adapter, block_size=8, n_ctx=512, n_threads=1, n_threads_batch=1) as model:
         verified_cycle = model.engine.cycle
 
-        def perturbed_cycle(last, block_size, params, out, n_max, cycle, stats):
+        def perturbed_cycle(last, block_size, params, out, n_max, counters, stats):
             """The cycle, then the 6th generated token replaced after verification (as a decoding bug would)."""
-            tokens, stopped = verified_cycle(last, block_size, params, out, n_max, cycle, stats)
+            tokens, stopped = verified_cycle(last, block_size, params, out, n_max, counters, stats)
             i = 5 - stats.n_generated  # stats.n_generated: the tokens of earlier rounds
             if 0 <= i < len(tokens):
                 tokens[i] = (tokens[i] + 1) % model.llm.n_vocab()

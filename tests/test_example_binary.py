@@ -49,6 +49,7 @@ def test_binary_greedy_orthrus_equals_greedy_ar(binary, smollm2_path, fa):
         model.close()
     for K in ("4", "16"):
         assert generate_ids(binary, smollm2_path, "-k", K, "-fa", fa) == ar
+    assert generate_ids(binary, smollm2_path, "--tree", "16", "-fa", fa) == ar  # tree verify (patch 0019)
 
 
 def test_binary_prints_text_and_stats(binary, smollm2_path):
@@ -58,11 +59,15 @@ def test_binary_prints_text_and_stats(binary, smollm2_path):
     assert "Paris" in result.stdout
     stats = result.stderr.strip().splitlines()[-1]
     assert stats.startswith("orthrus: ") and "K=8" in stats and "tokens/cycle" in stats
+    tree = run(binary, "-m", str(smollm2_path), "-a", str(assets.default_adapter()), "-p",
+               "What is the capital of France?", "--chat", "-n", "24", "--tree", "8", "-t", "1")
+    assert tree.returncode == 0 and tree.stdout == result.stdout, tree.stderr
+    assert "tree of 8 nodes:" in tree.stderr.strip().splitlines()[-1]
 
 
 def test_binary_help(binary):
     result = run(binary, "--help")
-    assert result.returncode == 0 and "--block-size" in result.stdout
+    assert result.returncode == 0 and "--block-size" in result.stdout and "--tree N" in result.stdout
 
 
 def test_binary_bad_input_is_one_line_error(binary, smollm2_path, tmp_path):
@@ -75,6 +80,7 @@ def test_binary_bad_input_is_one_line_error(binary, smollm2_path, tmp_path):
         "K above trained": (["-m", str(smollm2_path), "-a", str(assets.default_adapter()), "-p", "hi", "-k", "40"],
                             "exceeds the trained block size 16"),
         "bad number": (["-m", str(smollm2_path), "-n", "many"], "'many' is not an integer"),
+        "negative tree": (["-m", str(smollm2_path), "--tree", "-2"], "--tree must be an integer >= 0"),
     }
     for name, (args, expected) in cases.items():
         result = run(binary, *args)

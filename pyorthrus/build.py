@@ -237,6 +237,40 @@ def build_example_binary(out_dir: Path, cache_dir: Path, patches_dir: Path = REP
     return target
 
 
+# llama-server from the patched tree: tools on, nothing fetched at configure or build time (no prebuilt web UI: the
+# server embeds an empty one and serves the API), a static binary that needs no library beside it
+SERVER_CMAKE_ARGS = ["-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF",
+                     "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+
+
+def build_server_binary(out_dir: Path, config: BuildConfig, cache_dir: Path, jobs: int,
+                        patches_dir: Path = REPO_PATCHES) -> Path:
+    """Build llama-server (with `--spec-type orthrus`, patch 0020) from the patched tree into out_dir/llama-server,
+    with the flags of `config` (backend, flavour). llama-server links llama.cpp's C++ internals (common/), so it
+    is built from the same tree rather than against the installed library; the build directory is cached under
+    the config's key, so a second call only copies the binary."""
+    if shutil.which("cmake") is None:
+        raise PyorthrusError("building llama-server needs cmake on PATH (pip install cmake)")
+    tree = patched_source_dir(cache_dir, patches_dir)
+    build_dir = cache_dir / "server-build" / config.key
+    log = cache_dir / "server-build.log"
+    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(jobs))
+    print(f"building llama-server (backend {config.backend}, {config.flavour}); log: {log}", file=sys.stderr)
+    configure = ["cmake", "-S", str(tree), "-B", str(build_dir), *config.cmake_args, *SERVER_CMAKE_ARGS]
+    build = ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]
+    for cmd in (configure, build):
+        if _run_logged(cmd, env, tree, log) != 0:
+            raise PyorthrusError(f"building llama-server failed; see the last lines of {log}")
+    built = build_dir / "bin" / "llama-server"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "llama-server"
+    tmp = out_dir / ".llama-server.tmp"
+    shutil.copy2(built, tmp)
+    os.replace(tmp, target)
+    return target
+
+
 def installed_build_key() -> str | None:
     """The cache key recorded in the installed llama_cpp package, read without loading the library."""
     package_dir = installed_llama_cpp_dir()
@@ -290,6 +324,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary", type=Path, default=None, metavar="DIR",
                         help="also compile the llama-orthrus command-line example into DIR, linked against the "
                              "installed library (needs a C++ compiler; `DIR/llama-orthrus --help`)")
+    parser.add_argument("--server", type=Path, default=None, metavar="DIR",
+                        help="also build llama-server from the patched tree into DIR, with `--spec-type orthrus "
+                             "--orthrus-adapter FILE` (needs cmake and a C++ compiler; a few minutes the first time, "
+                             "cached after)")
     parser.add_argument("--sanitize", action="store_true",
                         help="an AddressSanitizer + UndefinedBehaviorSanitizer build, for fuzzing and debugging: "
                              "cached under its own key and installed apart (never replaces the installed build); "
@@ -335,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"action": action, "wheel": str(wheel), **config.info()}
     if args.binary is not None:
         result["binary"] = str(build_example_binary(args.binary, cache_dir, args.patches))
+    if args.server is not None:
+        result["server"] = str(build_server_binary(args.server, config, cache_dir, args.jobs, args.patches))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -342,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
               f"key {config.key})")
         if args.binary is not None:
             print(f"llama-orthrus: {result['binary']}")
+        if args.server is not None:
+            print(f"llama-server: {result['server']}")
     return 0
 
 

@@ -1,0 +1,151 @@
+"""llama-server with `--spec-type orthrus` (patch 0020), built from the patched tree by `pyorthrus build --server`,
+run on loopback with the embedded SmolLM2 + the shipped adapter and driven by the openai client. The reference is
+the same binary without speculation: greedy replies must be equal, and so must sampled ones for the same seed (the
+drafts are the diffusion view's argmax, point masses, and the server commits its own sampler's draw at every
+position, one draw per token as without speculation); four slots decoding at once each give their solo answer; a
+wrong or broken adapter stops the server at start-up with one error line."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pyorthrus import assets
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+PROMPTS = ["What is the capital of France?", "List the first ten prime numbers.",
+           "Write a Python function that returns the n-th Fibonacci number.", "Name three colours."]
+SYSTEM = {"role": "system", "content": assets.EMBEDDED_SYSTEM_PROMPT}
+
+
+@pytest.fixture(scope="module")
+def server_binary(tmp_path_factory):
+    if os.environ.get("PYORTHRUS_TEST_LLAMA_SERVER"):  # a llama-server built from this series already
+        return os.environ["PYORTHRUS_TEST_LLAMA_SERVER"]
+    out = tmp_path_factory.mktemp("server")
+    result = subprocess.run([sys.executable, "-m", "pyorthrus.cli", "build", "--server", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"llama-server: {out / 'llama-server'}" in result.stdout
+    return out / "llama-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A llama-server subprocess on loopback (batch-invariant CPU settings, as pyorthrus's strict mode)."""
+
+    def __init__(self, binary, *args: str, parallel: int = 1):
+        self.port = _free_port()
+        cmd = [str(binary), "-m", str(assets.smollm2_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
+               "-c", str(2048 * parallel), "-np", str(parallel), "-t", "2", "--no-repack", "--no-warmup", *args]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "GGML_CPU_TILED_MM": "0"})
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"llama-server exited: {self.process.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            self.close()
+            raise AssertionError("llama-server never answered /health")
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=300)
+
+    def chat(self, text: str, max_tokens: int = 64, **sampling) -> tuple[str, dict]:
+        reply = self.client.chat.completions.create(model="smollm2", messages=[SYSTEM, {"role": "user",
+                                                                                         "content": text}],
+                                                    max_tokens=max_tokens, **sampling)
+        return reply.choices[0].message.content, reply.model_extra.get("timings", {})
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def plain(server_binary):
+    server = Server(server_binary)
+    yield server
+    server.close()
+
+
+ORTHRUS = ("--spec-type", "orthrus", "--orthrus-adapter", str(assets.default_adapter()), "--spec-draft-n-max", "7")
+
+
+@pytest.fixture(scope="module")
+def orthrus(server_binary):
+    server = Server(server_binary, *ORTHRUS)
+    yield server
+    server.close()
+
+
+def test_greedy_replies_equal_the_server_without_speculation(plain, orthrus):
+    drafted = accepted = 0
+    for text in PROMPTS:
+        expected, _ = plain.chat(text, temperature=0)
+        got, timings = orthrus.chat(text, temperature=0)
+        assert got == expected, text
+        drafted += timings.get("draft_n", 0)
+        accepted += timings.get("draft_n_accepted", 0)
+    assert drafted > 0 and accepted / drafted > 0.2, (drafted, accepted)  # the adapter's drafts are taken
+
+
+def test_sampled_replies_equal_the_server_without_speculation(plain, orthrus):
+    for seed in range(3):
+        sampling = dict(temperature=0.9, top_p=0.95, seed=seed)
+        expected, _ = plain.chat(PROMPTS[0], **sampling)
+        got, _ = orthrus.chat(PROMPTS[0], **sampling)
+        assert got == expected, seed
+
+
+def test_four_slots_at_once_each_give_their_solo_answer(plain, server_binary):
+    solo = [plain.chat(text, temperature=0)[0] for text in PROMPTS]
+    server = Server(server_binary, *ORTHRUS, parallel=4)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda text: server.chat(text, temperature=0), PROMPTS))
+        assert [text for text, _ in together] == solo
+        assert sum(t.get("draft_n_accepted", 0) for _, t in together) > 0
+        # the prompt cache across turns still works: the same conversation again reuses its prefix
+        again = server.client.chat.completions.create(
+            model="smollm2", messages=[SYSTEM, {"role": "user", "content": PROMPTS[0]}], max_tokens=64,
+            temperature=0)
+        assert again.choices[0].message.content == solo[0]
+        assert again.model_extra["timings"]["cache_n"] > 0
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "no-adapter"])
+def test_a_bad_adapter_stops_the_server_at_start(server_binary, tmp_path, case):
+    if case == "missing":
+        args, words = ["--orthrus-adapter", str(tmp_path / "none.gguf")], "cannot open"
+    elif case == "truncated":
+        bad = tmp_path / "truncated.gguf"
+        bad.write_bytes(assets.default_adapter().read_bytes()[:1000])
+        args, words = ["--orthrus-adapter", str(bad)], str(bad)
+    else:
+        args, words = [], "--orthrus-adapter"
+    with pytest.raises(AssertionError, match="llama-server exited") as failure:
+        Server(server_binary, "--spec-type", "orthrus", *args)
+    assert words in str(failure.value)

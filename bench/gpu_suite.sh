@@ -19,9 +19,12 @@
 # 5. OUT_DIR/shapes{,_fa}.{json,md}: `pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m` with every
 #    layer offloaded, flash-attn off / on: random-weight files of real shapes made ON the device (nothing carried;
 #    the 8B needs ~25 GB of disk and ~6 GB of GPU memory), pass costs at prefixes 128 and 4096, whole cycles.
+# 6. OUT_DIR/llama_server.{json,md}: llama-server built from the patched tree (`pyorthrus build --server`), AR vs
+#    n-gram speculation vs `--spec-type orthrus` at K 4/8/16, 1/2/4 slots, every layer offloaded.
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
-# steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa"; for the speed
+# steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa
+# llama_server"; for the speed
 # checks alone: GPU_SUITE_STEPS="shapes shapes_fa bench bench_fa").
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [PROMPTS]}
@@ -33,7 +36,7 @@ mkdir -p "$out"
 work=$(mktemp -d)  # quantized models and the identity adapter: large, kept out of OUT_DIR
 trap 'rm -rf "$work"' EXIT
 status=0
-steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa} "
+steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa llama_server} "
 step() {  # step NAME COMMAND...: run with the time limit, log to OUT_DIR/NAME.log, remember the first failure
     local name=$1 rc
     shift
@@ -67,4 +70,6 @@ for fa in "" --flash-attn; do
     step "shapes${fa:+_fa}" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
         --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes${fa:+_fa}"
 done
+step llama_server bash -c "\"$python\" -m pyorthrus build --server \"$work/bin\" && \"$python\" bench/llama_server.py \
+    \"$work/bin/llama-server\" -ngl 99 -t 4 --n-prompts 8 --out \"$out/llama_server\""
 exit "$status"

@@ -19,6 +19,27 @@ def smollm2(smollm2_path):
     return llama_cpp.Llama(str(smollm2_path), n_ctx=512, n_threads=2, seed=0, verbose=False)
 
 
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    """SmolLM2 in the ctypes harness, for the C-level tests (a module may define its own)."""
+    from pyorthrus.testing.harness import Model
+
+    m = Model(smollm2_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def adapter(model):
+    """The shipped adapter loaded onto `model` (a module may define its own, e.g. an identity adapter)."""
+    from pyorthrus import _lib
+
+    ad = model.load_adapter(assets.default_adapter())
+    assert ad, _lib.last_error()
+    yield ad
+    _lib.llama_adapter_orthrus_free(ad)
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["fa-off", "fa-on"])
 def ctx(request, model, adapter):
     """A harness context on the test module's `model` fixture with its `adapter` fixture attached, flash attention

@@ -28,13 +28,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def model(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def adapter_path(smollm2_path, tmp_path_factory):
     return write_identity_adapter(smollm2_path, tmp_path_factory.mktemp("orthrus") / "identity.gguf",
                                   block_size=TRAINED_K)

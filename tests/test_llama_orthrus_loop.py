@@ -12,7 +12,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, Model, greedy_ar  # first: env
+from pyorthrus.testing.harness import Context, greedy_ar, orthrus_params  # first: env
 from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID
 from pyorthrus import Orthrus, _lib as O
 from pyorthrus import assets
@@ -23,21 +23,6 @@ import llama_cpp.llama_cpp as L
 PROMPTS = ["What is the capital of France?", "List the first ten prime numbers.",
            "Write a Python function that returns the n-th Fibonacci number."]
 COUNTING = "Count from 1 to 20."  # whole 4-blocks accepted with the draft's bonus guess right: carried drafts
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def adapter(model):
-    ad = model.load_adapter(assets.default_adapter())
-    assert ad, O.last_error()
-    yield ad
-    O.llama_adapter_orthrus_free(ad)
 
 
 def _rows_argmax_two_ways(ctx, block, s, diffusion):
@@ -73,13 +58,6 @@ def test_argmax_mode_equals_host_argmax(ctx, model, diffusion):
     assert ctx.seq_rm(s)
 
 
-def _params(**fields):
-    p = O.llama_orthrus_default_params()
-    for key, value in fields.items():
-        setattr(p, key, value)
-    return p
-
-
 def test_steps_and_cycles_interleave_under_the_cache_convention(ctx, model):
     """Greedy steps in C and cycles at changing K, mixed: the AR tokens, the convention after every call, and
     drafts really accepted (equality alone would also hold if no draft ever were)."""
@@ -92,7 +70,7 @@ def test_steps_and_cycles_interleave_under_the_cache_convention(ctx, model):
         tokens, accepted, plan = [], 0, [1, 4, 1, 1, 16, 8, 1, 2]
         while len(tokens) < len(ref):
             k = plan[len(tokens) % len(plan)]
-            p = _params(block_size=max(k, 2))
+            p = orthrus_params(block_size=max(k, 2))
             if k == 1:
                 n = O.llama_orthrus_step(ctx.ptr, 0, last, ctypes.byref(p), out, ctypes.byref(st))
             else:
@@ -115,7 +93,7 @@ def test_step_sampling_with_top_k_1_is_greedy_and_seeded(ctx, model):
 
     def sampled(**fields):
         last, tokens = ctx.prefill(prompt), []
-        p = _params(**fields)
+        p = orthrus_params(**fields)
         for _ in range(12):
             assert O.llama_orthrus_step(ctx.ptr, 0, last, ctypes.byref(p), out, ctypes.byref(st)) == 1
             last = out[0]
@@ -133,7 +111,7 @@ def test_step_errors_are_clean(ctx, model):
     last = ctx.prefill(prompt)
     out = (L.llama_token * 1)()
     st = O.llama_orthrus_stats()
-    p = _params()
+    p = orthrus_params()
     assert O.llama_orthrus_step(ctx.ptr, 0, model.n_vocab + 5, ctypes.byref(p), out, ctypes.byref(st)) < 0
     assert "not in the vocabulary" in O.last_error()
     assert O.llama_orthrus_set_diffusion(ctx.ptr, True) == 0

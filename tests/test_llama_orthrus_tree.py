@@ -12,37 +12,14 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, Model, greedy_ar, processed_probs  # first: env
+from pyorthrus.testing.harness import Context, greedy_ar, orthrus_params, processed_probs  # first: env
 from pyorthrus import _lib as O
-from pyorthrus import assets
 from pyorthrus.check.stats import chi2_sf
 
 import llama_cpp.llama_cpp as L
 
 PROMPTS = ["What is the capital of France?", "List the first ten prime numbers.",
            "Write a Python function that returns the n-th Fibonacci number."]
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_path):
-    m = Model(smollm2_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def adapter(model):
-    ad = model.load_adapter(assets.default_adapter())
-    assert ad, O.last_error()
-    yield ad
-    O.llama_adapter_orthrus_free(ad)
-
-
-def _params(**fields):
-    p = O.llama_orthrus_default_params()
-    for key, value in fields.items():
-        setattr(p, key, value)
-    return p
 
 
 def _set_tree(ctx, parent) -> int:
@@ -107,7 +84,7 @@ def _tree_cycles(ctx, prompt, n_tokens, K, tree, *, check_next=None, **fields):
     """Tree cycles from the prompt: the tokens and the per-cycle stats. check_next(committed tokens) after chosen
     cycles compares the next AR logits with a fresh decode."""
     last = ctx.prefill(prompt)
-    p = _params(block_size=K, tree_nodes=tree, **fields)
+    p = orthrus_params(block_size=K, tree_nodes=tree, **fields)
     out = (L.llama_token * 32)()
     st = O.llama_orthrus_stats()
     tokens, cycles = [], []
@@ -184,7 +161,7 @@ def test_sampled_tree_is_lossless_chi_square(model, adapter):
         prompt = model.chat_prompt("Name a colour.")
         s = len(prompt) - 1
         last = c.prefill(prompt)
-        par = _params(block_size=4, temperature=temp, top_k=top_k, tree_nodes=6, tree_width=2)
+        par = orthrus_params(block_size=4, temperature=temp, top_k=top_k, tree_nodes=6, tree_width=2)
         out = (O.llama_token * 8)()
         st = O.llama_orthrus_stats()
         N = 600
@@ -239,7 +216,7 @@ def test_tree_settings_are_checked(model, adapter):
 
         def cycle(**fields):
             last = c.prefill(prompt)
-            return O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(_params(block_size=4, **fields)), out, 8,
+            return O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(orthrus_params(block_size=4, **fields)), out, 8,
                                          ctypes.byref(st))
 
         assert cycle(tree_nodes=16) < 0 and "n_ubatch" in O.last_error()  # 17 rows > n_batch 16: no abort
@@ -250,7 +227,7 @@ def test_tree_settings_are_checked(model, adapter):
         # near the end of the cache the tree's cells do not fit: a chain cycle instead
         n_cells = L.llama_n_ctx(c.ptr)  # (llama.cpp may round the context up)
         last = c.prefill(prompt + [prompt[-1]] * (n_cells - len(prompt) - 8))
-        n = O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(_params(block_size=4, tree_nodes=12)), out, 8,
+        n = O.llama_orthrus_cycle(c.ptr, 0, last, ctypes.byref(orthrus_params(block_size=4, tree_nodes=12)), out, 8,
                                   ctypes.byref(st))
         assert n > 0, O.last_error()
         assert st.n_tree_nodes == 0 and st.n_drafted == 3

@@ -178,6 +178,14 @@ class OrthrusRun:
     offchain: int = 0  # tree cycles whose committed path left the draft's argmax chain
 
 
+def orthrus_params(**fields):
+    """llama_orthrus_default_params() with these fields set."""
+    p = O.llama_orthrus_default_params()
+    for key, value in fields.items():
+        setattr(p, key, value)
+    return p
+
+
 def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, block_size: int = 0,
                      verify_len: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, seed: int = 0, stop_tokens: Sequence[int] = (),

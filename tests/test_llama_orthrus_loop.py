@@ -12,7 +12,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, greedy_ar, orthrus_params  # first: env
+from pyorthrus.testing.harness import Context, greedy_ar, orthrus_generate, orthrus_params  # first: env
 from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID
 from pyorthrus import Orthrus, _lib as O
 from pyorthrus import assets
@@ -147,41 +147,22 @@ def test_alternating_views_reuse_their_graphs_without_changing_results(ctx, mode
 
 
 # -- fused cycles (patch 0009) ------------------------------------------------------------------------------
-def _cycles(ctx, prompt, n_tokens, K, fused):
-    """Greedy cycles at K: the tokens and, per cycle, (committed, accepted, passes, carried)."""
-    last = ctx.prefill(prompt)
-    p = O.llama_orthrus_default_params()
-    p.block_size, p.fused = K, fused
-    out = (L.llama_token * 32)()
-    st = O.llama_orthrus_stats()
-    tokens, cycles = [], []
-    while len(tokens) < n_tokens:
-        n = O.llama_orthrus_cycle(ctx.ptr, 0, last, ctypes.byref(p), out, n_tokens - len(tokens), ctypes.byref(st))
-        assert n > 0, O.last_error()
-        tokens += list(out[:n])
-        last = tokens[-1]
-        cycles.append((n, st.n_accepted, st.n_passes, st.carried))
-        assert ctx.pos_max() == len(prompt) + len(tokens) - 2  # the cache convention, fused or not
-        if st.stopped:
-            break
-    return tokens, cycles
-
-
 @pytest.mark.parametrize("K", [4, 8])
 def test_fused_greedy_equals_ar_and_carries_the_same_drafts(ctx, model, K):
     carried = 0
     for text in PROMPTS:
         prompt = model.chat_prompt(text)
         ref = greedy_ar(ctx, prompt, 48)
-        plain_tokens, plain = _cycles(ctx, prompt, len(ref), K, fused=False)
-        fused_tokens, fused = _cycles(ctx, prompt, len(ref), K, fused=True)
-        assert fused_tokens == plain_tokens == ref, text
+        plain = orthrus_generate(ctx, prompt, len(ref), block_size=K)
+        fused = orthrus_generate(ctx, prompt, len(ref), block_size=K, fused=True)
+        assert fused.tokens == plain.tokens == ref, text
         # a carried draft was made in a 2K-token pass: in this batch-invariant build it must be the very draft a
         # separate pass makes, so every cycle accepts as many drafts as the unfused cycle at the same place
-        assert [c[:2] for c in fused] == [c[:2] for c in plain], text
-        assert all(passes == (1 if was_carried else 2) for _, _, passes, was_carried in fused)
-        assert not any(c[3] for c in plain)
-        carried += sum(c[3] for c in fused)
+        assert [(c["n"], c["accepted"]) for c in fused.per_cycle] == \
+            [(c["n"], c["accepted"]) for c in plain.per_cycle], text
+        assert all(c["passes"] == (1 if c["carried"] else 2) for c in fused.per_cycle)
+        assert not any(c["carried"] for c in plain.per_cycle)
+        carried += sum(c["carried"] for c in fused.per_cycle)
     if K == 4:  # the shipped adapter accepts whole 4-blocks often, 8-blocks rarely in 48 tokens
         assert carried > 0  # the carried path really ran
 

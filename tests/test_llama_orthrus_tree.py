@@ -12,7 +12,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, greedy_ar, orthrus_params, processed_probs  # first: env
+from pyorthrus.testing.harness import (Context, greedy_ar, orthrus_generate, orthrus_params,  # first: env
+                                       processed_probs)
 from pyorthrus import _lib as O
 from pyorthrus.check.stats import chi2_sf
 
@@ -80,29 +81,6 @@ def test_tree_mask_rows_equal_chain_rows(ctx, model):
     ctx.seq_rm(s)
 
 
-def _tree_cycles(ctx, prompt, n_tokens, K, tree, *, check_next=None, **fields):
-    """Tree cycles from the prompt: the tokens and the per-cycle stats. check_next(committed tokens) after chosen
-    cycles compares the next AR logits with a fresh decode."""
-    last = ctx.prefill(prompt)
-    p = orthrus_params(block_size=K, tree_nodes=tree, **fields)
-    out = (L.llama_token * 32)()
-    st = O.llama_orthrus_stats()
-    tokens, cycles = [], []
-    while len(tokens) < n_tokens:
-        n = O.llama_orthrus_cycle(ctx.ptr, 0, last, ctypes.byref(p), out, n_tokens - len(tokens), ctypes.byref(st))
-        assert n > 0, O.last_error()
-        tokens += list(out[:n])
-        last = tokens[-1]
-        cycles.append(dict(n=n, nodes=st.n_tree_nodes, offchain=st.n_offchain, redecoded=st.n_redecoded,
-                           accepted=st.n_accepted, passes=st.n_passes))
-        assert ctx.pos_max() == len(prompt) + len(tokens) - 2  # the cache convention
-        if check_next is not None:
-            check_next(tokens, cycles[-1])
-        if st.stopped:
-            break
-    return tokens, cycles
-
-
 @pytest.mark.parametrize("tree", [8, 16, 32])
 def test_greedy_tree_equals_ar(ctx, model, tree):
     offchain = redecoded = 0
@@ -110,7 +88,8 @@ def test_greedy_tree_equals_ar(ctx, model, tree):
     for text in PROMPTS:
         prompt = model.chat_prompt(text)
         ref = greedy_ar(ctx, prompt, 48)
-        tokens, cycles = _tree_cycles(ctx, prompt, len(ref), 16, tree)
+        run = orthrus_generate(ctx, prompt, len(ref), block_size=16, tree=tree)
+        tokens, cycles = run.tokens, run.per_cycle
         assert tokens == ref, text
         assert all(c["nodes"] == tree for c in cycles[:-1])  # the last may be cut short, never the tree
         offchain += sum(c["offchain"] > 0 for c in cycles)
@@ -144,7 +123,7 @@ def test_next_logits_after_tree_cycles_equal_a_fresh_decode(ctx, model):
     try:
         for text in PROMPTS[1:]:
             prompt = model.chat_prompt(text)
-            _tree_cycles(ctx, prompt, 48, 16, 16, check_next=check_next)
+            orthrus_generate(ctx, prompt, 48, block_size=16, tree=16, after_cycle=check_next)
     finally:
         fresh.close()
     assert checked["off"] > 0 and checked["on"] > 0

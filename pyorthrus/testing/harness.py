@@ -176,6 +176,8 @@ class OrthrusRun:
     stopped: bool = False
     carried: int = 0  # fused cycles whose draft came from the previous cycle's pass
     offchain: int = 0  # tree cycles whose committed path left the draft's argmax chain
+    # per cycle: committed tokens and the cycle's llama_orthrus_stats counters
+    per_cycle: List[dict] = field(default_factory=list)
 
 
 def orthrus_params(**fields):
@@ -189,7 +191,10 @@ def orthrus_params(**fields):
 def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, block_size: int = 0,
                      verify_len: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, seed: int = 0, stop_tokens: Sequence[int] = (),
-                     check_cache: bool = True, fused: bool = False, tree: int = 0) -> OrthrusRun:
+                     check_cache: bool = True, fused: bool = False, tree: int = 0,
+                     after_cycle=None) -> OrthrusRun:
+    """Orthrus cycles from the prompt until n_tokens or a stop, checking the cache convention after each;
+    after_cycle(tokens so far, that cycle's per_cycle entry) runs after each cycle."""
     last = ctx.prefill(prompt)
     p = O.llama_orthrus_default_params()
     p.block_size = block_size
@@ -220,11 +225,15 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
         run.t_verify_us += st.t_verify_us
         run.carried += st.carried
         run.offchain += st.n_offchain > 0
+        run.per_cycle.append(dict(n=n, accepted=st.n_accepted, passes=st.n_passes, carried=st.carried,
+                                  nodes=st.n_tree_nodes, offchain=st.n_offchain, redecoded=st.n_redecoded))
         last = run.tokens[-1]
         if check_cache:
             committed = len(prompt) + len(run.tokens)
             assert ctx.pos_max() == committed - 2, (ctx.pos_max(), committed)
             assert ctx.pos_min() == 0 or committed - 2 < 0
+        if after_cycle is not None:
+            after_cycle(run.tokens, run.per_cycle[-1])
         if st.stopped:
             run.stopped = True
             break

@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import PyorthrusError
 from .llama_source import (REPO_PATCHES, SDIST_REQUIREMENT, SDIST_SHA256, cpu_features, ensure_sdist, patch_files,
-                           patch_series_hash, patched_source_dir, unpack_patched)
+                           patch_series_hash, patched_source_dir, plain_source_dir, unpack_patched)
 from .llama_source import SDIST_NAME  # noqa: F401  (tests name the cached sdist through this verb)
 from .paths import default_cache_dir
 from .strict import BUILD_CMAKE_ARGS
@@ -245,27 +245,38 @@ SERVER_CMAKE_ARGS = ["-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLA
 
 
 def build_server_binary(out_dir: Path, config: BuildConfig, cache_dir: Path, jobs: int,
-                        patches_dir: Path = REPO_PATCHES) -> Path:
+                        patches_dir: Path = REPO_PATCHES, plain: bool = False) -> Path:
     """Build llama-server (with `--spec-type orthrus`, patch 0020) from the patched tree into out_dir/llama-server,
     with the flags of `config` (backend, flavour). llama-server links llama.cpp's C++ internals (common/), so it
     is built from the same tree rather than against the installed library; the build directory is cached under
-    the config's key, so a second call only copies the binary."""
+    the config's key, so a second call only copies the binary.
+
+    plain: build out_dir/llama-server-plain instead, from the vendored tree without the patch series and with
+    llama.cpp's default flags for the backend (no strict flavour): plain llama.cpp, the peer of the benchmarks."""
     if shutil.which("cmake") is None:
         raise PyorthrusError("building llama-server needs cmake on PATH (pip install cmake)")
-    tree = patched_source_dir(cache_dir, patches_dir)
+    if plain:
+        tree = plain_source_dir(cache_dir)
+        config = replace(make_config(config.backend, "fast", patches_dir=patches_dir), flavour="plain", patches=[],
+                         patches_sha256="plain")
+        name = "llama-server-plain"
+    else:
+        tree = patched_source_dir(cache_dir, patches_dir)
+        name = "llama-server"
     build_dir = cache_dir / "server-build" / config.key
     log = cache_dir / "server-build.log"
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(jobs))
-    print(f"building llama-server (backend {config.backend}, {config.flavour}); log: {log}", file=sys.stderr)
+    print(f"building {name} (backend {config.backend}, {config.flavour}); "
+          f"log: {log}", file=sys.stderr)
     configure = ["cmake", "-S", str(tree), "-B", str(build_dir), *config.cmake_args, *SERVER_CMAKE_ARGS]
     build = ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]
     for cmd in (configure, build):
         if _run_logged(cmd, env, tree, log) != 0:
-            raise PyorthrusError(f"building llama-server failed; see the last lines of {log}")
+            raise PyorthrusError(f"building {name} failed; see the last lines of {log}")
     built = build_dir / "bin" / "llama-server"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "llama-server"
-    tmp = out_dir / ".llama-server.tmp"
+    target = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
     shutil.copy2(built, tmp)
     os.replace(tmp, target)
     return target
@@ -328,6 +339,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also build llama-server from the patched tree into DIR, with `--spec-type orthrus "
                              "--orthrus-adapter FILE` (needs cmake and a C++ compiler; a few minutes the first time, "
                              "cached after)")
+    parser.add_argument("--plain-server", type=Path, default=None, metavar="DIR",
+                        help="also build plain llama.cpp's llama-server into DIR/llama-server-plain: the vendored "
+                             "tree without the patch series, llama.cpp's default flags. It is the peer that "
+                             "bench/llama_server.py --peer measures against (a few minutes, cached after)")
     parser.add_argument("--sanitize", action="store_true",
                         help="an AddressSanitizer + UndefinedBehaviorSanitizer build, for fuzzing and debugging: "
                              "cached under its own key and installed apart (never replaces the installed build); "
@@ -375,6 +390,9 @@ def run(args: argparse.Namespace) -> int:
         result["binary"] = str(build_example_binary(args.binary, cache_dir, args.patches))
     if args.server is not None:
         result["server"] = str(build_server_binary(args.server, config, cache_dir, args.jobs, args.patches))
+    if args.plain_server is not None:
+        result["plain_server"] = str(build_server_binary(args.plain_server, config, cache_dir, args.jobs,
+                                                         args.patches, plain=True))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -384,6 +402,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"llama-orthrus: {result['binary']}")
         if args.server is not None:
             print(f"llama-server: {result['server']}")
+        if args.plain_server is not None:
+            print(f"plain llama-server: {result['plain_server']}")
     return 0
 
 

@@ -108,15 +108,26 @@ def unpack_patched(sdist: Path, patches: list[Path], dest: Path) -> Path:
 
 def patched_source_dir(cache_dir: Path | None = None, patches_dir: Path = REPO_PATCHES) -> Path:
     """The patched vendor/llama.cpp tree (for its convert_hf_to_gguf.py and gguf-py), unpacked once per series."""
-    cache_dir = cache_dir or default_cache_dir()
     patches = patch_files(patches_dir)
-    tree = cache_dir / "src" / f"{SDIST_SHA256[:12]}-{patch_series_hash(patches)[:12]}"
+    return _unpacked_tree(cache_dir, "src", patch_series_hash(patches)[:12], patches)
+
+
+def plain_source_dir(cache_dir: Path | None = None) -> Path:
+    """The vendored llama.cpp without the patch series: plain llama.cpp, the peer that benchmarks measure against."""
+    return _unpacked_tree(cache_dir, "src-plain", "plain", [])
+
+
+def _unpacked_tree(cache_dir: Path | None, folder: str, series: str, patches: list[Path]) -> Path:
+    """vendor/llama.cpp of the sdist with `patches` applied, unpacked once under cache_dir/folder; earlier series
+    there are removed (200 MB each; unpacking one again takes seconds)."""
+    cache_dir = cache_dir or default_cache_dir()
+    tree = cache_dir / folder / f"{SDIST_SHA256[:12]}-{series}"
     if not tree.exists():
         tree.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
             unpack_patched(ensure_sdist(cache_dir), patches, Path(tmp))
             os.replace(Path(tmp) / SDIST_ROOT, tree)
-        for stale in tree.parent.iterdir():  # 200 MB per earlier series; unpacking one again takes seconds
+        for stale in tree.parent.iterdir():
             if stale != tree and not stale.name.startswith("tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
     return tree / "vendor" / "llama.cpp"

@@ -1,21 +1,25 @@
 """llama-server with `--spec-type orthrus` (patch 0020), built from the patched tree by `pyorthrus build --server`,
 run on loopback with the embedded SmolLM2 + the shipped adapter and driven by the openai client. The reference is
-the same binary without speculation: greedy replies must be equal, and so must sampled ones for the same seed (the
-drafts are the diffusion view's argmax, point masses, and the server commits its own sampler's draw at every
-position, one draw per token as without speculation); four slots decoding at once each give their solo answer; a
-wrong or broken adapter stops the server at start-up with one error line."""
+the same binary without speculation: greedy replies must be equal; sampled tokens must follow the same distribution
+(chi-square over many seeds: at temperature > 0 the drafts are drawn from the diffusion view's q and accepted by
+speculative sampling, min(1, p/q) with the residual max(0, p - q) on rejection); where the server cannot hand p over
+(a grammar) it matches tokens, one sampler draw per committed token as without speculation, so replies equal the
+reference seed for seed; four slots decoding at once each give their solo answer; a wrong or broken adapter stops
+the server at start-up with one error line."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from pyorthrus import assets
+from pyorthrus.check.stats import homogeneity_test
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -50,13 +54,16 @@ class Server:
         self.port = _free_port()
         cmd = [str(binary), "-m", str(assets.smollm2_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
                "-c", str(2048 * parallel), "-np", str(parallel), "-t", "2", "--no-repack", "--no-warmup", *args]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # the log goes to a file: a pipe nobody reads fills after ~100 requests and blocks the server
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
                                         env={**os.environ, "GGML_CPU_TILED_MM": "0"})
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"llama-server exited: {self.process.stderr.read()[-3000:]}")
+                self.log.seek(0)
+                raise AssertionError(f"llama-server exited: {self.log.read()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     break
@@ -80,6 +87,7 @@ class Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +118,50 @@ def test_greedy_replies_equal_the_server_without_speculation(plain, orthrus):
     assert drafted > 0 and accepted / drafted > 0.2, (drafted, accepted)  # the adapter's drafts are taken
 
 
-def test_sampled_replies_equal_the_server_without_speculation(plain, orthrus):
+def _sample_tokens(server: Server, n: int, **sampling) -> tuple[list[tuple[int, ...]], dict]:
+    """n completions of one story opening, seeds 0 ... n-1, four requests at a time: their tokens and the summed
+    draft counts."""
+    def one(seed):
+        body = {"prompt": "Once upon a time, in a small village, there lived a", "n_predict": 4, "seed": seed,
+                "return_tokens": True, "cache_prompt": True, **sampling}
+        reply = httpx.post(f"{server.url}/completion", json=body, timeout=120).json()
+        return tuple(reply["tokens"]), reply["timings"]
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(one, range(n)))
+    counts = {key: sum(t.get(key, 0) for _, t in replies) for key in ("draft_n", "draft_n_accepted")}
+    return [tokens for tokens, _ in replies], counts
+
+
+def test_sampled_tokens_follow_the_server_without_speculation(server_binary):
+    """Tokens 2 to 4 of each completion are decided by speculative sampling (token 1 comes from the prompt's own
+    logits): their distributions over 320 seeds equal plain sampling's (chi-square homogeneity, p > 0.001 each).
+    This is how a draft drawn with the sampler chain's own random stream was caught: it passed greedy tests and
+    failed here at p = 1e-11."""
+    sampling = dict(temperature=1.0, top_k=8, top_p=1.0, min_p=0.0)
+    plain4, orthrus4 = Server(server_binary, parallel=4), Server(server_binary, *ORTHRUS, parallel=4)
+    try:
+        expected, _ = _sample_tokens(plain4, 320, **sampling)
+        got, counts = _sample_tokens(orthrus4, 320, **sampling)
+    finally:
+        plain4.close()
+        orthrus4.close()
+    assert 0 < counts["draft_n_accepted"] < counts["draft_n"], counts  # accepted and rejected drafts both
+    for position in (1, 2, 3):
+        test = homogeneity_test([t[position] for t in expected], [t[position] for t in got])
+        assert test["categories"] >= 3 and test["p_value"] > 1e-3, (position, test)
+
+
+def test_sampled_replies_under_a_grammar_equal_the_server_without_speculation(plain, orthrus):
+    """A grammar keeps p from the server (it resamples outside the chain), so drafts are matched by token: one
+    draw of the slot's sampler per committed token, as without speculation, hence equal replies seed for seed."""
     for seed in range(3):
-        sampling = dict(temperature=0.9, top_p=0.95, seed=seed)
-        expected, _ = plain.chat(PROMPTS[0], **sampling)
-        got, _ = orthrus.chat(PROMPTS[0], **sampling)
+        sampling = dict(temperature=0.9, top_p=0.95, seed=seed,
+                        extra_body={"grammar": 'root ::= [A-Za-z ,.]+'})
+        expected, _ = plain.chat(PROMPTS[0], max_tokens=32, **sampling)
+        got, timings = orthrus.chat(PROMPTS[0], max_tokens=32, **sampling)
         assert got == expected, seed
+        assert timings.get("draft_n", 0) > 0
 
 
 def test_four_slots_at_once_each_give_their_solo_answer(plain, server_binary):

@@ -62,13 +62,14 @@ step fidelity "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --pr
 step fidelity_tree "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
     --quants Q4_1 --ks 16 --tree 16 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
     --work "$work" --json "$out/fidelity_tree.json"
-step bench "$python" -m pyorthrus bench -ngl -1 --n-prompts 10 -n 128 --block-sizes 4,8,16,16t16,16t32,4f,8f,16f,auto \
-    --out "$out/bench"
+step bench "$python" -m pyorthrus bench -ngl -1 --no-flash-attn --n-prompts 10 -n 128 \
+    --block-sizes 4,8,16,16t16,16t32,4f,8f,16f,auto --out "$out/bench"
 step bench_fa "$python" -m pyorthrus bench -ngl -1 --flash-attn --n-prompts 10 -n 128 \
     --block-sizes 4,8,16,16t16,16t32,4f,8f,16f,auto --out "$out/bench_fa"
-for fa in "" --flash-attn; do
-    step "shapes${fa:+_fa}" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
-        --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes${fa:+_fa}"
+for fa in --no-flash-attn --flash-attn; do
+    suffix=$([ "$fa" = --flash-attn ] && echo _fa)
+    step "shapes$suffix" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
+        --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes$suffix"
 done
 step llama_server bash -c "\"$python\" -m pyorthrus build --server \"$work/bin\" && \"$python\" bench/llama_server.py \
     \"$work/bin/llama-server\" -ngl 99 -t 4 --n-prompts 8 --out \"$out/llama_server\""

@@ -86,7 +86,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-t", "--threads", type=int, default=None,
                        help="CPU threads for steps and passes alike (default: every CPU this process may use)")
     group.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
-    group.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    group.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True,
+                       help="flash attention (default: on, as llama.cpp's auto setting picks it on CPU and GPUs; "
+                            "greedy Orthrus equals AR either way)")
     group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                        help="batch-invariant CPU settings, so greedy Orthrus reproduces AR bit for bit (default: on "
                             "when no layer is offloaded; --no-strict trades that for faster K-quant passes)")

@@ -75,7 +75,7 @@ def _mode_row(runs, base) -> dict:
     return {"tokens": len(out.tokens), "tok_s": s.tokens_per_second, "t_s": s.t_total_s,
             "speedup": s.tokens_per_second / base.stats.tokens_per_second,
             "tokens_per_cycle": s.tokens_per_cycle if s.mode == "orthrus" else None,
-            "cycles": s.n_cycles if s.mode == "orthrus" else 0, "ar_steps": s.n_ar_steps,
+            "cycles": s.n_cycles, "ar_steps": s.n_ar_steps,
             "passes": s.n_passes, "carried": s.n_carried, "offchain": s.n_offchain,
             "identical": all(run.tokens == base.tokens for run in runs)}
 

@@ -153,11 +153,9 @@ class DecodeEngine:
                 stats.n_passes += 1
                 elapsed = time.perf_counter() - start
                 stats.t_ar_s += elapsed
+                stats.n_ar_steps += 1
                 if auto:
-                    stats.n_ar_steps += 1
                     auto.observe_step(elapsed)
-                else:
-                    stats.n_cycles += 1
             else:
                 params.fused = auto.next_fused if auto else fused
                 if auto:

@@ -44,6 +44,14 @@ def open_reader(path):
         raise PyorthrusError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from None
 
 
+def weight_types(path) -> set[str]:
+    """The GGML type names of a file's tensors (empty if gguf-py cannot read it: llama.cpp's load then says why)."""
+    try:
+        return {t.tensor_type.name for t in open_reader(path).tensors}
+    except PyorthrusError:
+        return set()
+
+
 def inspect_gguf(path) -> dict:
     """A JSON-ready description of a GGUF file."""
     path = Path(path)

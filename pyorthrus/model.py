@@ -26,7 +26,8 @@ from .errors import PyorthrusError
 from .options import OptionError
 from .stats import GenerationStats
 from .streaming import Session, TextStream
-from .strict import strict_model_loads
+from .gguf_meta import weight_types
+from .strict import REPACKED_TYPES, repack_is_strict, strict_model_loads
 
 MODES = ("orthrus", "ar")
 AUTO = "auto"
@@ -97,7 +98,7 @@ class Orthrus:
 
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, *,
                  block_size: int | str | None = None, mode: str = "orthrus", n_ctx: int = 2048,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = False, seed: int = 0,
+                 n_threads: int | None = None, n_gpu_layers: int = 0, flash_attn: bool = True, seed: int = 0,
                  strict: bool | None = None, fused: bool | None = None, system_prompt: str | None = None,
                  tree: int | None = None, reprofile: bool = False, verbose: bool = False, **llama_kwargs):
         import llama_cpp
@@ -141,7 +142,9 @@ class Orthrus:
         errors: list[str] = []
         quiet_llama_warnings()
         try:
-            with strict_model_loads() if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
+            # strict: repacked weights only where every repacked type keeps passes batch-invariant
+            repack = self.strict and repack_is_strict(weight_types(model_path) or REPACKED_TYPES)
+            with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                                            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,

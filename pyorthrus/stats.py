@@ -18,8 +18,8 @@ class GenerationStats:
     block_size: int | str  # K, or "auto"
     n_prompt: int = 0
     n_generated: int = 0
-    n_cycles: int = 0  # Orthrus cycles (mode "ar": AR steps)
-    n_ar_steps: int = 0  # plain AR steps that block_size="auto" chose instead of a cycle
+    n_cycles: int = 0  # Orthrus cycles
+    n_ar_steps: int = 0  # plain AR steps: every token in mode "ar"; those block_size="auto" chose instead of a cycle
     n_passes: int = 0  # forward passes of the decode rounds: 2 per cycle, 1 per carried fused cycle or AR step
     n_carried: int = 0  # fused cycles that reused the draft their predecessor's pass made (no draft pass)
     cycles: list[tuple[int, int]] = field(default_factory=list)  # (K, committed tokens) per Orthrus cycle, in order
@@ -43,7 +43,7 @@ class GenerationStats:
 
     @property
     def tokens_per_cycle(self) -> float:
-        """Tokens committed per Orthrus cycle (AR steps taken by block_size="auto" left out)."""
+        """Tokens committed per Orthrus cycle (AR steps left out); 0 without cycles (mode "ar")."""
         return tokens_per_cycle(self.n_generated, self.n_ar_steps, self.n_cycles)
 
     @property

@@ -13,10 +13,11 @@ def smollm2_path():
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """One loaded SmolLM2-135M Q4_1 shared by the tests that only read from it (greedy, fresh context state)."""
+    """One loaded SmolLM2-135M Q4_1 shared by the tests that only read from it (greedy, fresh context state), with
+    flash attention on, as Orthrus's default."""
     import llama_cpp
 
-    return llama_cpp.Llama(str(smollm2_path), n_ctx=512, n_threads=2, seed=0, verbose=False)
+    return llama_cpp.Llama(str(smollm2_path), n_ctx=512, n_threads=2, seed=0, flash_attn=True, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 
 from pyorthrus import Orthrus, PyorthrusError, assets
 
+from pyorthrus.strict import BATCH_INVARIANT_REPACKED_TYPES, repack_is_strict
 from pyorthrus.testing.adapters import write_adapter, write_identity_adapter
 
 PROMPTS = [
@@ -37,7 +38,7 @@ def test_ar_mode_equals_llama_cpp_python_greedy(ar, smollm2, prompt):
     ours = ar.generate(prompt, max_tokens=40)
     theirs = smollm2.create_completion(prompt, max_tokens=40, temperature=0.0)
     assert ours.text == theirs["choices"][0]["text"]
-    assert ours.stats.n_cycles == ours.stats.n_generated  # one token per step
+    assert ours.stats.n_ar_steps == ours.stats.n_generated and ours.stats.n_cycles == 0  # one token per step
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -176,6 +177,40 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
         assert offchain > 0
     with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
         assert not fast.strict and fast.llm.model_params.use_extra_bufts
+
+
+@pytest.mark.skipif(not BATCH_INVARIANT_REPACKED_TYPES, reason="no repacked type is known batch-invariant here")
+def test_strict_keeps_repacking_where_it_is_batch_invariant(smollm2_path, orthrus):
+    """The embedded Q4_1 file's only repacked tensor is its tied Q8_0 output head, whose repacked kernels give a
+    K-token pass the rows of K one-token steps bit for bit (flash attention off and on): so strict loads it
+    repacked (about 20% faster steps), and every greedy Orthrus == AR test on it runs repacked."""
+    from pyorthrus.testing.harness import Context, Model
+
+    assert repack_is_strict({"Q4_1", "Q8_0", "F32"}) and not repack_is_strict({"Q4_K", "Q8_0"})
+    assert orthrus.strict and orthrus.llm.model_params.use_extra_bufts
+    model = Model(smollm2_path, use_extra_bufts=True)
+    try:
+        tokens = model.chat_prompt("Tell me about the sea.") + model.tokenize(
+            " The sea covers most of the planet and holds more life than any forest on land, from whales to tiny "
+            "plankton drifting near the surface.", add_special=False)
+        n0 = len(tokens) - 16
+        for flash_attn in (False, True):
+            ctx = Context(model, n_ctx=256, n_batch=32, flash_attn=flash_attn, n_threads=2)
+            try:
+                for k in (4, 16):
+                    ctx.clear()
+                    ctx.prefill(tokens[:n0 + 1])
+                    assert ctx.decode(tokens[n0:n0 + k], n0, all_logits=True) == 0
+                    pass_rows = ctx.logits_rows(k)
+                    ctx.clear()
+                    ctx.prefill(tokens[:n0 + 1])
+                    for i in range(k):
+                        assert ctx.decode([tokens[n0 + i]], n0 + i) == 0
+                        assert (ctx.logits(0) == pass_rows[i]).all(), (flash_attn, k, i)
+            finally:
+                ctx.close()
+    finally:
+        model.close()
 
 
 # Flags where llama.cpp's order (filters on the raw logits, temperature last) and a temperature-first order keep

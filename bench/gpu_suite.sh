@@ -20,7 +20,8 @@
 #    layer offloaded, flash-attn off / on: random-weight files of real shapes made ON the device (nothing carried;
 #    the 8B needs ~25 GB of disk and ~6 GB of GPU memory), pass costs at prefixes 128 and 4096, whole cycles.
 # 6. OUT_DIR/llama_server.{json,md}: llama-server built from the patched tree (`pyorthrus build --server`), AR vs
-#    n-gram speculation vs `--spec-type orthrus` at K 4/8/16, 1/2/4 slots, every layer offloaded.
+#    n-gram speculation vs `--spec-type orthrus` at K 4/8/16, 1/2/4 slots, every layer offloaded, side by side with
+#    plain llama.cpp's llama-server (`--plain-server`, the peer) and pyorthrus's AR and auto.
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
 # steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa
@@ -71,6 +72,7 @@ for fa in --no-flash-attn --flash-attn; do
     step "shapes$suffix" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
         --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes$suffix"
 done
-step llama_server bash -c "\"$python\" -m pyorthrus build --server \"$work/bin\" && \"$python\" bench/llama_server.py \
-    \"$work/bin/llama-server\" -ngl 99 -t 4 --n-prompts 8 --out \"$out/llama_server\""
+step llama_server bash -c "\"$python\" -m pyorthrus build --server \"$work/bin\" --plain-server \"$work/bin\" && \
+    \"$python\" bench/llama_server.py \"$work/bin/llama-server\" --peer \"$work/bin/llama-server-plain\" --pyorthrus \
+    -ngl 99 -t 4 --n-prompts 8 --out \"$out/llama_server\""
 exit "$status"

@@ -101,10 +101,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         "sampling (temperature 0 = greedy; as in llama.cpp, top-k, top-p and min-p filter the raw logits, then "
         "temperature applies)")
     sampling.add_argument("--seed", type=int, default=0, help="sampling seed")
-    sampling.add_argument("--temp", type=float, default=0.0, help="temperature")
-    sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
-    sampling.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
-    sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
+    add_sampling_flags(sampling, temperature=0.0)
+
+
+def add_sampling_flags(group, *, temperature: float) -> None:
+    """--temp, --top-k, --top-p and --min-p, declared once for every verb that samples; `temperature` is the verb's
+    default (0: greedy decoding; the sampling check needs a hot one)."""
+    group.add_argument("--temp", type=float, default=temperature, help=f"temperature (default {temperature:g})")
+    group.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
+    group.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
 
 
 def adapter_path(args: argparse.Namespace) -> Path | None:

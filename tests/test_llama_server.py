@@ -50,9 +50,9 @@ def _free_port() -> int:
 class Server:
     """A llama-server subprocess on loopback (batch-invariant CPU settings, as pyorthrus's strict mode)."""
 
-    def __init__(self, binary, *args: str, parallel: int = 1):
+    def __init__(self, binary, *args: str, parallel: int = 1, model=None):
         self.port = _free_port()
-        cmd = [str(binary), "-m", str(assets.smollm2_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [str(binary), "-m", str(model or assets.smollm2_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
                "-c", str(2048 * parallel), "-np", str(parallel), "-t", "2", "--no-repack", "--no-warmup", *args]
         # the log goes to a file: a pipe nobody reads fills after ~100 requests and blocks the server
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -162,6 +162,30 @@ def test_sampled_replies_under_a_grammar_equal_the_server_without_speculation(pl
         got, timings = orthrus.chat(PROMPTS[0], max_tokens=32, **sampling)
         assert got == expected, seed
         assert timings.get("draft_n", 0) > 0
+
+
+@pytest.mark.parametrize("weight_type", ["q8_0", "q4_k_m"])
+def test_greedy_on_the_qwen3_user_files_equals_the_server_without_speculation(server_binary, qwen3_journey,
+                                                                               weight_type):
+    """A Qwen3 user's files (tests/conftest.py: a plain `qwen3` base GGUF made by the patched tree's converter and
+    quantized, the adapter file beside it, the real Qwen3 vocabulary): greedy completions through `--spec-type
+    orthrus --orthrus-adapter` equal the same server's without speculation, with drafts made."""
+    base = qwen3_journey[weight_type]
+    plain = Server(server_binary, model=base)
+    spec = Server(server_binary, "--spec-type", "orthrus", "--orthrus-adapter", str(qwen3_journey["adapter"]),
+                  "--spec-draft-n-max", "7", model=base)
+    try:
+        drafted = 0
+        for prompt in ("The capital of France is", "def add(a, b):", "1, 2, 3, 4,"):
+            body = {"prompt": prompt, "n_predict": 32, "temperature": 0, "return_tokens": True}
+            want = httpx.post(f"{plain.url}/completion", json=body, timeout=120).json()
+            got = httpx.post(f"{spec.url}/completion", json=body, timeout=120).json()
+            assert got["tokens"] == want["tokens"], prompt
+            drafted += got["timings"].get("draft_n", 0)
+        assert drafted > 0
+    finally:
+        plain.close()
+        spec.close()
 
 
 def test_four_slots_at_once_each_give_their_solo_answer(plain, server_binary):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from . import reference, sampling, tasks
-from ..cli_options import add_model_arguments, check_arguments, open_model, sampling_options
+from ..cli_options import add_model_arguments, add_sampling_flags, check_arguments, open_model, sampling_options
 from ..errors import PyorthrusError
 from ..prompts import load as load_prompts
 
@@ -138,10 +138,7 @@ Exit code 0 only if the exact-match rate reaches 1 - tolerance and, with --sampl
     sampling.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     sampling.add_argument("--seed", type=int, default=0, help="first seed: AR runs use seed ... seed+N-1, Orthrus "
                                                               "the next N")
-    sampling.add_argument("--temp", type=float, default=1.0, help="temperature (default 1.0)")
-    sampling.add_argument("--top-k", type=int, default=0, help="top-k (0: off)")
-    sampling.add_argument("--top-p", type=float, default=1.0, help="top-p (1: off)")
-    sampling.add_argument("--min-p", type=float, default=0.0, help="min-p (0: off)")
+    add_sampling_flags(sampling, temperature=1.0)
     add_model_arguments(parser)
 
 

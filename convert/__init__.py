@@ -1,4 +1,4 @@
-"""Orthrus HF checkpoint -> GGUF: an adapter file (diff tensors only) and/or a merged file (DESIGN.md section 2)."""
+"""Orthrus HF checkpoint -> GGUF: an adapter file (diff tensors only) and/or a merged file (docs/design.md, "Files")."""
 from __future__ import annotations
 
 import shutil

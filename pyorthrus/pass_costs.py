@@ -1,7 +1,7 @@
 """The device's pass-cost curve: seconds of one K-token decode in the AR (verify) and diffusion (draft) views.
 
-Whether Orthrus pays on a machine is decided by how a K-token pass compares with a one-token step (DESIGN.md
-section 4): about one step on datacenter GPUs, several on CPUs and Macs. `block_size="auto"` measures a few K
+Whether Orthrus pays on a machine is decided by how a K-token pass compares with a one-token step (docs/design.md,
+"Cost"): about one step on datacenter GPUs, several on CPUs and Macs. `block_size="auto"` measures a few K
 values once and interpolates between them; `pyorthrus bench` measures more values with more repetitions.
 
 Part of the runtime (pyorthrus.auto plans with PassCosts, pyorthrus.profiles keeps them on disk): it imports only the

@@ -1,4 +1,4 @@
-"""Readable PyTorch reference of an Orthrus model (DESIGN.md section 1): both views, decoding, loaders.
+"""Readable PyTorch reference of an Orthrus model (docs/design.md, "Algorithm"): both views, decoding, loaders.
 
 This is the ground truth the llama.cpp patches are tested against, so it favours clarity over speed: eager
 attention, one sequence, float32 by default. Supported bases: Qwen3 (q/k RMSNorm over head_dim) and Llama (no q/k

@@ -1,4 +1,4 @@
-"""The batch-invariant ("strict") CPU configuration, in one place (DESIGN.md section 4).
+"""The batch-invariant ("strict") CPU configuration, in one place (docs/design.md, "Strict CPU configuration").
 
 Greedy Orthrus reproduces greedy AR only if a K-token verify pass gives the very logits that K one-token steps give;
 otherwise the two part on near-ties. On the CPU three things break that, one per layer of the stack, and each is

@@ -55,7 +55,7 @@ def test_room_check_refuses_before_writing(cache, monkeypatch):
 
 
 def test_shape_sizes_are_the_published_ones():
-    # Qwen3-1.7B / 8B: 28 / 36 layers; the merged file adds 6 diff tensors per layer (DESIGN.md section 1)
+    # Qwen3-1.7B / 8B: 28 / 36 layers; the merged file adds 6 diff tensors per layer (docs/design.md, "Files")
     assert len(shapes.SHAPES["qwen3-1.7b"].tensors()) == 478
     assert len(shapes.SHAPES["qwen3-8b"].tensors()) == 615
     assert round(shapes.SHAPES["qwen3-8b"].n_params / 1e9, 1) == 9.7

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,41 +28,10 @@ from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
-from .model import ROW_WEIGHTS, diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
+from .config import ROW_WEIGHTS, TrainConfig
+from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
 MASK_TOKEN_CANDIDATES = ("<empty_output>", "<|mask|>", "<mask>", "<|MASK|>", "[MASK]")
-
-
-@dataclass
-class TrainConfig:
-    base: str
-    data: list[str]
-    out: str
-    block_size: int = 16
-    seq_len: int = 512
-    batch_size: int = 4
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    tokens: int = 200_000          # token budget (real tokens of the AR stream); sets the number of steps
-    max_steps: int | None = None   # overrides the budget when given
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"        # auto | fp32 | bf16
-    save_every: int = 50
-    keep_every: int | None = None  # also keep the weights of every N-th step in out/stepNNNNNN (growth curves)
-    log_every: int = 10
-    eval_data: list[str] = field(default_factory=list)
-    eval_every: int = 100
-    max_minutes: float | None = None
-    schedule_minutes: float | None = None  # run the lr schedule over this much wall time, then stop (fixed budgets)
-    mask_token_id: int | None = None
-    init_from: str | None = None   # a diff-only checkpoint to start from instead of the AR weights
-    row_weights: str = "acceptance"  # acceptance | uniform (model.ROW_WEIGHTS); acceptance measured better
-    threads: int | None = None
-    progress: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,6 +213,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     _check_device(cfg.device)
     if cfg.block_size < 2:
         raise PyorthrusError(f"block size {cfg.block_size} must be at least 2")
+    if not (0.0 <= cfg.min_lr_ratio <= 1.0 and cfg.weight_decay >= 0.0 and cfg.grad_clip > 0.0 and cfg.lr >= 0.0):
+        raise PyorthrusError(f"--lr {cfg.lr}, --min-lr-ratio {cfg.min_lr_ratio}, --weight-decay {cfg.weight_decay}, "
+                             f"--grad-clip {cfg.grad_clip}: need lr >= 0, 0 <= min-lr-ratio <= 1, weight decay >= 0 "
+                             "and grad clip > 0")
     if cfg.row_weights not in ROW_WEIGHTS:
         raise PyorthrusError(f"unknown row weights {cfg.row_weights!r} ({', '.join(ROW_WEIGHTS)})")
     if cfg.seq_len < cfg.block_size:

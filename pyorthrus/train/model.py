@@ -239,8 +239,6 @@ def accepted_per_block(batch: PackedBatch, teacher_logits, student_logits, block
     return _block_grid(batch, match, block_size, 0).cumprod(dim=1).sum(dim=1)
 
 
-ROW_WEIGHTS = ("uniform", "acceptance")
-
 
 def training_step_loss(model: OrthrusModel, batch: PackedBatch, block_size: int, row_weights: str, autocast=None):
     """(loss, accepted-per-block) of one packed batch. `row_weights`: "uniform" (every row alike, the paper's

@@ -35,6 +35,8 @@ import httpx
 from pyorthrus import assets, prompts as prompt_sets
 from pyorthrus.bench.device import accelerators, cpu_name
 from pyorthrus.files import atomic_write
+from pyorthrus.gguf_meta import weight_types
+from pyorthrus.strict import repack_is_strict
 
 SYSTEM = {"role": "system", "content": assets.EMBEDDED_SYSTEM_PROMPT}
 PEER_AR = "llama.cpp ar (unpatched)"
@@ -44,7 +46,8 @@ PEER_AR = "llama.cpp ar (unpatched)"
 class Config:
     binary: Path
     args: list[str]
-    strict: bool  # the patched build's batch-invariant CPU settings (tiled matmul off, no repacking)
+    strict: bool  # the patched build's batch-invariant CPU settings (tiled matmul off; repacking only where
+    #               every repacked type is batch-invariant, as pyorthrus loads models)
 
 
 def configurations(server: Path, peer: Path | None, ks: list[int]) -> dict[str, Config]:
@@ -71,7 +74,8 @@ def start(config: Config, model: Path, slots: int, threads: int, n_ctx: int, ngl
     port = _free_port()
     cmd = [str(config.binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
            "-c", str(n_ctx * slots), "-np", str(slots), "-t", str(threads), "-ngl", str(ngl), "--no-warmup",
-           *(["--no-repack"] if config.strict and ngl == 0 else []), *config.args]
+           *(["--no-repack"] if config.strict and ngl == 0 and not repack_is_strict(weight_types(model)) else []),
+           *config.args]
     strict_env = {**os.environ, "GGML_CPU_TILED_MM": "0"} if config.strict and ngl == 0 else None
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=strict_env)
     url = f"http://127.0.0.1:{port}"

@@ -208,8 +208,8 @@ def _fresh(autocast):
     return torch.autocast(device_type=autocast.device, dtype=autocast.fast_dtype)
 
 
-def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
-    """Train; returns a summary. With `resume`, continue from `cfg.out/trainer_state.pt`."""
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot train, each with one line naming the flag."""
     _check_device(cfg.device)
     if cfg.block_size < 2:
         raise PyorthrusError(f"block size {cfg.block_size} must be at least 2")
@@ -221,8 +221,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
         raise PyorthrusError(f"unknown row weights {cfg.row_weights!r} ({', '.join(ROW_WEIGHTS)})")
     if cfg.seq_len < cfg.block_size:
         raise PyorthrusError(f"seq_len {cfg.seq_len} must be at least the block size {cfg.block_size}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+
+
+def saved_state(cfg: TrainConfig, resume: bool) -> dict | None:
+    """The trainer state a resumed run continues from (checked against cfg), None for a new run (which must not
+    overwrite one)."""
     out = Path(cfg.out)
     state_path = out / "trainer_state.pt"
     state = None
@@ -236,13 +239,17 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 raise PyorthrusError(f"{state_path}: trained with {key}={saved[key]!r}, now {asdict(cfg)[key]!r}")
     elif state_path.exists():
         raise PyorthrusError(f"{out}: already holds a training run (use --resume, or another --out)")
+    return state
 
+
+def initial_model(cfg: TrainConfig, state: dict | None) -> tuple[OrthrusModel, int, dict | None]:
+    """The base with its diff weights to start from (the AR weights, or --init-from's for a new run), its mask
+    token, and where the diff weights came from."""
     torch.manual_seed(cfg.seed)
     model = load_base(cfg.base)
     mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else default_mask_token(cfg.base, model)
     if not 0 <= mask_id < model.cfg.vocab_size:
         raise PyorthrusError(f"mask token id {mask_id} is outside the vocabulary ({model.cfg.vocab_size})")
-    params = trainable_parameters(model)
     init_info = state.get("init_info") if state is not None else None
     if cfg.init_from and state is None:
         try:
@@ -253,6 +260,44 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
         init_config = init_path / "config.json"
         init_config = json.loads(init_config.read_text()) if init_config.is_file() else {}
         init_info = {"init_from": str(init_path.resolve()), **init_config.get("orthrus_training", {})}
+    return model, mask_id, init_info
+
+
+def optimizer_and_precision(model: OrthrusModel, cfg: TrainConfig):
+    """AdamW over the diff weights, and the autocast context and precision the run trains in (bf16: the frozen
+    matrices are stored in bf16 once; the trained diff weights stay fp32 master copies that autocast casts per use,
+    the optimizer state stays fp32)."""
+    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    autocast, precision = _autocast(cfg.device, cfg.precision)
+    if precision == "bf16":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not p.requires_grad and p.dim() >= 2:
+                    p.data = p.data.to(torch.bfloat16)
+    return opt, autocast, precision
+
+
+def optimizer_step(model: OrthrusModel, opt, batch, lr: float, cfg: TrainConfig, autocast) -> tuple[float, float]:
+    """One step at learning rate lr: (loss, mean accepted drafts per block) of the batch."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss, acc = training_step_loss(model, batch, cfg.block_size, cfg.row_weights, _fresh(autocast))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grad_clip)
+    opt.step()
+    return loss.item(), acc.float().mean().item()
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
+    """Train; returns a summary. With `resume`, continue from `cfg.out/trainer_state.pt`."""
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    state = saved_state(cfg, resume)
+    model, mask_id, init_info = initial_model(cfg, state)
     model.to(cfg.device)
     docs = data_mod.read_documents(cfg.data, cfg.base)
     for d in docs:
@@ -266,15 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     schedule_s = cfg.schedule_minutes * 60 if cfg.schedule_minutes else None
     if schedule_s is not None:
         total_steps = cfg.max_steps or 10**9  # the wall-time budget ends the run
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    autocast, precision = _autocast(cfg.device, cfg.precision)
-    if precision == "bf16":
-        # Frozen matrices (and the tied embedding/head) stored in bf16 once; the trained `_diff` weights stay fp32
-        # master copies that autocast casts per use, optimizer state stays fp32.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if not p.requires_grad and p.dim() >= 2:
-                    p.data = p.data.to(torch.bfloat16)
+    opt, autocast, precision = optimizer_and_precision(model, cfg)
 
     step, tokens, history, wall = 0, 0, [], 0.0
     ema_loss = ema_acc = None
@@ -349,18 +386,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
             else:
                 batch = batches.batch(step).to(cfg.device)
             time_fraction = None if schedule_s is None else wall / schedule_s
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg, total_steps, time_fraction)
-            loss, acc = training_step_loss(model, batch, cfg.block_size, cfg.row_weights, _fresh(autocast))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            loss_v, acc_v = optimizer_step(model, opt, batch, lr_at(step, cfg, total_steps, time_fraction), cfg,
+                                           autocast)
             step += 1
             tokens += batch.n_tokens
             window_tokens += batch.n_tokens
-            loss_v, acc_v = loss.item(), acc.float().mean().item()
             ema_loss = loss_v if ema_loss is None else 0.9 * ema_loss + 0.1 * loss_v
             ema_acc = acc_v if ema_acc is None else 0.9 * ema_acc + 0.1 * acc_v
             wall = wall_at_start + time.time() - t_start

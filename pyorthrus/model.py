@@ -23,10 +23,10 @@ import numpy as np
 from . import options
 from .engine import Chunk, DecodeEngine
 from .errors import PyorthrusError
+from .gguf_meta import weight_types
 from .options import OptionError
 from .stats import GenerationStats
 from .streaming import Session, TextStream
-from .gguf_meta import weight_types
 from .strict import REPACKED_TYPES, repack_is_strict, strict_model_loads
 
 MODES = ("orthrus", "ar")
@@ -142,7 +142,8 @@ class Orthrus:
         errors: list[str] = []
         quiet_llama_warnings()
         try:
-            # strict: repacked weights only where every repacked type keeps passes batch-invariant
+            # strict: repacked weights only where every repacked type keeps passes batch-invariant (a file gguf-py
+            # cannot read counts as holding every repackable type: no repacking, and llama.cpp says what is wrong)
             repack = self.strict and repack_is_strict(weight_types(model_path) or REPACKED_TYPES)
             with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads

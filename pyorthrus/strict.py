@@ -24,7 +24,7 @@ import threading
 BUILD_CMAKE_ARGS = ["-DGGML_LLAMAFILE=OFF"]
 TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
 # weight types ggml-cpu repacks into an extra buffer type (ggml-cpu/repack.cpp), and those whose repacked kernels
-# give a K-token pass the very rows of K one-token steps (tests/test_strict.py proves it on the machine it runs on).
+# give a K-token pass the very rows of K one-token steps (tests/test_model.py proves it on the machine it runs on).
 # Q8_0 on x86 covers the tied Q8_0 output head of the embedded SmolLM2 Q4_1: repacked, its steps run ~20% faster.
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"})
 BATCH_INVARIANT_REPACKED_TYPES = frozenset({"Q8_0"} if platform.machine().lower() in ("x86_64", "amd64") else ())

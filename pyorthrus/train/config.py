@@ -33,7 +33,7 @@ class TrainConfig:
     min_lr_ratio: float = _opt(0.1, "the cosine schedule's floor, as a share of the peak")
     warmup_steps: int = _opt(20, "linear warm-up steps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
-    grad_clip: float = _opt(1.0, "gradient norm clip")
+    grad_clip: float = _opt(1.0, "gradient norm clip (0: off)")
     tokens: int = _opt(200_000, "token budget (real tokens of the AR stream); sets the step count")
     max_steps: int | None = _opt(None, "number of steps (overrides --tokens)", type=int)
     seed: int = _opt(0, "random seed")

@@ -28,7 +28,7 @@ from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
-from .config import ROW_WEIGHTS, TrainConfig
+from .config import PRECISIONS, ROW_WEIGHTS, TrainConfig
 from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
 MASK_TOKEN_CANDIDATES = ("<empty_output>", "<|mask|>", "<mask>", "<|MASK|>", "[MASK]")
@@ -173,7 +173,7 @@ def _autocast(device: str, precision: str):
     if precision == "fp32":
         return None, "fp32"
     if precision != "bf16":
-        raise PyorthrusError(f"unknown precision {precision!r} (auto, fp32, bf16)")
+        raise PyorthrusError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     return torch.autocast(device_type=kind, dtype=torch.bfloat16), "bf16"
 
 
@@ -213,10 +213,10 @@ def check_config(cfg: TrainConfig) -> None:
     _check_device(cfg.device)
     if cfg.block_size < 2:
         raise PyorthrusError(f"block size {cfg.block_size} must be at least 2")
-    if not (0.0 <= cfg.min_lr_ratio <= 1.0 and cfg.weight_decay >= 0.0 and cfg.grad_clip > 0.0 and cfg.lr >= 0.0):
+    if not (0.0 <= cfg.min_lr_ratio <= 1.0 and cfg.weight_decay >= 0.0 and cfg.grad_clip >= 0.0 and cfg.lr >= 0.0):
         raise PyorthrusError(f"--lr {cfg.lr}, --min-lr-ratio {cfg.min_lr_ratio}, --weight-decay {cfg.weight_decay}, "
                              f"--grad-clip {cfg.grad_clip}: need lr >= 0, 0 <= min-lr-ratio <= 1, weight decay >= 0 "
-                             "and grad clip > 0")
+                             "and grad clip >= 0")
     if cfg.row_weights not in ROW_WEIGHTS:
         raise PyorthrusError(f"unknown row weights {cfg.row_weights!r} ({', '.join(ROW_WEIGHTS)})")
     if cfg.seq_len < cfg.block_size:
@@ -284,8 +284,8 @@ def optimizer_step(model: OrthrusModel, opt, batch, lr: float, cfg: TrainConfig,
     loss, acc = training_step_loss(model, batch, cfg.block_size, cfg.row_weights, _fresh(autocast))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grad_clip)
+    if cfg.grad_clip:  # over the optimizer's own parameters: the trained diff weights
+        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], cfg.grad_clip)
     opt.step()
     return loss.item(), acc.float().mean().item()
 

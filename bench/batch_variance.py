@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from pyorthrus.testing import process
 
 
 def _parse():
@@ -32,14 +33,11 @@ def _parse():
 
 
 args = _parse()
-if args.n_gpu_layers == 0:
-    from pyorthrus.strict import disable_tiled_matmul  # the strict CPU settings, as bench/fidelity.py --config strict
-
-    disable_tiled_matmul()
+process.configure(strict=args.n_gpu_layers == 0)  # before llama_cpp is imported
 
 import numpy as np  # noqa: E402
 
-from pyorthrus.testing.harness import Context, Model  # noqa: E402  (first: sets the OpenMP environment)
+from pyorthrus.testing.harness import Context, Model  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
 from pyorthrus.prompts import load as load_prompts  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402

@@ -34,6 +34,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pyorthrus.testing import process
+
 TOP_N = 8  # AR candidates kept per position: enough to price the token Orthrus chose where it parted from AR
 
 
@@ -76,14 +78,11 @@ def _parse():
 
 
 args = _parse()
-if args.config == "strict":
-    from pyorthrus.strict import disable_tiled_matmul
-
-    disable_tiled_matmul()
+process.configure(strict=args.config == "strict")  # before llama_cpp is imported
 
 import numpy as np  # noqa: E402
 
-from pyorthrus.testing.harness import Context, Model, init_backend, orthrus_generate  # noqa: E402  (first: sets env)
+from pyorthrus.testing.harness import Context, Model, init_backend, orthrus_generate  # noqa: E402
 from pyorthrus.testing.adapters import write_identity_adapter  # noqa: E402
 from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402

@@ -1,10 +1,5 @@
 """pyorthrus: Orthrus parallel decoding for llama.cpp and GGUF."""
 from .errors import PyorthrusError
-from .strict import disable_tiled_matmul
-
-# The batch-invariant CPU settings are the default (pyorthrus.strict); ggml-cpu reads its matmul choice once per
-# process, so it is set here, before anything can load a model.
-disable_tiled_matmul(keep_user_choice=True)
 
 __version__ = "0.1.0"
 __all__ = ["Orthrus", "PyorthrusError", "__version__"]

@@ -26,8 +26,8 @@ from .errors import PyorthrusError
 from .gguf_meta import weight_types
 from .options import OptionError
 from .stats import GenerationStats
-from .streaming import Session, TextStream
-from .strict import REPACKED_TYPES, repack_is_strict, strict_model_loads
+from .streaming import GenerationRequest, Session, TextStream
+from .strict import REPACKED_TYPES, non_strict_load, repack_is_strict, strict_model_loads
 
 MODES = ("orthrus", "ar")
 AUTO = "auto"
@@ -106,7 +106,7 @@ class Orthrus:
         from . import _lib
 
         # the generation session (lock, the stream decoding now, closed or not), shared with every ar_view()
-        self._session = Session()
+        self.session = Session()
         self._owner = True  # False for ar_view(): it shares this instance's model, context and adapter
         self.llm = None
         self.adapter = None
@@ -145,6 +145,8 @@ class Orthrus:
             # strict: repacked weights only where every repacked type keeps passes batch-invariant (a file gguf-py
             # cannot read counts as holding every repackable type: no repacking, and llama.cpp says what is wrong)
             repack = self.strict and repack_is_strict(weight_types(model_path) or REPACKED_TYPES)
+            if not self.strict:
+                non_strict_load()
             with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
@@ -256,13 +258,13 @@ class Orthrus:
 
     @property
     def closed(self) -> bool:
-        return self._session.closed
+        return self.session.closed
 
     def close(self) -> None:
         """Cancel the generation in progress (waiting for its decode round to end, from any thread), then free the
         adapter (which detaches it from the context) and the model. Every later call raises a PyorthrusError.
         A view's close() does nothing: its owner's frees the model."""
-        session = getattr(self, "_session", None)
+        session = getattr(self, "session", None)
         if session is None or not self._owner:
             return
         with session.lock:  # the round in progress, on whatever thread, ends first
@@ -289,7 +291,7 @@ class Orthrus:
             pass
 
     def _check_open(self) -> None:
-        if self._session.closed:
+        if self.session.closed:
             raise PyorthrusError("this Orthrus model is closed")
 
     # -- tokens ----------------------------------------------------------------------------------------------------
@@ -307,22 +309,25 @@ class Orthrus:
     # -- decoding --------------------------------------------------------------------------------------------------
     def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """AR logits for the token after `tokens` (one-token decode of the last one, as AR generation does)."""
-        with self._session.exclusive(self):
+        with self.session.exclusive(self):
             self.engine.prefill(list(tokens))
             return self.engine.decode_one(tokens[-1]).copy()
 
-    def _start(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool,
-               stats: GenerationStats, tree: int = 0):
-        """Prefill a generation (reusing the cached prefix) after checking it fits; with block size auto, the
-        controller is made first (pass costs read from the profile cache, or measured). Under the session lock."""
+    def decode_rounds(self, request: GenerationRequest, stats: GenerationStats) -> Iterator[Chunk]:
+        """Prefill a generation (reusing the cached prefix) after checking it fits, then return its decode rounds,
+        each to be run by the caller under the session lock (TextStream does), with the totals of stats kept
+        current. With block size auto, the controller is made first (pass costs read from the profile cache, or
+        measured). Called under the session lock."""
+        prompt, block_size = request.prompt, request.block_size
         if not prompt:
             raise PyorthrusError("empty prompt")
-        largest = self.round_cells(block_size, fused, tree)
-        if len(prompt) + max_tokens + largest > self.llm.n_ctx():
-            raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) + the cells of one "
-                                 f"decode round ({largest}) exceeds the context ({self.llm.n_ctx()} tokens): give "
-                                 "a larger context or fewer tokens")
-        if block_size == AUTO and self.mode == "orthrus" and self.auto_controller is None:
+        largest = self.round_cells(block_size, request.fused, request.cycle_params["tree_nodes"])
+        if len(prompt) + request.max_tokens + largest > self.llm.n_ctx():
+            raise PyorthrusError(f"prompt ({len(prompt)} tokens) + max_tokens ({request.max_tokens}) + the cells of "
+                                 f"one decode round ({largest}) exceeds the context ({self.llm.n_ctx()} tokens): "
+                                 "give a larger context or fewer tokens")
+        auto = block_size == AUTO and self.mode == "orthrus"
+        if auto and self.auto_controller is None:
             from .auto import AutoBlockSize
             from .pass_costs import auto_sizes
             from .profiles import pass_costs
@@ -335,27 +340,26 @@ class Orthrus:
             self.engine.forget()  # measuring decoded passes of its own
             self.auto_controller = AutoBlockSize(costs, self.trained_block_size, may_fuse, trees)
             stats.t_profile_s = time.perf_counter() - start
-        if block_size == AUTO and self.mode == "orthrus":
+        if auto:
             stats.auto_note = self.auto_controller.cost_note()
         start = time.perf_counter()
         stats.n_reused = self.engine.prefill(prompt, reuse=True)
         stats.t_prefill_s = time.perf_counter() - start
+        return self._rounds(request, stats)
 
-    def _rounds(self, prompt: list[int], max_tokens: int, block_size: int | str, fused: bool, cycle_params: dict,
-                stop_tokens: Sequence[int], stats: GenerationStats) -> Iterator[Chunk]:
-        """The decode rounds of one generation after _start, each run by the caller under the session lock, with
-        the totals of stats kept current. cycle_params: llama_orthrus_params fields (sampling, tree verify)."""
+    def _rounds(self, request: GenerationRequest, stats: GenerationStats) -> Iterator[Chunk]:
         start = time.perf_counter()
         params = self._lib.llama_orthrus_default_params()
-        for name, value in cycle_params.items():
+        for name, value in request.cycle_params.items():
             setattr(params, name, value)
         stats.tree = params.tree_nodes if self.mode == "orthrus" else 0  # auto: 0 (its trees vary per round)
         if self.mode == "ar":
             block_size, auto = 1, None
         else:
+            block_size = request.block_size
             auto = self.auto_controller if block_size == AUTO else None
-        for chunk in self.engine.rounds(prompt, max_tokens, block_size, fused, auto, params, list(stop_tokens),
-                                        stats):
+        for chunk in self.engine.rounds(request.prompt, request.max_tokens, block_size, request.fused, auto, params,
+                                        request.stop_tokens, stats):
             stats.n_generated += len(chunk.tokens)
             stats.t_total_s = time.perf_counter() - start
             if not stats.t_first_token_s:
@@ -394,7 +398,9 @@ class Orthrus:
         # cache stays bit-identical to AR (one more pass in those cycles)
         cycle_params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                             tree_nodes=0 if block == AUTO else tree or 0, tree_relayout=self.strict)
-        it = TextStream(self, prompt, max_tokens, block, fused, cycle_params, list(stop), list(stop_tokens))
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        it = TextStream(self, GenerationRequest(tokens, max_tokens, block, fused, cycle_params, list(stop),
+                                                list(stop_tokens)))
         if stream:
             return it
         for _ in it:

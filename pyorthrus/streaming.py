@@ -14,6 +14,19 @@ from .stats import GenerationStats
 
 
 @dataclass
+class GenerationRequest:
+    """One generation, its options checked (Orthrus.generate makes it): what a TextStream asks its model to decode,
+    as llama_orthrus_params is what the C side's cycle takes."""
+    prompt: list[int]
+    max_tokens: int
+    block_size: int | str  # K, or "auto"
+    fused: bool
+    cycle_params: dict  # llama_orthrus_params fields: sampling and tree verify
+    stop: list[str]
+    stop_tokens: list[int]
+
+
+@dataclass
 class Generation:
     text: str
     tokens: list[int]
@@ -80,11 +93,9 @@ class TextStream:
     character not complete yet. A character the last tokens leave unfinished (a generation cut by max_tokens or
     cancelled inside a multi-byte character) is left out of the text: no piece ever carries U+FFFD for it."""
 
-    def __init__(self, owner, prompt, max_tokens, block_size, fused, cycle_params: dict, stop, stop_tokens):
-        self.owner, self.stop, self.block_size = owner, [s for s in stop if s], block_size
-        self.prompt = owner.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self.max_tokens, self.fused, self.stop_tokens = max_tokens, fused, stop_tokens
-        self.cycle_params = cycle_params  # llama_orthrus_params fields: sampling and tree verify
+    def __init__(self, owner, request: GenerationRequest):
+        self.owner, self.request = owner, request
+        self.stop = [s for s in request.stop if s]
         self.result: Generation | None = None
         self.cancelled = False
         self.preempted = False  # another generation took the context over (or the model was closed)
@@ -94,16 +105,13 @@ class TextStream:
         self.cancelled = True
 
     def __iter__(self) -> Iterator[str]:
-        owner, session = self.owner, self.owner._session
-        stats = GenerationStats(owner.mode, self.block_size if owner.mode == "orthrus" else 1,
-                                n_prompt=len(self.prompt))
+        owner, session, request = self.owner, self.owner.session, self.request
+        stats = GenerationStats(owner.mode, request.block_size if owner.mode == "orthrus" else 1,
+                                n_prompt=len(request.prompt))
         with session.lock:
             session.claim(self)
             try:
-                owner._start(self.prompt, self.max_tokens, self.block_size, self.fused, stats,
-                             self.cycle_params["tree_nodes"])
-                rounds = owner._rounds(self.prompt, self.max_tokens, self.block_size, self.fused, self.cycle_params,
-                                       self.stop_tokens, stats)
+                rounds = owner.decode_rounds(request, stats)
             except BaseException:
                 owner.engine.forget()
                 session.release(self)
@@ -148,7 +156,7 @@ class TextStream:
         finally:
             with session.lock:
                 if session.active is self:
-                    owner.engine.finish(None if in_round else (self.prompt + tokens)[:-1])
+                    owner.engine.finish(None if in_round else (request.prompt + tokens)[:-1])
                     session.release(self)
         self.result = Generation(text=text, tokens=tokens, finish_reason=finish, stats=stats)
 

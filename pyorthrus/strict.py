@@ -11,8 +11,9 @@ switched off here:
            depend on the batch shape (Q4_K: a 4-token pass's rows differ     (kept where every repacked type is
            from 4 one-token steps), except Q8_0's on x86                    batch-invariant: repack_is_strict())
 
-GPU kernels are not batch-invariant, so strict is the default only when every layer runs on the CPU. This module
-imports nothing beyond the standard library: `import pyorthrus` uses it before llama_cpp may be installed.
+GPU kernels are not batch-invariant, so strict is the default only when every layer runs on the CPU. Nothing here
+acts at import: a strict load (pyorthrus.Orthrus) applies the process and model settings itself. This module imports
+nothing beyond the standard library, so `pyorthrus build` can read BUILD_CMAKE_ARGS before llama_cpp is installed.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import contextlib
 import os
 import platform
 import threading
+import warnings
 
 BUILD_CMAKE_ARGS = ["-DGGML_LLAMAFILE=OFF"]
 TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
@@ -29,17 +31,28 @@ TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"})
 BATCH_INVARIANT_REPACKED_TYPES = frozenset({"Q8_0"} if platform.machine().lower() in ("x86_64", "amd64") else ())
 
-_model_params_lock = threading.Lock()
+# strict_model_loads' state, per thread: a load on another thread at the same moment keeps llama.cpp's defaults
+_loading = threading.local()
+_install_lock = threading.Lock()
+# whether a non-strict load may have run while GGML_CPU_TILED_MM was not 0 (ggml-cpu then keeps the tiled matmul)
+_tiled_matmul_may_be_chosen = False
 
 
 def disable_tiled_matmul(*, keep_user_choice: bool = False) -> None:
-    """Ask ggml-cpu for the untiled K-quant matmul. Takes effect only before the process's first matmul, so call it
-    before loading any model; keep_user_choice leaves a GGML_CPU_TILED_MM the user exported (e.g. =1 to keep the
-    tiled kernels for strict=False runs)."""
+    """Ask ggml-cpu for the untiled K-quant matmul. Takes effect only before the process's first matmul: a strict
+    load calls it, and a process that runs a non-strict model before a strict one must call it (or export
+    GGML_CPU_TILED_MM=0) before its first load. keep_user_choice leaves a GGML_CPU_TILED_MM the user exported."""
     if keep_user_choice:
         os.environ.setdefault(TILED_MATMUL_ENV, "0")
     else:
         os.environ[TILED_MATMUL_ENV] = "0"
+
+
+def non_strict_load() -> None:
+    """Call before a non-strict load, so that a later strict load in this process can tell that ggml-cpu may have
+    chosen the tiled matmul for good at this load's first matmul."""
+    global _tiled_matmul_may_be_chosen
+    _tiled_matmul_may_be_chosen |= os.environ.get(TILED_MATMUL_ENV) != "0"
 
 
 def repack_is_strict(tensor_types) -> bool:
@@ -47,28 +60,41 @@ def repack_is_strict(tensor_types) -> bool:
     return not (set(tensor_types) & REPACKED_TYPES) - BATCH_INVARIANT_REPACKED_TYPES
 
 
-@contextlib.contextmanager
-def strict_model_loads(repack: bool = False):
-    """While active, llama_cpp.Llama loads models without weight repacking (use_extra_bufts=False, which Llama does
-    not expose: its call to llama_model_default_params is wrapped) unless `repack` (repack_is_strict of the file's
-    weight types), and the tiled matmul is off (the fallback for a process that imported llama_cpp before
-    pyorthrus)."""
-    import llama_cpp.llama_cpp as lowlevel
-
-    disable_tiled_matmul()
-    if repack:
-        yield
-        return
-    with _model_params_lock:
+def _install_default_params_hook(lowlevel) -> None:
+    """Wrap llama_cpp's llama_model_default_params once per process so that a load inside strict_model_loads, on
+    that thread only, gets use_extra_bufts=False (llama_cpp.Llama takes its model params from this function and
+    does not expose the field). Everywhere else the wrapper returns llama.cpp's defaults unchanged."""
+    with _install_lock:
+        if getattr(lowlevel.llama_model_default_params, "pyorthrus_hook", False):
+            return
         default = lowlevel.llama_model_default_params
 
-        def strict_default():
+        def default_params():
             params = default()
-            params.use_extra_bufts = False
+            if getattr(_loading, "unrepacked", False):
+                params.use_extra_bufts = False
             return params
 
-        lowlevel.llama_model_default_params = strict_default
-        try:
-            yield
-        finally:
-            lowlevel.llama_model_default_params = default
+        default_params.pyorthrus_hook = True
+        lowlevel.llama_model_default_params = default_params
+
+
+@contextlib.contextmanager
+def strict_model_loads(repack: bool = False):
+    """While active on this thread, llama_cpp.Llama loads models without weight repacking (use_extra_bufts=False)
+    unless `repack` (repack_is_strict of the file's weight types); the tiled matmul is switched off first."""
+    import llama_cpp.llama_cpp as lowlevel
+
+    if _tiled_matmul_may_be_chosen:
+        warnings.warn("a non-strict model ran earlier in this process, and ggml-cpu keeps the tiled K-quant matmul "
+                      "it chose then: this strict model's K-quant passes may not be batch-invariant (call "
+                      "pyorthrus.strict.disable_tiled_matmul() or export GGML_CPU_TILED_MM=0 before the first "
+                      "load)", stacklevel=4)
+    disable_tiled_matmul()
+    _install_default_params_hook(lowlevel)
+    before = getattr(_loading, "unrepacked", False)
+    _loading.unrepacked = not repack
+    try:
+        yield
+    finally:
+        _loading.unrepacked = before

@@ -1,9 +1,13 @@
 """Shared fixtures: the real SmolLM2 model and the installed, patched llama.cpp."""
 from __future__ import annotations
 
-import pytest
+from pyorthrus.testing import process
 
-from pyorthrus import assets
+process.configure()  # before anything imports llama_cpp
+
+import pytest  # noqa: E402
+
+from pyorthrus import assets  # noqa: E402
 
 
 @pytest.fixture(scope="session")

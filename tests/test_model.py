@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import codecs
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 
 import pytest
 
@@ -177,6 +182,65 @@ def test_strict_is_the_cpu_default_and_reproduces_ar_on_a_k_quant(smollm2_q4_k_m
         assert offchain > 0
     with Orthrus(smollm2_q4_k_m, adapter, n_ctx=256, strict=False) as fast:
         assert not fast.strict and fast.llm.model_params.use_extra_bufts
+
+
+def _fresh_process(code: str) -> str:
+    """Run code in a new Python with neither of the process settings tests/conftest.py makes, and return stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GGML_CPU_TILED_MM", "OMP_WAIT_POLICY")}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_a_strict_load_sets_the_process_up_itself(smollm2_q4_k_m, tmp_path):
+    """`import pyorthrus` changes nothing; a strict load switches ggml-cpu's tiled K-quant matmul off before its
+    first matmul, so a library user's fresh process reproduces AR on a K-quant with no setting of its own."""
+    adapter = write_identity_adapter(smollm2_q4_k_m, tmp_path / "identity.gguf", block_size=16)
+    _fresh_process(f"""
+        import os
+        from pyorthrus import Orthrus
+        assert "GGML_CPU_TILED_MM" not in os.environ
+        with Orthrus({str(smollm2_q4_k_m)!r}, {str(adapter)!r}, block_size=16, n_ctx=512, n_threads=2) as model:
+            assert os.environ["GGML_CPU_TILED_MM"] == "0"
+            for prompt in {PROMPTS!r}:
+                assert model.generate(prompt, max_tokens=48).tokens == \
+                    model.ar_view().generate(prompt, max_tokens=48).tokens, prompt
+        """)
+
+
+def test_a_strict_load_after_a_non_strict_one_warns(smollm2_path):
+    stderr = _fresh_process(f"""
+        from pyorthrus import Orthrus
+        Orthrus({str(smollm2_path)!r}, mode="ar", n_ctx=256, strict=False).close()
+        Orthrus({str(smollm2_path)!r}, mode="ar", n_ctx=256).close()
+        """)
+    assert "a non-strict model ran earlier in this process" in stderr
+
+
+def test_strict_loads_change_only_their_own_thread():
+    """strict_model_loads turns weight repacking off for loads on its own thread; a load on another thread at the
+    same moment, and every load after it, gets llama.cpp's defaults."""
+    import llama_cpp.llama_cpp as lowlevel
+
+    from pyorthrus.strict import strict_model_loads
+
+    seen = {}
+
+    def other_thread():
+        seen["other thread"] = lowlevel.llama_model_default_params().use_extra_bufts
+
+    with strict_model_loads(repack=False):
+        seen["inside"] = lowlevel.llama_model_default_params().use_extra_bufts
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        with strict_model_loads(repack=True):
+            seen["nested, repacking"] = lowlevel.llama_model_default_params().use_extra_bufts
+        seen["inside again"] = lowlevel.llama_model_default_params().use_extra_bufts
+    seen["after"] = lowlevel.llama_model_default_params().use_extra_bufts
+    assert seen == {"inside": False, "other thread": True, "nested, repacking": True, "inside again": False,
+                    "after": True}
 
 
 @pytest.mark.skipif(not BATCH_INVARIANT_REPACKED_TYPES, reason="no repacked type is known batch-invariant here")

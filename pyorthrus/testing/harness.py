@@ -2,7 +2,8 @@
 bench/fidelity.py: load a model, make contexts, decode batches, run greedy AR and greedy/sampled Orthrus.
 
 Everything runs in the batch-invariant CPU configuration (use_extra_bufts=False; the build is expected to use
--DGGML_LLAMAFILE=OFF; K-quants also need GGML_CPU_TILED_MM=0 in the environment before ggml is loaded).
+-DGGML_LLAMAFILE=OFF; K-quants also need GGML_CPU_TILED_MM=0: a process using this harness calls
+pyorthrus.testing.process.configure() before it imports llama_cpp, as tests/conftest.py does).
 PYORTHRUS_TEST_N_GPU_LAYERS (default 0; -1 offloads every layer) runs the same code on a GPU build instead
 (bench/gpu_suite.sh): GPU kernels are not batch-invariant, so only tolerance-based checks are meant to hold there.
 """
@@ -16,12 +17,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-# ggml's OpenMP workers spin while waiting; on a shared 2-core machine that stalls every pass by up to seconds.
-# Must be set before libgomp is loaded (i.e. before llama_cpp is imported) to take effect.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import llama_cpp.llama_cpp as L  # noqa: E402
-from pyorthrus import _lib as O  # noqa: E402
+import llama_cpp.llama_cpp as L
+from pyorthrus import _lib as O
 
 _initialised = False
 

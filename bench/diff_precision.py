@@ -22,13 +22,15 @@ from gguf.quants import dequantize, quantize
 from tqdm import tqdm
 
 from pyorthrus import Orthrus, assets, prompts
+from pyorthrus.cli_options import comma_list
 from pyorthrus.convert.base_gguf import copied_metadata
 from pyorthrus.convert.gguf_out import PlannedTensor, tensor_nbytes, uint32, write_gguf
+from pyorthrus.gguf_meta import gguf_field, open_reader
 
 
 def requantized_adapter(source: Path, qtype: gguf.GGMLQuantizationType, out: Path) -> Path:
     """`source` with every 2-D tensor stored as `qtype` (1-D tensors unchanged)."""
-    reader = gguf.GGUFReader(str(source))
+    reader = open_reader(source)
     planned = []
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
@@ -39,8 +41,8 @@ def requantized_adapter(source: Path, qtype: gguf.GGMLQuantizationType, out: Pat
         values = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
         planned.append(PlannedTensor(t.name, shape, qtype, tensor_nbytes(shape, qtype),
                                      lambda v=values: np.asarray(quantize(v, qtype)).view(np.uint8).reshape(-1)))
-    mask = reader.fields["tokenizer.ggml.mask_token_id"].contents()  # copied_metadata leaves it to the writer
-    write_gguf(out, reader.fields["general.architecture"].contents(),
+    mask = gguf_field(reader, "tokenizer.ggml.mask_token_id")  # copied_metadata leaves it to the writer
+    write_gguf(out, gguf_field(reader, "general.architecture"),
                copied_metadata(reader) + [uint32("tokenizer.ggml.mask_token_id", mask)], planned, progress=False)
     return out
 
@@ -65,19 +67,19 @@ def measure(adapter: Path, texts: list[str], ks: list[int], max_tokens: int, thr
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--types", default="Q8_0,F16,Q5_0,Q4_1,Q4_0")
-    ap.add_argument("--ks", default="4,16")
+    ap.add_argument("--types", type=comma_list(), default="Q8_0,F16,Q5_0,Q4_1,Q4_0")
+    ap.add_argument("--ks", type=comma_list(int), default="4,16")
     ap.add_argument("--n-prompts", type=int, default=20)
     ap.add_argument("-n", "--max-tokens", type=int, default=128)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = args.ks
     texts = [p["prompt"] for p in prompts.load("gsm8k", args.n_prompts)]
     shipped = assets.default_adapter()
     results, ar_tokens = {}, {}
     with tempfile.TemporaryDirectory() as work:
-        for name in tqdm(args.types.split(","), desc="diff types", file=sys.stderr):
+        for name in tqdm(args.types, desc="diff types", file=sys.stderr):
             qtype = gguf.GGMLQuantizationType[name]
             adapter = shipped if name == "Q8_0" else \
                 requantized_adapter(shipped, qtype, Path(work) / f"adapter.{name}.gguf")

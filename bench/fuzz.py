@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pyorthrus.cli_options import comma_list
+from pyorthrus.gguf_meta import open_reader
 from pyorthrus.testing.gguf_edits import offset_in_file
 
 # default mutants per target; None: the hparams sweep runs every (key, edge value) pair
@@ -80,9 +82,7 @@ def gguf_fields(path: Path) -> list[list[tuple[int, np.dtype, int]]]:
     """Per field (header counts, each key/value, each tensor's info), the (offset, dtype, count) of every scalar or
     array the reader decoded in it: key lengths and names, value types and values, tensor names, n_dims, dims,
     types and offsets. Mutations pick a field first, so the 151k strings of the token list are one field of many."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
+    reader = open_reader(path)
     fields = list(reader.fields.values()) + [t.field for t in reader.tensors]
     return [[(offset_in_file(reader, p), p.dtype, p.size) for p in f.parts if p.size] for f in fields]
 
@@ -128,7 +128,7 @@ def hparam_edits(path: Path) -> list[tuple[str, int, bytes]]:
     """(what, offset, new bytes) for every scalar number of path's metadata set to each edge value of its type."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    reader = open_reader(path)
     edits = []
     for field in reader.fields.values():
         if len(field.types) != 1 or field.types[0] in (gguf.GGUFValueType.STRING, gguf.GGUFValueType.BOOL):
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mutants per target (default: 10000 adapter, 2000 merged, 2000 checkpoint, every "
                              "hparams edit)")
     parser.add_argument("--minutes", type=float, default=120.0, help="time limit for the whole run")
-    parser.add_argument("--targets", default=",".join(TARGETS),
+    parser.add_argument("--targets", type=comma_list(choices=TARGETS), default=",".join(TARGETS),
                         help="comma-separated: adapter,merged,checkpoint,hparams")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a mutant may take before it is a hang")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
@@ -500,10 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         write_report(merge_reports(args.merge), args.out)
         return 0
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        parser.error(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
 
     from pyorthrus import build
 
@@ -527,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         worker_ = Worker(seeds["base"], work / "worker.stderr", env)
         results = {}
         try:
-            for i, target in enumerate(targets):
+            for i, target in enumerate(args.targets):
                 remaining = start + args.minutes * 60 - time.monotonic()
-                deadline = time.monotonic() + remaining / (len(targets) - i)
+                deadline = time.monotonic() + remaining / (len(args.targets) - i)
                 iterations = args.iterations if args.iterations is not None else TARGETS[target]
                 results[target] = fuzz_target(target, seeds, iterations, deadline, args, work, worker_, saved)
                 print(f"fuzz: {target}: {results[target]['mutants']} mutants, {results[target]['counts']}",

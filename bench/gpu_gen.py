@@ -28,25 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyorthrus.files import atomic_write  # noqa: E402
 from pyorthrus.gguf_meta import gguf_field, open_reader  # noqa: E402
 from pyorthrus.reference import load_gguf  # noqa: E402
-from pyorthrus.train.loop import _vocab  # noqa: E402
-from pyorthrus.train.model import _attend, _head, _qkv, _rope_tables  # noqa: E402
+from pyorthrus.train.loop import base_vocab  # noqa: E402
+from pyorthrus.train.model import attend, head, qkv, rope_tables  # noqa: E402
 
 EOS_NAMES = ("<|im_end|>", "<|endoftext|>")
 
 
 def eos_ids(base: Path) -> set[int]:
     ids = {int(gguf_field(open_reader(base), "tokenizer.ggml.eos_token_id"))}
-    vocab = _vocab(base)
+    vocab = base_vocab(base)
     return ids | {vocab.index(name) for name in EOS_NAMES if name in vocab}
 
 
 def _attention(model, w, q, k, v, mask):
-    """A prefill goes through the trainer's `_attend`; a decode step (one query per head) reads K/V in place."""
+    """A prefill goes through the trainer's `attend`; a decode step (one query per head) reads K/V in place."""
     cfg = model.cfg
     B, H, L, hd = q.shape
     group = H // cfg.num_kv_heads
     if L > 1 or group == 1:
-        return _attend(model, w, q, k, v, mask[:, 0])
+        return attend(model, w, q, k, v, mask[:, 0])
     # A kv head's group of query heads become its `group` query rows, so the cache's K and V are read in place
     # instead of being copied once per query head.
     out = F.scaled_dot_product_attention(q.reshape(B, cfg.num_kv_heads, group, hd), k, v, attn_mask=mask)
@@ -72,14 +72,14 @@ def sample_batch(model, prompts: list[list[int]], max_new: int, temperature: flo
 
     def forward(x, pos, start, mask):  # tokens x [B, L] at cache columns start .. start+L-1
         L = x.shape[1]
-        cos, sin = _rope_tables(model, pos, dtype)
+        cos, sin = rope_tables(model, pos, dtype)
         h = model.embed_tokens(x)
         for layer, (kc, vc) in zip(model.layers, cache):
-            q, k, v = _qkv(model, layer.attn, layer.input_layernorm(h), cos, sin)
+            q, k, v = qkv(model, layer.attn, layer.input_layernorm(h), cos, sin)
             kc[:, :, start:start + L], vc[:, :, start:start + L] = k, v
             h = h + _attention(model, layer.attn, q, kc[:, :, :start + L], vc[:, :, :start + L], mask)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return _head(model, h[:, -1]).float()
+        return head(model, h[:, -1]).float()
 
     causal = keys[:P, None] >= keys[None, :P]
     prefill_mask = (causal[None] & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=dev)  # pad rows: self

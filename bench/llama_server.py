@@ -34,6 +34,7 @@ import httpx
 
 from pyorthrus import assets, prompts as prompt_sets
 from pyorthrus.bench.device import accelerators, cpu_name
+from pyorthrus.cli_options import comma_list
 from pyorthrus.files import atomic_write
 from pyorthrus.gguf_meta import weight_types
 from pyorthrus.strict import repack_is_strict
@@ -208,15 +209,16 @@ def main(argv=None) -> int:
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("-n", "--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampled, seed = prompt index")
-    parser.add_argument("--ks", default="4,8,16", help="Orthrus block sizes (drafts per block: K - 1)")
-    parser.add_argument("--slots", default="1,2,4")
+    parser.add_argument("--ks", type=comma_list(int), default="4,8,16",
+                        help="Orthrus block sizes (drafts per block: K - 1)")
+    parser.add_argument("--slots", type=comma_list(int), default="1,2,4")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     model = args.model or assets.smollm2_gguf()
     texts = [p["prompt"] for p in prompt_sets.load(args.prompts, args.n_prompts)]
-    slots = [int(s) for s in args.slots.split(",")]
+    slots = args.slots
     device = (accelerators() or [cpu_name()])[0] if args.n_gpu_layers else cpu_name()
     report = {"model": model.name, "device": device, "machine": platform.machine(), "threads": args.threads,
               "prompts": args.prompts, "n_prompts": len(texts), "max_tokens": args.max_tokens,
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
         print(f"{name} x{s}: {result['aggregate_tok_s']:.1f} tok/s aggregate, acceptance "
               f"{result['acceptance']}, identical {result['identical']}", file=sys.stderr, flush=True)
 
-    configs = configurations(args.server, args.peer, [int(k) for k in args.ks.split(",")])
+    configs = configurations(args.server, args.peer, args.ks)
     for s in slots:
         runners = {}
         try:

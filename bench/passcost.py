@@ -29,30 +29,6 @@ SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
 MODELS = ("Q4_1", "Q4_K_M")
 
 
-def model_file(quant: str, work: Path) -> Path:
-    """The shipped SmolLM2 Q4_1 GGUF, or a requantized copy (as bench/fidelity.py makes them)."""
-    import llama_cpp.llama_cpp as lowlevel
-
-    from pyorthrus import assets
-    from pyorthrus.files import atomic_write
-
-    source = assets.smollm2_gguf()
-    if quant == "Q4_1":
-        return source
-    target = work / f"SmolLM2-135M-Instruct.{quant}.gguf"
-    if not target.is_file():
-        params = lowlevel.llama_model_quantize_default_params()
-        params.ftype = getattr(lowlevel, f"LLAMA_FTYPE_MOSTLY_{quant}")
-        params.allow_requantize = True
-
-        def quantize(tmp: Path) -> None:
-            if lowlevel.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
-                raise SystemExit(f"llama_model_quantize to {quant} failed")
-
-        atomic_write(target, quantize)
-    return target
-
-
 def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
     """Median seconds of one K-token pass in the verify (AR) and draft views after a prefix_len-token cache.
 
@@ -95,10 +71,10 @@ def pass_profile(llm, sizes: list[int], prefix_len: int, reps: int) -> dict:
 def weight_types(path: Path) -> dict[str, float]:
     """Share of the matrix weights per storage type: llama.cpp falls back from K-quants on SmolLM2's 576-wide
     rows, so a "Q4_K_M" file is mostly other types, which decides which kernels run."""
-    import gguf
+    from pyorthrus.gguf_meta import open_reader
 
     counts: dict[str, int] = {}
-    for tensor in gguf.GGUFReader(str(path)).tensors:
+    for tensor in open_reader(path).tensors:
         if len(tensor.shape) > 1:
             counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + int(tensor.n_elements)
     total = sum(counts.values())
@@ -112,6 +88,7 @@ def measure(args) -> int:
 
     from pyorthrus import Orthrus
     from pyorthrus.build import installed_build_info
+    from smollm2_quants import model_file  # the shipped Q4_1 GGUF, or a requantized copy (as bench/fidelity.py's)
 
     build = installed_build_info()
     flavour = (build["build"] or {}).get("flavour")

@@ -43,6 +43,9 @@ def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int
 
     import llama_cpp
     import numpy as np
+    from llama_cpp._internals import LlamaBatch
+
+    from pyorthrus.engine import fill_batch
 
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx_seq * n_parallel, n_ctx_seq, n_ctx_seq
@@ -52,15 +55,12 @@ def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int
     if not ctx:
         raise RuntimeError("could not create a parallel llama.cpp context")
     n_vocab = llm.n_vocab()
-    batch = llama_cpp.llama_batch_init(n_ctx_seq, 0, 1)
+    batch = LlamaBatch(n_tokens=n_ctx_seq, embd=0, n_seq_max=1, verbose=False)
     memory = llama_cpp.llama_get_memory(ctx)
 
     def decode(rows: list[tuple[int, int, int, bool]]) -> None:  # (token, pos, seq, want logits)
-        for i, (token, pos, seq, logits) in enumerate(rows):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(rows)
-        if llama_cpp.llama_decode(ctx, batch) != 0:
+        fill_batch(batch, rows)
+        if llama_cpp.llama_decode(ctx, batch.batch) != 0:
             raise RuntimeError("llama_decode failed")
 
     def argmax(row: int) -> int:
@@ -94,7 +94,7 @@ def generate_parallel(llm, jobs: list[tuple[object, list[int]]], max_tokens: int
                 slots[seq]["pos"] += 1
                 slots[seq]["next"] = argmax(row)
     finally:
-        llama_cpp.llama_batch_free(batch)
+        batch.close()
         llama_cpp.llama_free(ctx)
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from pyorthrus.cli_options import comma_list
 from train_data import SYSTEM
 from train_prompts import heldout_gsm8k
 
@@ -45,18 +46,11 @@ def eval_prompts(kind: str, n: int, first_gsm8k: int = 0) -> list[str]:
     return texts[:n]
 
 
-def _kinds(text: str) -> list[str]:
-    kinds = text.split(",")
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r}: choose from {', '.join(KINDS)}")
-    return kinds
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapter", type=Path)
-    parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="comma-separated, default: all")
+    parser.add_argument("--kinds", type=comma_list(choices=KINDS), default=list(KINDS),
+                        help="comma-separated, default: all")
     parser.add_argument("--ks", default="4,8,16",
                         help="decode modes, comma-separated: block sizes K and trees KtN (K drafting, N nodes)")
     parser.add_argument("--prompts", type=int, default=8,

@@ -39,16 +39,72 @@ def mode_options(mode: int | str) -> dict:
     return {"block_size": mode}
 
 
+# How reports name decode modes, declared once: bench's JSON keys (also those of the committed bench/results/*.json,
+# read back by key_options) and demo's shorter labels, both made from the mode as the verbs spell it.
+AR_LABEL = "ar"  # plain AR decoding: the AR row of bench reports, demo's block size 1
+AUTO_KEY = "orthrus_auto"
+_MODE_KEY = re.compile(r"orthrus_k(\d+)(?:(_fused)|_tree(\d+))?")
+
+
+def mode_key(mode: int | str) -> str:
+    """Bench's report key of a decode mode: orthrus_auto, orthrus_kK, orthrus_kK_fused or orthrus_kK_treeN."""
+    if mode == "auto":
+        return AUTO_KEY
+    options = mode_options(mode)
+    return f"orthrus_k{options['block_size']}" + ("_fused" if options.get("fused") else "") + \
+        (f"_tree{options['tree']}" if options.get("tree") else "")
+
+
+def key_options(key: str) -> dict | None:
+    """The generate() arguments (as mode_options gives them) of a fixed-K mode_key; None for any other key."""
+    match = _MODE_KEY.fullmatch(key)
+    if match is None:
+        return None
+    block_size, fused, tree = match.groups()
+    return {"block_size": int(block_size), **({"fused": True} if fused else {}),
+            **({"tree": int(tree)} if tree else {})}
+
+
+def mode_label(mode: int | str) -> str:
+    """Demo's label of a decode mode: ar (block size 1), auto, or k and the mode as -k spells it (k4, k4f, k16t16)."""
+    return AR_LABEL if mode == 1 else mode if mode == "auto" else f"k{mode}"
+
+
+def comma_items(text: str) -> list[str]:
+    """The items of a comma-separated flag value, stripped, blanks left out: how every list flag is split."""
+    return [item for item in (part.strip() for part in text.split(",")) if item]
+
+
+def comma_list(convert=str, choices=None):
+    """An argparse `type=` for a comma-separated list: each item (comma_items) converted by `convert` (str, int,
+    str.lower, ...) and, with `choices`, one of them; a bad item or an empty list is a usage error of the flag."""
+    def parse(text: str) -> list:
+        values = []
+        for item in comma_items(text):
+            try:
+                value = convert(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a valid {convert.__name__}") from None
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {item!r}: choose from {', '.join(map(str, choices))}")
+            values.append(value)
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+        return values
+
+    return parse
+
+
 def parse_modes(text: str, flag: str, allow_auto: bool = False) -> list[int | str]:
     """A comma-separated list of decode modes (see mode_options); a PyorthrusError naming `flag` otherwise."""
     modes: list[int | str] = []
-    for item in (part.strip() for part in text.split(",")):
+    for item in comma_items(text):
         if item.isdigit():
             modes.append(int(item))
         elif (item == "auto" and allow_auto) or (item.endswith(FUSED_SUFFIX) and item[:-1].isdigit()) or \
                 TREE_MODE.fullmatch(item):
             modes.append(item)
-        elif item:
+        else:
             raise PyorthrusError(f"{flag} {text!r}: {item!r} is not a decode mode (an integer K, 'Kf' for fused "
                                  "cycles, 'KtN' for a tree of N nodes" + (", or 'auto')" if allow_auto else ")"))
     if not modes:

@@ -16,6 +16,7 @@ import json
 import sys
 
 from . import assets
+from .cli_options import AR_LABEL, check_arguments, mode_label, mode_options, parse_modes
 from .errors import PyorthrusError
 from .model import AUTO
 from .stats import tokens_per_cycle
@@ -29,8 +30,6 @@ DEMO_PROMPTS = [
 
 
 def _modes(text: str) -> list[int | str]:
-    from .cli_options import parse_modes
-
     try:
         return parse_modes(text, "-k")
     except PyorthrusError as exc:
@@ -52,13 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def mode_name(block_size: int | str) -> str:
-    return "ar" if block_size == 1 else AUTO if block_size == AUTO else f"k{block_size}"
-
-
 def _generate(llm, ar, mode, tokens, max_tokens: int):
-    from .cli_options import mode_options
-
     if mode == 1:
         return ar.generate(tokens, max_tokens=max_tokens)
     return llm.generate(tokens, max_tokens=max_tokens, **mode_options(mode))
@@ -83,7 +76,7 @@ def _mode_row(runs, base) -> dict:
 def _totals(rows: list[dict], mode: str) -> dict:
     modes = [r["modes"][mode] for r in rows]
     tokens, seconds = sum(m["tokens"] for m in modes), sum(m["t_s"] for m in modes)
-    ar_seconds = sum(r["modes"]["ar"]["t_s"] for r in rows)
+    ar_seconds = sum(r["modes"][AR_LABEL]["t_s"] for r in rows)
     cycles, ar_steps = sum(m["cycles"] for m in modes), sum(m["ar_steps"] for m in modes)
     return {"tokens": tokens, "tok_s": tokens / seconds, "speedup": ar_seconds / seconds,
             "tokens_per_cycle": tokens_per_cycle(tokens, ar_steps, cycles, None), "cycles": cycles,
@@ -110,12 +103,12 @@ def _table(entries: dict[str, dict]) -> str:
     for mode, m in entries.items():
         per_cycle = f"{m['tokens_per_cycle']:.2f}" if m["tokens_per_cycle"] else "-"
         passes = m["passes_per_token"] if "passes_per_token" in m else m["passes"] / m["tokens"]
-        notes = [] if mode != AUTO else [f"{m['ar_steps']} of {m['tokens']} tokens as AR steps"]
+        notes = [] if mode != mode_label(AUTO) else [f"{m['ar_steps']} of {m['tokens']} tokens as AR steps"]
         if m["carried"]:
             notes.append(f"{m['carried']} fused cycles carried")
         if m["offchain"]:
             notes.append(f"{m['offchain']} of {m['cycles']} cycles off the argmax chain")
-        same = "-" if mode == "ar" else "yes" if m["identical"] else "NO"
+        same = "-" if mode == AR_LABEL else "yes" if m["identical"] else "NO"
         lines.append(f"  {mode:<7} {m['tok_s']:>7.1f} {m['speedup']:>5.2f}x {per_cycle:>9} {passes:>10.2f}  {same}"
                      + (f"  ({'; '.join(notes)})" if notes else ""))
     return "\n".join(lines)
@@ -123,24 +116,19 @@ def _table(entries: dict[str, dict]) -> str:
 
 def _tree_gains(totals: dict, modes: list) -> list[dict]:
     """Each tree mode against the chain of its K, where both ran: tokens per cycle (= per verify pass) and gain."""
-    from .cli_options import mode_options
-
     gains = []
     for mode in modes:
         options = mode_options(mode)
-        chain = mode_name(options["block_size"])
+        chain = mode_label(options["block_size"])
         if options.get("tree") and chain in totals and totals[chain]["tokens_per_cycle"]:
-            tree, base = totals[mode_name(mode)]["tokens_per_cycle"], totals[chain]["tokens_per_cycle"]
+            tree, base = totals[mode_label(mode)]["tokens_per_cycle"], totals[chain]["tokens_per_cycle"]
             gains.append({"mode": mode, "block_size": options["block_size"], "tree": options["tree"],
                           "tokens_per_cycle": tree, "chain_tokens_per_cycle": base, "gain": tree / base - 1.0})
     return gains
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_options import check_arguments
     from .model import Orthrus
-
-    from .cli_options import mode_options
 
     check_arguments(args)
     if args.repeats < 1:
@@ -164,21 +152,21 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for prompt in DEMO_PROMPTS:
             tokens = llm.tokenize(llm.chat_prompt([{"role": "user", "content": prompt}]))
-            runs = {mode_name(k): [] for k in modes}
+            runs = {mode_label(k): [] for k in modes}
             for _ in range(args.repeats):
                 for k in modes:
-                    runs[mode_name(k)].append(_generate(llm, ar, k, tokens, args.max_tokens))
-            base = _fastest(runs["ar"])
+                    runs[mode_label(k)].append(_generate(llm, ar, k, tokens, args.max_tokens))
+            base = _fastest(runs[AR_LABEL])
             row = {"prompt": prompt, "text": base.text,
                    "modes": {name: _mode_row(mode_runs, base) for name, mode_runs in runs.items()}}
             rows.append(row)
             say(f"\n>>> {prompt}\n{base.text.strip()}\n{_table(row['modes'])}")
         costs = llm.auto_controller.costs
-    totals = {mode_name(k): _totals(rows, mode_name(k)) for k in modes}
+    totals = {mode_label(k): _totals(rows, mode_label(k)) for k in modes}
     # the limits are those of a chain cycle (its passes are the profile's); trees are set against their chain below
     chains = [k for k in args.block_sizes if isinstance(k, int)] or [llm.trained_block_size]
-    best = max(chains, key=lambda k: totals[mode_name(k)]["speedup"] if mode_name(k) in totals else 0.0)
-    limits = _limits(costs, best, totals[mode_name(best)]["tokens_per_cycle"] if mode_name(best) in totals else 0.0)
+    best = max(chains, key=lambda k: totals[mode_label(k)]["speedup"] if mode_label(k) in totals else 0.0)
+    limits = _limits(costs, best, totals[mode_label(best)]["tokens_per_cycle"] if mode_label(best) in totals else 0.0)
     trees = _tree_gains(totals, args.block_sizes)
     summary = {"all_identical": all(t["identical"] for t in totals.values()), "modes": totals,
                "best_fixed_block_size": best, "limits": limits, "trees": trees, "pass_costs": costs.as_dict()}
@@ -187,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
                           "system_prompt": assets.EMBEDDED_SYSTEM_PROMPT, "summary": summary, "prompts": rows},
                          indent=2))
         return 0 if summary["all_identical"] else 1
-    auto = totals[AUTO]
+    auto = totals[mode_label(AUTO)]
     print(f"\n== all {len(rows)} prompts ==\n{_table(totals)}\n"
-          f"\nBest fixed block size here: K={best}, {totals[mode_name(best)]['speedup']:.2f}x AR. What limits it: on "
+          f"\nBest fixed block size here: K={best}, {totals[mode_label(best)]['speedup']:.2f}x AR. What limits it: on "
           f"this machine one AR step takes {limits['t_step_ms']:.1f} ms and a K={best} cycle (a draft pass of "
           f"{limits['draft_pass_steps']:.1f} steps + a verify pass of {limits['verify_pass_steps']:.1f}) costs "
           f"{limits['cycle_steps']:.1f} steps, so Orthrus breaks even at {limits['cycle_steps']:.1f} tokens per "

@@ -179,3 +179,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def fill_batch(batch, rows: Sequence[tuple[int, int, int, bool]]) -> None:
+    """Set a llama_cpp._internals.LlamaBatch to `rows`, one (token, position, sequence id, wants logits) each.
+
+    LlamaBatch's own set_batch / add_sequence number the positions from a start for one sequence; a decode step of
+    several sequences at different lengths (bench/train_data.py) needs each row's position and sequence given; the
+    profile's passes (pass_costs.timed_pass) are filled here too, so one function knows the batch's layout."""
+    raw = batch.batch
+    for i, (token, pos, seq, logits) in enumerate(rows):
+        raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.logits[i] = token, pos, 1, logits
+        raw.seq_id[i][0] = seq
+    raw.n_tokens = len(rows)

@@ -85,27 +85,26 @@ def timed_pass(llm, tokens: list[int], start_pos: int, diffusion: bool) -> float
     """Seconds for one decode of `tokens` at start_pos.. with an output for every row (in argmax mode, as greedy
     cycles run), until its result is on the host; its cells are removed after, so the cache is back where it was."""
     import llama_cpp
+    from llama_cpp._internals import LlamaBatch
 
     from . import _lib as lib
+    from .engine import fill_batch
 
     ctx = llm.ctx
-    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    batch = LlamaBatch(n_tokens=len(tokens), embd=0, n_seq_max=1, verbose=False)
     try:
-        for i, token in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, start_pos + i, 1, True
-            batch.seq_id[i][0] = 0
-        batch.n_tokens = len(tokens)
+        fill_batch(batch, [(token, start_pos + i, 0, True) for i, token in enumerate(tokens)])
         lib.llama_orthrus_set_diffusion(ctx, diffusion)
         lib.llama_orthrus_set_argmax(ctx, True)  # as greedy decoding runs its passes
         start = time.perf_counter()
-        status = llama_cpp.llama_decode(ctx, batch)
+        status = llama_cpp.llama_decode(ctx, batch.batch)
         lib.llama_orthrus_get_argmax_ith(ctx, len(tokens) - 1)  # waits for the pass (asynchronous backends)
         elapsed = time.perf_counter() - start
     finally:
         lib.llama_orthrus_set_argmax(ctx, False)
         lib.llama_orthrus_set_diffusion(ctx, False)
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, start_pos, -1)
-        llama_cpp.llama_batch_free(batch)
+        batch.close()
     if status != 0:
         raise PyorthrusError(f"llama_decode returned {status} for a {len(tokens)}-token profiling pass")
     return elapsed

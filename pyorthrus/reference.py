@@ -10,7 +10,6 @@ not cached yet.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS,
                       KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, OrthrusConfig, config_from_hf,
                       llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
 from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
+from .sampling import sampling_distribution
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -504,26 +504,12 @@ def greedy_generate(model: OrthrusModel, prompt_ids, max_new_tokens: int, block_
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                    min_p: float = 0.0) -> torch.Tensor:
-    """Row-wise probabilities in float64 as llama.cpp's samplers leave them: top-k (0 = off), top-p (1 = off, the
-    mass of the survivors' softmax) and min-p (0 = off) on the raw logits, then softmax(logit / temperature) over the
-    kept tokens. Temperature <= 0 means greedy: all mass on the argmax (speculative sampling then reduces to greedy
-    verify)."""
-    if temperature <= 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
-    logits = logits.double()
-    top = logits.max(-1, keepdim=True).values
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p < 1.0:
-        sorted_probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
-        dropped = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        drop = torch.zeros_like(dropped).scatter(-1, order, dropped)
-        logits = logits.masked_fill(drop, -math.inf)
-    if min_p > 0.0:
-        logits = logits.masked_fill(logits < top + math.log(min_p), -math.inf)
-    return torch.softmax(logits / temperature, dim=-1)
+    """Row-wise probabilities (float64) as llama.cpp's samplers leave them (pyorthrus.sampling, the one
+    implementation): top-k, top-p and min-p on the raw logits, then softmax(logit / temperature); temperature <= 0
+    puts all mass on the argmax (speculative sampling then reduces to greedy verify)."""
+    rows = logits.detach().double().reshape(-1, logits.shape[-1]).cpu().numpy()
+    probs = np.stack([sampling_distribution(row, temperature, top_k, top_p, min_p) for row in rows])
+    return torch.from_numpy(probs).reshape(logits.shape)
 
 
 @torch.no_grad()

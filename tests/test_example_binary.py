@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pyorthrus.testing.harness import Context, Model, greedy_ar  # first: sets the batch-invariant environment
+from pyorthrus.testing.harness import Context, Model, greedy_ar
 
 from pyorthrus import assets
 

@@ -11,7 +11,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate, processed_probs  # first: env
+from pyorthrus.sampling import sampling_distribution
+from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate
 from pyorthrus.check.stats import chi2_sf
 from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID, write_adapter, write_identity_adapter
 
@@ -289,7 +290,7 @@ def test_sampling_is_lossless_chi_square(model, adapter, temp, top_k, top_p, min
         # reference: AR distribution of the token after the prompt
         c.prefill(prompt)
         assert c.decode(prompt[-1:], len(prompt) - 1) == 0
-        p_ref = processed_probs(c.logits(-1), temp, top_k=top_k, top_p=top_p, min_p=min_p)
+        p_ref = sampling_distribution(c.logits(-1), temp, top_k=top_k, top_p=top_p, min_p=min_p)
         support = np.flatnonzero(p_ref)
         assert 2 <= len(support) <= 64, len(support)
 

@@ -12,7 +12,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import Context, greedy_ar, orthrus_generate, orthrus_params  # first: env
+from pyorthrus.testing.harness import Context, greedy_ar, orthrus_generate, orthrus_params
 from pyorthrus.testing.adapters import SMOLLM2_MASK_TOKEN_ID
 from pyorthrus import Orthrus, _lib as O
 from pyorthrus import assets

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyorthrus.testing.harness import Context, Model  # first: sets the OpenMP environment
+from pyorthrus.testing.harness import Context, Model
 
 from pyorthrus import _lib as O
 from pyorthrus import reference

@@ -12,8 +12,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from pyorthrus.testing.harness import (Context, greedy_ar, orthrus_generate, orthrus_params,  # first: env
-                                       processed_probs)
+from pyorthrus.sampling import sampling_distribution
+from pyorthrus.testing.harness import Context, greedy_ar, orthrus_generate, orthrus_params
 from pyorthrus import _lib as O
 from pyorthrus.check.stats import chi2_sf
 
@@ -30,13 +30,9 @@ def _set_tree(ctx, parent) -> int:
 
 def _tree_rows(ctx, s, tokens, depths, parent):
     """Logits of every row of one tree pass at s (positions s + depth), the cells removed again."""
-    b = ctx._batch
-    b.n_tokens = len(tokens)
-    for i, (t, d) in enumerate(zip(tokens, depths)):
-        b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = t, s + d, 1, 0, 1
     assert _set_tree(ctx, parent) == 0, O.last_error()
     try:
-        assert L.llama_decode(ctx.ptr, b) == 0
+        assert ctx.decode_rows([(t, s + d, 0, True) for t, d in zip(tokens, depths)]) == 0
         rows = ctx.logits_rows(len(tokens))
     finally:
         assert _set_tree(ctx, []) == 0
@@ -156,7 +152,7 @@ def test_sampled_tree_is_lossless_chi_square(model, adapter):
         def ar_probs(tokens):
             c.prefill(tokens)
             assert c.decode(tokens[-1:], len(tokens) - 1) == 0
-            return processed_probs(c.logits(-1), temp, top_k=top_k)
+            return sampling_distribution(c.logits(-1), temp, top_k=top_k)
 
         def assert_follows(samples, p_ref):
             support = np.flatnonzero(p_ref)

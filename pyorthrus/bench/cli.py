@@ -21,7 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import prompts as prompt_sets
-from ..cli_options import adapter_path, add_model_arguments, check_arguments, mode_options, open_model, parse_modes
+from ..cli_options import (AR_LABEL, adapter_path, add_model_arguments, check_arguments, comma_list, mode_key,
+                           mode_options, open_model, parse_modes)
 from ..errors import PyorthrusError
 from ..model import AUTO
 from ..options import OptionError
@@ -30,14 +31,6 @@ from ..paths import check_writable
 from ..stats import tokens_per_cycle
 from .device import accelerators, cpu_name
 from .shapes import SHAPES
-
-
-def mode_key(mode: int | str) -> str:
-    if mode == AUTO:
-        return "orthrus_auto"
-    options = mode_options(mode)
-    return f"orthrus_k{options['block_size']}" + ("_fused" if options.get("fused") else "") + \
-        (f"_tree{options['tree']}" if options.get("tree") else "")
 
 
 def device_profile(llm, reps: int, fused: bool, largest_pass: int = 0) -> dict:
@@ -80,7 +73,7 @@ def run_modes(llm, prompts: list[dict], block_sizes: list[int | str], max_tokens
     ar.generate(warmup, max_tokens=8)
     for mode in block_sizes:
         llm.generate(warmup, max_tokens=8, **mode_options(mode))
-    modes = ["ar", *block_sizes] + (["peer"] if peer is not None else [])
+    modes = [AR_LABEL, *block_sizes] + (["peer"] if peer is not None else [])
     rows = []
     for i, prompt in enumerate(tqdm(prompts, desc="bench", unit="prompt", file=sys.stderr)):
         tokens = llm.tokenize(llm.chat_prompt([{"role": "user", "content": prompt["prompt"]}]))
@@ -91,11 +84,11 @@ def run_modes(llm, prompts: list[dict], block_sizes: list[int | str], max_tokens
                 reply = peer.create_completion(llm.detokenize(tokens), max_tokens=max_tokens, temperature=0.0)
                 done[mode] = (reply["usage"]["completion_tokens"], time.perf_counter() - start)
             else:
-                out = ar.generate(tokens, max_tokens=max_tokens) if mode == "ar" else \
+                out = ar.generate(tokens, max_tokens=max_tokens) if mode == AR_LABEL else \
                     llm.generate(tokens, max_tokens=max_tokens, **mode_options(mode))
                 done[mode] = (out, _kv_cache(llm))
-        base = done["ar"][0]
-        row = {"prompt": prompt["prompt"][:80], "ar": {**_mode_row(base), **done["ar"][1]}}
+        base = done[AR_LABEL][0]
+        row = {"prompt": prompt["prompt"][:80], AR_LABEL: {**_mode_row(base), **done[AR_LABEL][1]}}
         for k in block_sizes:
             out, kv = done[k]
             row[mode_key(k)] = {**_mode_row(out), **kv, "identical": out.tokens == base.tokens,
@@ -133,7 +126,7 @@ def _merged(histograms: list[dict]) -> dict[int, int]:
 def summarize(rows: list[dict], block_sizes: list[int | str], profile: dict, fused: bool = False) -> dict:
     costs = PassCosts.from_dict(profile)
     t1 = costs.t_step_s
-    ar = [r["ar"] for r in rows]
+    ar = [r[AR_LABEL] for r in rows]
     summary = {"ar_tok_s_median": statistics.median(m["tok_s"] for m in ar),
                "ar_first_token_s_median": statistics.median(m["t_first_token_s"] for m in ar),
                "ar_kv_bytes_per_cell": statistics.median(m["kv_bytes_per_cell"] for m in ar)}
@@ -216,10 +209,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shape times random-weight merged GGUFs of published shapes instead of running prompts: pass costs at "
         "each prefix, whole cycles, break-even acceptance and projections. Files are made once (F16 written with "
         "gguf-py, quantized with llama_model_quantize) and cached.")
-    shape.add_argument("--shape", default=None, metavar="NAMES",
+    shape.add_argument("--shape", type=comma_list(), default=None, metavar="NAMES",
                        help="comma-separated shapes: " + ", ".join(SHAPES))
-    shape.add_argument("--weights", default="q4_k_m,q8_0", help="weight types for --shape: f16, q8_0, q4_k_m")
-    shape.add_argument("--prefixes", default="128,4096", help="cached prefix lengths for --shape")
+    shape.add_argument("--weights", type=comma_list(str.lower), default="q4_k_m,q8_0",
+                       help="weight types for --shape: f16, q8_0, q4_k_m")
+    shape.add_argument("--prefixes", type=comma_list(int), default="128,4096",
+                       help="cached prefix lengths for --shape")
     shape.add_argument("--shape-cache", type=Path, default=None,
                        help="where shape GGUFs are kept (default: the pyorthrus cache's shapes/)")
     parser.add_argument("--json", action="store_true", help="print the JSON report")

@@ -4,37 +4,42 @@ skipped with a one-line note."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
+from ..cli_options import AR_LABEL, AUTO_KEY, key_options
 from ..errors import PyorthrusError
 
 NAN = float("nan")
 
 
-MODE_KEY = re.compile(r"orthrus_k(\d+)(_fused|_tree(\d+))?")  # bench.cli.mode_key's names
+def _fixed_k_modes(summary: dict) -> list[tuple[dict, str, dict]]:
+    """(generate() arguments, key, summary entry) of each fixed-K mode of a summary (keys: cli_options.mode_key)."""
+    return [(options, key, e) for key, e in summary.items() if (options := key_options(key)) is not None]
 
 
 def _fixed_k(summary: dict, fused: bool = False) -> list[tuple[int, dict]]:
     """(K, summary entry) of each fixed-block-size chain mode (fused: of each fused one), in increasing K."""
-    keys = [(MODE_KEY.fullmatch(key), e) for key, e in summary.items()]
-    return sorted((int(m.group(1)), e) for m, e in keys if m and (m.group(2) == "_fused" if fused else not m.group(2)))
-
-
-def _trees(summary: dict) -> list[tuple[int, int, dict]]:
-    """(K, nodes, summary entry) of each tree mode, by K then nodes."""
-    keys = [(MODE_KEY.fullmatch(key), e) for key, e in summary.items()]
-    return sorted((int(m.group(1)), int(m.group(3)), e) for m, e in keys if m and m.group(3))
+    return sorted((o["block_size"], e) for o, _, e in _fixed_k_modes(summary)
+                  if not o.get("tree") and bool(o.get("fused")) == fused)
 
 
 def _modes(summary: dict) -> list[tuple[str, str, dict]]:
-    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, fused ones the same, trees,
-    then auto."""
-    modes = [(f"K={k}", f"orthrus_k{k}", e) for k, e in _fixed_k(summary)]
-    modes += [(f"K={k} fused", f"orthrus_k{k}_fused", e) for k, e in _fixed_k(summary, fused=True)]
-    modes += [(f"K={k} tree {n}", f"orthrus_k{k}_tree{n}", e) for k, n, e in _trees(summary)]
-    return modes + ([("auto", "orthrus_auto", summary["orthrus_auto"])] if "orthrus_auto" in summary else [])
+    """(label, key, summary entry) of each Orthrus mode: fixed K in increasing order, fused ones the same, trees
+    by K then nodes, then auto."""
+    def order(mode: tuple[dict, str, dict]) -> tuple[int, int, int]:
+        options = mode[0]
+        return 2 if options.get("tree") else 1 if options.get("fused") else 0, options["block_size"], \
+            options.get("tree", 0)
+
+    modes = [(_label(o), key, e) for o, key, e in sorted(_fixed_k_modes(summary), key=order)]
+    return modes + ([("auto", AUTO_KEY, summary[AUTO_KEY])] if AUTO_KEY in summary else [])
+
+
+def _label(options: dict) -> str:
+    """A fixed-K mode in the report's words: K=4, K=4 fused, K=4 tree 8."""
+    return f"K={options['block_size']}" + (" fused" if options.get("fused") else "") + \
+        (f" tree {options['tree']}" if options.get("tree") else "")
 
 
 def _number(value: float | None) -> str:
@@ -79,8 +84,8 @@ def markdown(report: dict, plots: list[Path] | None = None) -> str:
         shares = ", ".join(f"{label}: {e['offchain_share']:.0%}" for label, e in trees)
         lines += ["", "Trees (each verify pass checks a tree of draft continuations, not only the argmax chain); cycles "
                   f"whose committed path left the chain: {shares}."]
-    if "orthrus_auto" in s:
-        auto = s["orthrus_auto"]
+    if AUTO_KEY in s:
+        auto = s[AUTO_KEY]
         cycles = ", ".join(f"K={k}: {n}" for k, n in auto["block_size_histogram"].items()) or "none"
         lines += ["", f"Auto: {auto['ar_step_share']:.0%} of the tokens from plain AR steps; Orthrus cycles by "
                       f"block size: {cycles}."]
@@ -135,12 +140,12 @@ def plot(report: dict, out: Path) -> list[Path] | None:
         plt.close(fig)
         paths.append(path)
 
-    keys = [("AR", "ar")] + [(f"Orthrus {label}", key) for label, key, _ in _modes(s)]
+    keys = [("AR", AR_LABEL)] + [(f"Orthrus {label}", key) for label, key, _ in _modes(s)]
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, key) in enumerate(keys):
         values = sorted(r[key]["tok_s"] for r in rows)
         median = values[len(values) // 2]
-        ax.bar(i, median, color="tab:gray" if key == "ar" else "tab:blue")
+        ax.bar(i, median, color="tab:gray" if key == AR_LABEL else "tab:blue")
         ax.errorbar(i, median, yerr=[[median - values[0]], [values[-1] - median]], color="black", capsize=3)
     ax.set_xticks(range(len(keys)), [label for label, _ in keys], rotation=20)
     ax.set_ylabel("tokens/s (median over prompts, min-max)")
@@ -164,8 +169,8 @@ def plot(report: dict, out: Path) -> list[Path] | None:
     ax.plot([k for k, _ in ceiling], [c for _, c in ceiling], linestyle=":", color="gray",
             label="ceiling (every draft accepted)")
     ax.axhline(1.0, color="black", linewidth=0.8, label="AR")
-    if "orthrus_auto" in s:
-        ax.axhline(s["orthrus_auto"]["speedup_median"], color="tab:green", linestyle="-.", label="auto (measured)")
+    if AUTO_KEY in s:
+        ax.axhline(s[AUTO_KEY]["speedup_median"], color="tab:green", linestyle="-.", label="auto (measured)")
     ax.set_xlabel("block size K")
     ax.set_ylabel("speedup vs AR")
     ax.legend(fontsize=8)
@@ -223,7 +228,7 @@ def compare_markdown(reports: list[tuple[Path, dict]]) -> str:
         s, dev = report["summary"], report["device"]
         fixed = _fixed_k(s)
         k, best = max(fixed, key=lambda item: item[1]["speedup_median"]) if fixed else ("-", {})
-        auto = s.get("orthrus_auto", {}).get("speedup_median", NAN)
+        auto = s.get(AUTO_KEY, {}).get("speedup_median", NAN)
         lines.append(f"| {label} | {device_label(report)} | {dev['backend']} ({dev['flavour']}) | "
                      f"{s['ar_tok_s_median']:.1f} | {k} | {best.get('speedup_median', NAN):.2f} | "
                      f"{_number(best.get('tokens_per_cycle'))} | {best.get('predicted_speedup', NAN):.2f} | "
@@ -240,8 +245,8 @@ def compare_plot(reports: list[tuple[Path, dict]], out: Path) -> Path | None:
         fixed = _fixed_k(report["summary"])
         line = ax.plot([k for k, _ in fixed], [e["speedup_median"] for _, e in fixed], marker="o",
                        label=f"{label}: {device_label(report)}")[0]
-        if "orthrus_auto" in report["summary"]:
-            ax.axhline(report["summary"]["orthrus_auto"]["speedup_median"], color=line.get_color(), linestyle="-.",
+        if AUTO_KEY in report["summary"]:
+            ax.axhline(report["summary"][AUTO_KEY]["speedup_median"], color=line.get_color(), linestyle="-.",
                        linewidth=0.8)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("block size K (dash-dot: auto)")

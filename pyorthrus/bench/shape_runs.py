@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import PyorthrusError
+from ..gguf_meta import open_reader
 from ..pass_costs import measure_cycle_costs, measure_pass_costs
 from . import shapes
 from .device import accelerators, cpu_name
@@ -69,9 +70,7 @@ def memory_bandwidth(threads: int, nbytes: int = 1 << 30) -> float:
 def step_weight_bytes(path: Path) -> int:
     """Bytes of weights one AR step reads: every base tensor but the token embedding (one row of it is read),
     which a tied model reads in full as its output head; diff tensors are not read by the AR view."""
-    import gguf
-
-    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    tensors = {t.name: int(t.n_bytes) for t in open_reader(path).tensors}
     total = sum(n for name, n in tensors.items() if "_diff." not in name and name != "token_embd.weight")
     return total + (tensors["token_embd.weight"] if "output.weight" not in tensors else 0)
 
@@ -206,11 +205,9 @@ def plot(report: dict, out: Path) -> str | None:
 
 
 def run(args) -> int:
-    names = [n.strip() for n in args.shape.split(",") if n.strip()]
-    types = [t.strip().lower() for t in args.weights.split(",") if t.strip()]
-    prefixes = [int(p) for p in args.prefixes.split(",") if p.strip()]
-    if not prefixes or min(prefixes) < 1:
-        raise PyorthrusError(f"--prefixes {args.prefixes!r}: give positive integers")
+    # --shape, --weights and --prefixes arrive as lists (pyorthrus.cli_options.comma_list)
+    if min(args.prefixes) < 1:
+        raise PyorthrusError(f"--prefixes {','.join(map(str, args.prefixes))}: give positive integers")
     threads = args.threads or 1
 
     def write(report: dict) -> None:  # OUT.json and OUT.md (OUT may hold dots: "qwen3-1.7b")
@@ -222,7 +219,8 @@ def run(args) -> int:
             text += f"\n![break-even acceptance]({png})\n"
         args.out.with_name(args.out.name + ".md").write_text(text)
 
-    report = run_shapes(names, types, prefixes, threads, args.profile_reps, args.shape_cache or shapes.default_cache(),
-                        args.n_gpu_layers, args.flash_attn, on_result=write if args.out else None)
+    report = run_shapes(args.shape, args.weights, args.prefixes, threads, args.profile_reps,
+                        args.shape_cache or shapes.default_cache(), args.n_gpu_layers, args.flash_attn,
+                        on_result=write if args.out else None)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
     return 0

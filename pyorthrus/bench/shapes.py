@@ -80,15 +80,9 @@ SHAPES = {
 }
 BLOCK_SIZE = 32  # the trained K of the published checkpoints
 QWEN3_BOS, QWEN3_EOS, QWEN3_MASK = 151643, 151645, 151669
-# bytes per weight, for the disk/RAM estimate before anything is written (Q4_K_M mixes Q4_K and Q6_K)
+# the weight types shape files are made in, with their bytes per weight for the disk/RAM estimate before anything
+# is written (Q4_K_M mixes Q4_K and Q6_K)
 BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.62}
-
-
-def weight_types() -> dict[str, int]:
-    import llama_cpp.llama_cpp as L
-
-    return {"f16": L.LLAMA_FTYPE_MOSTLY_F16, "q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0,
-            "q4_k_m": L.LLAMA_FTYPE_MOSTLY_Q4_K_M}
 
 
 def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
@@ -217,8 +211,8 @@ def make_shape_gguf(name: str, weight_type: str, cache: Path, threads: int | Non
     """The cached merged GGUF of shape `name` in `weight_type` (f16, q8_0, q4_k_m), made on first use."""
     if name not in SHAPES:
         raise PyorthrusError(f"unknown shape {name!r}: choose from {', '.join(SHAPES)}")
-    if weight_type not in weight_types():
-        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(weight_types())}")
+    if weight_type not in BYTES_PER_WEIGHT:
+        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(BYTES_PER_WEIGHT)}")
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{name}.{weight_type}.gguf"
     if path.is_file():
@@ -232,22 +226,32 @@ def make_shape_gguf(name: str, weight_type: str, cache: Path, threads: int | Non
     return quantize_gguf(f16, path, weight_type, threads)
 
 
-def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None = None) -> Path:
-    """llama_model_quantize of a GGUF model to `weight_type` (f16, q8_0, q4_k_m), written to a temporary file
-    and renamed to `out` only when complete."""
+def llama_ftype(weight_type: str) -> int:
+    """llama.cpp's LLAMA_FTYPE_* of a weight type named as llama-quantize names it (f32, f16, q8_0, q4_k_m, ...;
+    any case): the one table of names, so the shape files, the tests and the bench scripts quantize alike."""
     import llama_cpp.llama_cpp as L
 
-    types = weight_types()
-    if weight_type not in types:
-        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(types)}")
+    prefix = "LLAMA_FTYPE_MOSTLY_"
+    names = {"f32": L.LLAMA_FTYPE_ALL_F32} | {name.removeprefix(prefix).lower(): getattr(L, name)
+                                              for name in dir(L) if name.startswith(prefix)}
+    if weight_type.lower() not in names:
+        raise PyorthrusError(f"unknown weight type {weight_type!r}: choose from {', '.join(names)}")
+    return names[weight_type.lower()]
+
+
+def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None = None) -> Path:
+    """llama_model_quantize of a GGUF model to `weight_type` (see llama_ftype), written to a temporary file and
+    renamed to `out` only when complete (processes quantizing the same file at once never see a partial one)."""
+    import llama_cpp.llama_cpp as L
+
     params = L.llama_model_quantize_default_params()
     params.nthread = threads or os.cpu_count() or 1
-    params.ftype = types[weight_type]
+    params.ftype = llama_ftype(weight_type)
     params.allow_requantize = True
 
     def quantize(tmp: Path) -> None:
-        if L.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
-            raise PyorthrusError(f"{source}: llama_model_quantize to {weight_type} failed")
+        if (status := L.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)) != 0:
+            raise PyorthrusError(f"{source}: llama_model_quantize to {weight_type} failed ({status})")
 
     atomic_write(out, quantize)
     return out

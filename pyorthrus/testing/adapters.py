@@ -17,19 +17,13 @@ import numpy as np
 
 from ..formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSOR_OF, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
                        KEY_MASK_TOKEN_ID)
+from ..gguf_meta import gguf_field, open_reader
 
 # SmolLM2 has no mask token; <empty_output> (id 16) is a special token of its code-data vocabulary that chat text
 # never produces, so it serves as MASK for identity adapters of SmolLM2.
 SMOLLM2_MASK_TOKEN_ID = 16
 
 _DIFF = DIFF_TENSOR_OF
-
-
-def _field_value(reader: gguf.GGUFReader, key: str):
-    f = reader.fields[key]
-    if f.types[0] == gguf.GGUFValueType.STRING:
-        return bytes(f.parts[f.data[0]]).decode()
-    return f.parts[f.data[0]][0].item()
 
 
 def write_adapter(
@@ -50,12 +44,12 @@ def write_adapter(
     general_type: str = "adapter",
 ) -> Path:
     """Identity adapter of the GGUF `base`; the keyword arguments inject faults (None/False: correct value)."""
-    reader = gguf.GGUFReader(str(base))
-    base_arch = _field_value(reader, "general.architecture")
-    n_layer = int(_field_value(reader, f"{base_arch}.block_count"))
-    n_embd = int(_field_value(reader, f"{base_arch}.embedding_length"))
-    n_head = int(_field_value(reader, f"{base_arch}.attention.head_count"))
-    n_head_kv = int(_field_value(reader, f"{base_arch}.attention.head_count_kv"))
+    reader = open_reader(base)
+    base_arch = gguf_field(reader, "general.architecture")
+    n_layer = int(gguf_field(reader, f"{base_arch}.block_count"))
+    n_embd = int(gguf_field(reader, f"{base_arch}.embedding_length"))
+    n_head = int(gguf_field(reader, f"{base_arch}.attention.head_count"))
+    n_head_kv = int(gguf_field(reader, f"{base_arch}.attention.head_count_kv"))
     tok = reader.fields["tokenizer.ggml.tokens"]
     n_vocab = len(tok.data)
 

@@ -77,12 +77,12 @@ def write_diff_only_for_gguf(out_dir, base_gguf, mask_token_id: int, block_size:
     """What the trainer writes for a base GGUF (e.g. SmolLM2): config.json + `_diff` tensors only, initialised from
     the base's AR attention weights (dequantized, Q/K un-permuted to HF order) plus `noise` x N(0, 1) so the diff
     weights are distinguishable from the AR ones. Reads only the attention tensors of the base."""
-    import gguf
     from safetensors.torch import save_file
 
+    from ..gguf_meta import open_reader
     from ..reference import config_from_gguf, gguf_tensor_f32, llama_qk_permute_heads, unpermute_qk_rows
 
-    reader = gguf.GGUFReader(str(base_gguf))
+    reader = open_reader(base_gguf)
     cfg = config_from_gguf(reader, str(base_gguf))
     gen = torch.Generator().manual_seed(seed)
     hf_names = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",

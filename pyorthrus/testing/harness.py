@@ -18,7 +18,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 import llama_cpp.llama_cpp as L
+from llama_cpp._internals import LlamaBatch
+
 from pyorthrus import _lib as O
+from pyorthrus.engine import fill_batch
 
 _initialised = False
 
@@ -76,7 +79,7 @@ class Model:
 
 class Context:
     def __init__(self, model: Model, *, n_ctx: int = 512, n_batch: int = 512, n_ubatch: Optional[int] = None,
-                 flash_attn: bool = False, n_threads: int = 2, kv_f32: bool = False):
+                 flash_attn: bool = False, n_threads: int = 2, kv_f32: bool = False, n_rs_seq: int = 0):
         self.model = model
         self.flash_attn = flash_attn
         cp = L.llama_context_default_params()
@@ -88,6 +91,7 @@ class Context:
         cp.n_threads_batch = n_threads
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
+        cp.n_rs_seq = n_rs_seq  # recurrent layers: state snapshots kept per sequence for rollbacks (seq_rm)
         if kv_f32:
             cp.type_k = 0  # GGML_TYPE_F32 (default F16)
             cp.type_v = 0
@@ -95,12 +99,12 @@ class Context:
         if not self.ptr:
             raise RuntimeError("cannot create context")
         self.mem = L.llama_get_memory(self.ptr)
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self._batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_batch = n_batch
 
     def close(self):
         if self.ptr:
-            L.llama_batch_free(self._batch)
+            self._batch.close()
             L.llama_free(self.ptr)
             self.ptr = None
 
@@ -119,15 +123,13 @@ class Context:
 
     # --- decoding
     def decode(self, tokens: Sequence[int], pos0: int, *, all_logits: bool = False, seq: int = 0) -> int:
-        b = self._batch
-        b.n_tokens = len(tokens)
-        for i, t in enumerate(tokens):
-            b.token[i] = t
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = 1 if (all_logits or i == len(tokens) - 1) else 0
-        return L.llama_decode(self.ptr, b)
+        last = len(tokens) - 1
+        return self.decode_rows([(t, pos0 + i, seq, all_logits or i == last) for i, t in enumerate(tokens)])
+
+    def decode_rows(self, rows: Sequence[tuple[int, int, int, bool]]) -> int:
+        """Decode one batch given row by row: (token, position, sequence id, wants logits)."""
+        fill_batch(self._batch, rows)
+        return L.llama_decode(self.ptr, self._batch.batch)
 
     def logits(self, i: int) -> np.ndarray:
         p = L.llama_get_logits_ith(self.ptr, i)
@@ -237,22 +239,3 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
     return run
 
 
-def processed_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                    min_p: float = 0.0) -> np.ndarray:
-    """The distribution llama.cpp samples from with these flags, written out independently of it: top-k, top-p
-    (mass of the survivors' softmax) and min-p on the raw logits, then softmax(logit / temperature) over what is
-    kept (common_sampler's and llama_cpp.Llama's order)."""
-    z = logits.astype(np.float64)
-    order = np.lexsort((np.arange(len(z)), -z))  # descending logit, lower id first on ties
-    top = z[order[0]]
-    keep = len(z)
-    if 0 < top_k < keep:
-        keep = top_k
-    if top_p < 1.0:
-        p = np.exp(z[order[:keep]] - top)
-        keep = min(keep, int(np.searchsorted(np.cumsum(p / p.sum()), top_p)) + 1)
-    if min_p > 0.0:
-        keep = max(1, int(np.sum(z[order[:keep]] >= top + np.log(min_p))))
-    q = np.zeros_like(z)
-    q[order[:keep]] = np.exp((z[order[:keep]] - top) / temperature)
-    return q / q.sum()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,14 +66,16 @@ def default_mask_token(base, model: OrthrusModel) -> int:
     """The base's own mask_token_id if it has one, else a reserved special token the chat text never produces."""
     if model.cfg.mask_token_id is not None:
         return int(model.cfg.mask_token_id)
-    vocab = _vocab(base)
+    vocab = base_vocab(base)
     for cand in MASK_TOKEN_CANDIDATES:
         if cand in vocab:
             return vocab.index(cand)
     raise PyorthrusError(f"{base}: no mask token found ({', '.join(MASK_TOKEN_CANDIDATES)}); pass --mask-token-id")
 
 
-def _vocab(base) -> list[str]:
+def base_vocab(base) -> list[str]:
+    """The token texts by id of a base (GGUF, or HF directory with tokenizer.json; else none): default_mask_token
+    and bench/gpu_gen.py look tokens up by text in it."""
     base = Path(base)
     if base.suffix == ".gguf":
         from ..gguf_meta import gguf_field, open_reader

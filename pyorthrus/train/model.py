@@ -136,13 +136,16 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _rope_tables(model: OrthrusModel, pos: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(model: OrthrusModel, pos: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE cos and sin [B, 1, L, head_dim] of positions pos [B, L] (also bench/gpu_gen.py's sampler)."""
     freqs = pos[..., None].float() * model.inv_freq.to(pos.device)[None, None, :]   # [B, L, hd/2]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None]                              # [B, 1, L, hd]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def _qkv(model: OrthrusModel, w, h: torch.Tensor, cos, sin):
+def qkv(model: OrthrusModel, w, h: torch.Tensor, cos, sin):
+    """Q, K, V [B, heads, L, head_dim] of hidden states h through attention weights w (AR or diff), normed (Qwen3)
+    and rotated."""
     cfg = model.cfg
     B, L, _ = h.shape
     q = w.q_proj(h).view(B, L, cfg.num_heads, cfg.head_dim)
@@ -156,7 +159,9 @@ def _qkv(model: OrthrusModel, w, h: torch.Tensor, cos, sin):
     return q, k, v
 
 
-def _attend(model: OrthrusModel, w, q, k, v, mask) -> torch.Tensor:
+def attend(model: OrthrusModel, w, q, k, v, mask) -> torch.Tensor:
+    """Attention of q over k, v (KV heads repeated for grouped queries) under mask [B, Lq, Lk], through w's output
+    projection."""
     cfg = model.cfg
     group = cfg.num_heads // cfg.num_kv_heads
     if group > 1:
@@ -166,7 +171,8 @@ def _attend(model: OrthrusModel, w, q, k, v, mask) -> torch.Tensor:
     return w.o_proj(out.transpose(1, 2).reshape(B, L, cfg.num_heads * cfg.head_dim))
 
 
-def _head(model: OrthrusModel, x: torch.Tensor) -> torch.Tensor:
+def head(model: OrthrusModel, x: torch.Tensor) -> torch.Tensor:
+    """Logits of hidden states x: the final norm and the output matrix (the embeddings when tied)."""
     weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
     return F.linear(model.norm(x), weight)
 
@@ -175,31 +181,31 @@ def _head(model: OrthrusModel, x: torch.Tensor) -> torch.Tensor:
 def ar_pass(model: OrthrusModel, batch: PackedBatch):
     """No-grad causal pass: per-layer AR (K, V) [B, kv_heads, T, hd] and the teacher logits [N, vocab]."""
     dtype = model.embed_tokens.weight.dtype
-    cos, sin = _rope_tables(model, batch.pos, dtype)
+    cos, sin = rope_tables(model, batch.pos, dtype)
     x = model.embed_tokens(batch.ids)
     kv = []
     for layer in model.layers:
-        q, k, v = _qkv(model, layer.attn, layer.input_layernorm(x), cos, sin)
+        q, k, v = qkv(model, layer.attn, layer.input_layernorm(x), cos, sin)
         kv.append((k, v))
-        x = x + _attend(model, layer.attn, q, k, v, batch.ar_mask)
+        x = x + attend(model, layer.attn, q, k, v, batch.ar_mask)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     b, t = batch.teacher_rows
-    return kv, _head(model, x[b, t])
+    return kv, head(model, x[b, t])
 
 
 def diffusion_pass(model: OrthrusModel, batch: PackedBatch, ar_kv) -> torch.Tensor:
     """All blocks of the batch in one pass with the `_diff` weights; returns the student logits [N, vocab]."""
     dtype = model.embed_tokens.weight.dtype
-    cos, sin = _rope_tables(model, batch.diff_pos, dtype)
+    cos, sin = rope_tables(model, batch.diff_pos, dtype)
     y = model.embed_tokens(batch.diff_ids)
     for layer, (ka, va) in zip(model.layers, ar_kv):
-        q, k, v = _qkv(model, layer.attn_diff, layer.input_layernorm(y), cos, sin)
+        q, k, v = qkv(model, layer.attn_diff, layer.input_layernorm(y), cos, sin)
         keys = torch.cat((ka.to(k.dtype), k), dim=2)
         values = torch.cat((va.to(v.dtype), v), dim=2)
-        y = y + _attend(model, layer.attn_diff, q, keys, values, batch.diff_mask)
+        y = y + attend(model, layer.attn_diff, q, keys, values, batch.diff_mask)
         y = y + layer.mlp(layer.post_attention_layernorm(y))
     b, r = batch.student_rows
-    return _head(model, y[b, r])
+    return head(model, y[b, r])
 
 
 def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,

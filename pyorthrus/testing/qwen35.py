@@ -1,0 +1,110 @@
+"""Tiny random `qwen35` GGUFs: Qwen3.5's hybrid layout (Gated DeltaNet layers, every fourth layer gated attention)
+written with gguf-py as llama.cpp's converter lays it out, with the real Qwen3.5 vocabulary of the vendored llama.cpp
+(models/ggml-vocab-qwen35.gguf, 151,936 tokens). Random weights: for cache and state tests, not for text."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ..convert.base_gguf import copied_metadata
+from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
+from ..gguf_meta import open_reader
+from ..llama_source import plain_source_dir
+
+VOCAB_FILE = Path("models/ggml-vocab-qwen35.gguf")  # in the vendored llama.cpp tree
+
+
+@dataclass(frozen=True)
+class TinyQwen35:
+    hidden: int = 64
+    layers: int = 4  # full_attention_interval 4: layers 0-2 DeltaNet, 3 attention
+    heads: int = 2
+    kv_heads: int = 1
+    head_dim: int = 64
+    ffn: int = 128
+    state: int = 16  # ssm.state_size: the DeltaNet key/value head size (CUDA's kernel takes 16/32/64/128)
+    groups: int = 2  # ssm.group_count: DeltaNet key heads
+    value_heads: int = 4  # ssm.time_step_rank: DeltaNet value heads, a multiple of groups
+    conv_kernel: int = 4
+    rope_dims: int = 16
+    rope_sections: tuple[int, int, int, int] = (3, 3, 2, 0)  # Qwen3.5's interleaved M-RoPE, summing to rope_dims/2
+
+    def is_recurrent(self, layer: int) -> bool:
+        return (layer + 1) % 4 != 0
+
+    def tensors(self, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+        """(GGUF name, numpy shape) of every tensor, as llama.cpp's qwen35 loader creates them."""
+        key_dim, value_dim = self.state * self.groups, self.state * self.value_heads
+        out = [("token_embd.weight", (vocab, self.hidden)), ("output_norm.weight", (self.hidden,))]
+        for i in range(self.layers):
+            b = f"blk.{i}."
+            out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,)),
+                    (b + "ffn_gate.weight", (self.ffn, self.hidden)), (b + "ffn_up.weight", (self.ffn, self.hidden)),
+                    (b + "ffn_down.weight", (self.hidden, self.ffn))]
+            if self.is_recurrent(i):
+                out += [(b + "attn_qkv.weight", (2 * key_dim + value_dim, self.hidden)),
+                        (b + "attn_gate.weight", (value_dim, self.hidden)),
+                        (b + "ssm_conv1d.weight", (2 * key_dim + value_dim, self.conv_kernel)),
+                        (b + "ssm_dt.bias", (self.value_heads,)), (b + "ssm_a", (self.value_heads,)),
+                        (b + "ssm_beta.weight", (self.value_heads, self.hidden)),
+                        (b + "ssm_alpha.weight", (self.value_heads, self.hidden)),
+                        (b + "ssm_norm.weight", (self.state,)), (b + "ssm_out.weight", (self.hidden, value_dim))]
+            else:  # gated attention: each head's q rows are followed by its gate rows
+                out += [(b + "attn_q.weight", (2 * self.heads * self.head_dim, self.hidden)),
+                        (b + "attn_k.weight", (self.kv_heads * self.head_dim, self.hidden)),
+                        (b + "attn_v.weight", (self.kv_heads * self.head_dim, self.hidden)),
+                        (b + "attn_output.weight", (self.hidden, self.heads * self.head_dim)),
+                        (b + "attn_q_norm.weight", (self.head_dim,)), (b + "attn_k_norm.weight", (self.head_dim,))]
+        return out
+
+    def metadata(self) -> list[tuple]:
+        U, F, A = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.ARRAY
+        a = "qwen35"
+        return [("general.name", "tiny qwen35 (random weights)", gguf.GGUFValueType.STRING, None),
+                (f"{a}.context_length", 4096, U, None), (f"{a}.embedding_length", self.hidden, U, None),
+                (f"{a}.block_count", self.layers, U, None), (f"{a}.feed_forward_length", self.ffn, U, None),
+                (f"{a}.attention.head_count", self.heads, U, None),
+                (f"{a}.attention.head_count_kv", self.kv_heads, U, None),
+                (f"{a}.attention.key_length", self.head_dim, U, None),
+                (f"{a}.attention.value_length", self.head_dim, U, None),
+                (f"{a}.attention.layer_norm_rms_epsilon", 1e-6, F, None),
+                (f"{a}.rope.dimension_count", self.rope_dims, U, None),
+                (f"{a}.rope.dimension_sections", list(self.rope_sections), A, gguf.GGUFValueType.INT32),
+                (f"{a}.rope.freq_base", 1e7, F, None), (f"{a}.full_attention_interval", 4, U, None),
+                (f"{a}.ssm.conv_kernel", self.conv_kernel, U, None), (f"{a}.ssm.state_size", self.state, U, None),
+                (f"{a}.ssm.group_count", self.groups, U, None),
+                (f"{a}.ssm.time_step_rank", self.value_heads, U, None),
+                (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)]
+
+
+def qwen35_tokenizer_kv() -> list[tuple]:
+    """The tokenizer keys of the vendored Qwen3.5 vocabulary file, as (key, value, type, sub-type)."""
+    vocab = plain_source_dir() / VOCAB_FILE
+    return [kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer.")]
+
+
+def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35()) -> Path:
+    """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
+    negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits."""
+    rng = np.random.default_rng(seed)
+    tokenizer = qwen35_tokenizer_kv()
+    vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
+
+    def values(name: str, dims: tuple[int, ...]) -> np.ndarray:
+        if name.endswith("ssm_a"):
+            return -np.exp(rng.standard_normal(dims) * 0.5).astype(np.float32)
+        if name.endswith("norm.weight"):
+            return (1.0 + rng.standard_normal(dims) * 0.1).astype(np.float32)
+        return (rng.standard_normal(dims) * 0.1).astype(np.float16 if name == "token_embd.weight" else np.float32)
+
+    planned = []
+    for name, dims in config.tensors(vocab):
+        data = values(name, dims)
+        qtype = gguf.GGMLQuantizationType.F16 if data.dtype == np.float16 else gguf.GGMLQuantizationType.F32
+        planned.append(PlannedTensor(name, dims, qtype, data.nbytes, lambda data=data: data))
+    write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", config.metadata() + tokenizer, planned,
+                                                    progress=False))
+    return Path(path)

@@ -20,6 +20,10 @@ ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patche
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
 # per forward pass
 SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
+# hybrid architectures whose layers are recurrent unless every Nth is attention: llama.cpp's default N per arch
+# (its `{arch}.full_attention_interval`, used when the file has neither that key nor `attention.recurrent_layers`)
+FULL_ATTENTION_INTERVAL = {"qwen35": 4, "qwen35moe": 4}
+STATE_BYTES = 4  # llama.cpp keeps recurrent states in F32
 _DIFF_NAME = re.compile(r"^blk\.(\d+)\.(attn_\w+_diff)\.(weight|bias)$")
 
 
@@ -80,7 +84,27 @@ def inspect_gguf(path) -> dict:
         "low_precision_diff_tensors": low_precision_diff_tensors(reader),
         "base": {key.removeprefix(KEY_ADAPTER_BASE): gguf_field(reader, key)
                  for key in reader.fields if key.startswith(KEY_ADAPTER_BASE)} or None,
+        "recurrent": None if is_adapter else recurrent_state(reader, arch, block_count),
     }
+
+
+def recurrent_state(reader, arch: str, block_count: int | None) -> dict | None:
+    """For a hybrid model (Qwen3.5's Gated DeltaNet layers among attention layers): how many layers are recurrent
+    and the state llama.cpp keeps for them per sequence (the conv window and the recurrent state, as
+    llama_hparams::n_embd_r / n_embd_s count them, in F32). Every rollback snapshot (llama.cpp's n_rs_seq) holds
+    that much again, and a cycle that takes back a block of K tokens needs K of them. None for other models."""
+    if arch not in FULL_ATTENTION_INTERVAL or not isinstance(block_count, int):
+        return None
+    key = lambda name: gguf_field(reader, f"{arch}.{name}")  # noqa: E731
+    flags = key("attention.recurrent_layers")
+    interval = key("full_attention_interval") or FULL_ATTENTION_INTERVAL[arch]
+    recurrent = sum(map(bool, flags)) if flags else sum((i + 1) % interval != 0 for i in range(block_count))
+    d_conv, d_inner, d_state = key("ssm.conv_kernel"), key("ssm.inner_size"), key("ssm.state_size")
+    if not all(isinstance(v, int) for v in (d_conv, d_inner, d_state)):
+        return None
+    per_layer = (d_conv - 1) * (d_inner + 2 * (key("ssm.group_count") or 0) * d_state) + d_state * d_inner
+    return {"recurrent_layers": recurrent, "attention_layers": block_count - recurrent,
+            "state_bytes_per_sequence": recurrent * per_layer * STATE_BYTES}
 
 
 def diff_coverage(reader, arch: str, block_count: int | None) -> dict:

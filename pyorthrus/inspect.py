@@ -33,6 +33,11 @@ def format_report(info: dict) -> str:
     ]
     for layer, names in cov["missing"].items():
         lines.append(f"  layer {layer}: missing {', '.join(names)}")
+    if info["recurrent"]:
+        rec, state = info["recurrent"], info["recurrent"]["state_bytes_per_sequence"]
+        lines.append(f"recurrent:     {rec['recurrent_layers']} of {info['block_count']} layers; their state takes "
+                     f"{_human(state)} per sequence, and as much again per rollback snapshot (an Orthrus cycle of "
+                     f"block size K needs K: K = 16 adds {_human(16 * state)})")
     if info["base"]:
         lines.append("for base:      " + ", ".join(f"{k}={v}" for k, v in info["base"].items()))
     if info["low_precision_diff_tensors"]:

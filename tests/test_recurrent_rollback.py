@@ -1,14 +1,19 @@
-"""Patch 0021 on a tiny random `qwen35` (Gated DeltaNet + gated attention, the real Qwen3.5 vocabulary): removing
+"""Hybrid models (issue 37). Patch 0021 on a tiny random `qwen35` (Gated DeltaNet + gated attention, the real Qwen3.5 vocabulary): removing
 the tokens of the last ubatch from a hybrid memory restores the recurrent state exactly, all of them included (an
 Orthrus draft block is removed whole), and a removal the snapshots do not cover is refused instead of restoring a
 stale state. Compared bitwise with a context that never decoded the removed tokens (strict CPU build)."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from pyorthrus.gguf_meta import inspect_gguf
 from pyorthrus.testing.harness import Context, Model
-from pyorthrus.testing.qwen35 import write_tiny_qwen35
+from pyorthrus.testing.qwen35 import TinyQwen35, write_tiny_qwen35
 
 N_RS_SEQ = 4  # snapshots kept: an Orthrus block of K = 4 fits
 
@@ -74,3 +79,15 @@ def test_a_removal_beyond_the_last_ubatch_is_refused(qwen35, tokens):
         ctx.close()
     want, _ = logits_after(qwen35, [(tokens[:8], 0), ([tokens[8]], 8), ([tokens[9]], 9)])
     np.testing.assert_array_equal(got, want)
+
+
+def test_inspect_reports_the_state_llama_cpp_allocates(tmp_path):
+    """`pyorthrus inspect` counts a hybrid model's recurrent state per sequence as llama.cpp allocates it (its
+    "RS buffer size" for one sequence without snapshots, printed in MiB to two decimals)."""
+    path = write_tiny_qwen35(tmp_path / "wider.gguf", config=TinyQwen35(state=64, value_heads=8))
+    info = inspect_gguf(path)["recurrent"]
+    assert (info["recurrent_layers"], info["attention_layers"]) == (3, 1)
+    code = f"import llama_cpp; llama_cpp.Llama({str(path)!r}, n_ctx=256, n_seq_max=1, verbose=True)"
+    log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stderr
+    allocated = float(re.search(r"RS buffer size =\s*([\d.]+) MiB", log).group(1))
+    assert abs(info["state_bytes_per_sequence"] / 2**20 - allocated) <= 0.005, (info, allocated)

@@ -92,25 +92,41 @@ def test_block_size_is_checked_per_call_and_on_the_command_line(model):
     assert block_size_argument("auto") == "auto" and block_size_argument("8") == 8
 
 
-def _costs(step_s: float, pass_s) -> PassCosts:
-    """Synthetic pass costs: pass_s(K) seconds for a K-token pass in either view."""
-    sizes = auto_sizes(16)
-    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in sizes},
-                     {k: pass_s(k) for k in sizes if k > 1})
+def _costs(step_s: float, pass_s, **sizes) -> PassCosts:
+    """Synthetic pass costs: step_s for an AR step, pass_s(K) seconds for a K-token pass in either view, at the
+    sizes auto_sizes gives for K = 16 with `sizes` (fused, largest_pass)."""
+    ks = auto_sizes(16, **sizes)
+    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in ks}, {k: pass_s(k) for k in ks if k > 1})
 
 
-def _simulate(controller: AutoBlockSize, rounds: int, step_s: float, cycle_s, accepted) -> list[int]:
-    """Drive the controller as the decode loop does, on a device whose true costs are step_s and cycle_s(K) and
-    whose cycles accept accepted(K) drafts; the choices, in order."""
-    choices = []
+def _simulate(controller: AutoBlockSize, rounds: int, pass_s, accepted, tree_accepted=None,
+              guess_right: bool = False) -> list[tuple[int, bool, int]]:
+    """Drive the controller as the decode loop does, on a device where an AR step truly costs pass_s(1) and a
+    K-token pass pass_s(K): a chain cycle costs two K-token passes and accepts accepted(K) drafts; a fused cycle
+    costs its 2K-token pass, plus its draft pass unless the previous cycle (fused, same K, every draft accepted,
+    guess_right) carried its draft over; a tree cycle of budget B costs a K-token draft and a (B+1)-token verify and
+    accepts tree_accepted(B). The choices (K, fused, tree), in order."""
+    choices, carry = [], None
     for _ in range(rounds):
         k = controller.choose(1000)
-        choices.append(k)
+        fused, tree = controller.next_fused, controller.next_tree
+        choices.append((k, fused, tree))
+        carried, carry = fused and carry == k, None
         if k == 1:
-            controller.observe_step(step_s)
+            controller.observe_step(pass_s(1))
+        elif tree:
+            controller.observe_cycle(k, tree_accepted(tree), pass_s(k) + pass_s(tree + 1), tree=tree)
+        elif fused:
+            n = accepted(k)
+            controller.observe_cycle(k, n, pass_s(2 * k) + (0 if carried else pass_s(k)), fused, carried)
+            carry = k if n == k - 1 and guess_right else None
         else:
-            controller.observe_cycle(k, accepted(k), cycle_s(k))
+            controller.observe_cycle(k, accepted(k), 2 * pass_s(k))
     return choices
+
+
+def _blocks(choices) -> list[int]:
+    return [k for k, _, _ in choices]
 
 
 def _cpu_like_pass(k: int) -> float:
@@ -121,9 +137,14 @@ def _gpu_like_pass(k: int) -> float:
     return 0.01 * (1 + k / 64)
 
 
+def _step_then(pass_s, step_s: float = 0.01):
+    """pass_s with a true AR step of step_s."""
+    return lambda k: step_s if k == 1 else pass_s(k)
+
+
 def test_controller_runs_ar_where_passes_are_expensive_and_probes_rarely():
-    choices = _simulate(AutoBlockSize(_costs(0.01, _cpu_like_pass), 16), 400, 0.01, lambda k: 2 * _cpu_like_pass(k),
-                        lambda k: 0)
+    choices = _blocks(_simulate(AutoBlockSize(_costs(0.01, _cpu_like_pass), 16), 400, _step_then(_cpu_like_pass),
+                                lambda k: 0))
     probes = [i for i, k in enumerate(choices) if k > 1]
     assert probes[0] == 0  # no statistics yet: the first round probes
     assert all(later - earlier > FIRST_PROBE_GAP for earlier, later in zip(probes, probes[1:]))
@@ -132,7 +153,7 @@ def test_controller_runs_ar_where_passes_are_expensive_and_probes_rarely():
 
 def test_controller_runs_large_blocks_where_passes_are_cheap():
     controller = AutoBlockSize(_costs(0.01, _gpu_like_pass), 16)
-    choices = _simulate(controller, 300, 0.01, lambda k: 2 * _gpu_like_pass(k), lambda k: k - 1)  # all accepted
+    choices = _blocks(_simulate(controller, 300, _step_then(_gpu_like_pass), lambda k: k - 1))  # all accepted
     assert choices[-100:].count(16) >= 95 and set(choices[-100:]) <= {1, 16}  # AR steps only as rare probes
     assert 1 in choices[-200:]
     assert controller.expected_tokens()[-1] > 10
@@ -143,7 +164,7 @@ def test_controller_runs_large_blocks_where_passes_are_cheap():
 def test_controller_corrects_a_profile_that_overstates_the_ar_step():
     # profiled on a busy moment: the step looked 5x slower than it is, so Orthrus looks better than it is
     controller = AutoBlockSize(_costs(0.05, _cpu_like_pass), 16)
-    choices = _simulate(controller, 400, 0.01, lambda k: 2 * _cpu_like_pass(k), lambda k: 0)
+    choices = _blocks(_simulate(controller, 400, _step_then(_cpu_like_pass), lambda k: 0))
     assert choices[0] == 1  # Orthrus looks better, but AR steps were never observed: one is probed at once
     assert choices[-100:].count(1) >= 95
 
@@ -153,89 +174,41 @@ def test_controller_never_probes_where_even_full_acceptance_loses():
     assert all(controller.choose(1000) == 1 for _ in range(100))
 
 
-def _costs_fused(step_s: float, pass_s) -> PassCosts:
-    sizes = auto_sizes(16, fused=True)
-    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in sizes}, {k: pass_s(k) for k in sizes if k > 1})
-
-
-def _simulate_fused(controller: AutoBlockSize, rounds: int, pass_s, accepted, guess_right: bool) -> list[tuple]:
-    """As _simulate, with fused cycles: a fused cycle costs its 2K-token pass, plus its draft pass unless the
-    previous cycle (fused, same K, every draft accepted, bonus == guess) carried its draft over."""
-    choices, carry = [], None
-    for _ in range(rounds):
-        k = controller.choose(1000)
-        fused = controller.next_fused
-        choices.append((k, fused))
-        if k == 1:
-            controller.observe_step(pass_s(1))
-            carry = None
-            continue
-        carried = fused and carry == k
-        seconds = (pass_s(2 * k) + (0 if carried else pass_s(k))) if fused else 2 * pass_s(k)
-        n = accepted(k)
-        controller.observe_cycle(k, n, seconds, fused, carried)
-        carry = k if fused and n == k - 1 and guess_right else None
-    return choices
-
-
 def test_controller_fuses_where_a_2k_pass_costs_about_a_k_pass():
-    controller = AutoBlockSize(_costs_fused(0.01, _gpu_like_pass), 16, fused=True)
-    choices = _simulate_fused(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), lambda k: k - 1,
-                              guess_right=True)
-    assert choices[-100:].count((16, True)) >= 95
+    controller = AutoBlockSize(_costs(0.01, _gpu_like_pass, fused=True), 16, fused=True)
+    choices = _simulate(controller, 300, _step_then(_gpu_like_pass), lambda k: k - 1, guess_right=True)
+    assert [(k, fused) for k, fused, _ in choices[-100:]].count((16, True)) >= 95
     assert controller.guess_rate() > 0.9
 
 
 def test_controller_does_not_fuse_where_a_2k_pass_costs_two_k_passes():
-    controller = AutoBlockSize(_costs_fused(0.01, lambda k: 0.01 * (1 + k)), 16, fused=True)
-    choices = _simulate_fused(controller, 200, lambda k: 0.01 * (1 + k), lambda k: k - 1, guess_right=True)
-    assert not any(fused for k, fused in choices if k > 1)
+    controller = AutoBlockSize(_costs(0.01, lambda k: 0.01 * (1 + k), fused=True), 16, fused=True)
+    choices = _simulate(controller, 200, lambda k: 0.01 * (1 + k), lambda k: k - 1, guess_right=True)
+    assert not any(fused for k, fused, _ in choices if k > 1)
 
 
 def test_controller_stops_fusing_when_the_guess_keeps_failing():
-    controller = AutoBlockSize(_costs_fused(0.01, _gpu_like_pass), 16, fused=True)
-    choices = _simulate_fused(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), lambda k: k - 1,
-                              guess_right=False)
-    assert any(fused for _, fused in choices[:100])  # once drafts are seen to be accepted, fusing looks good
-    assert not any(fused for k, fused in choices[-100:] if k > 1)
+    controller = AutoBlockSize(_costs(0.01, _gpu_like_pass, fused=True), 16, fused=True)
+    choices = _simulate(controller, 300, _step_then(_gpu_like_pass), lambda k: k - 1, guess_right=False)
+    assert any(fused for _, fused, _ in choices[:100])  # once drafts are seen to be accepted, fusing looks good
+    assert not any(fused for k, fused, _ in choices[-100:] if k > 1)
     assert controller.guess_rate() < 0.2
 
 
-def _costs_trees(step_s: float, pass_s) -> PassCosts:
-    sizes = auto_sizes(16, largest_pass=33)
-    return PassCosts(128, {k: step_s if k == 1 else pass_s(k) for k in sizes}, {k: pass_s(k) for k in sizes if k > 1})
-
-
-def _simulate_trees(controller: AutoBlockSize, rounds: int, pass_s, chain_accepted: int, tree_accepted) -> list:
-    """As _simulate, with tree budgets: a tree cycle of budget B costs a K-token draft and a (B+1)-token verify and
-    accepts tree_accepted(B) drafts; a chain cycle accepts chain_accepted."""
-    choices = []
-    for _ in range(rounds):
-        k = controller.choose(1000)
-        tree = controller.next_tree
-        choices.append((k, tree))
-        if k == 1:
-            controller.observe_step(pass_s(1))
-        elif tree:
-            controller.observe_cycle(k, tree_accepted(tree), pass_s(k) + pass_s(tree + 1), tree=tree)
-        else:
-            controller.observe_cycle(k, min(chain_accepted, k - 1), 2 * pass_s(k))
-    return choices
-
-
 def test_controller_verifies_trees_where_a_longer_verify_pass_is_cheap():
-    controller = AutoBlockSize(_costs_trees(0.01, _gpu_like_pass), 16, trees=(8, 16, 32))
-    choices = _simulate_trees(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), 2,
-                              lambda b: {8: 3, 16: 4, 32: 5}[b])
-    assert choices[-100:].count((16, 32)) >= 95  # the budget that commits most per second
+    controller = AutoBlockSize(_costs(0.01, _gpu_like_pass, largest_pass=33), 16, trees=(8, 16, 32))
+    choices = _simulate(controller, 300, _step_then(_gpu_like_pass), lambda k: min(2, k - 1),
+                        tree_accepted=lambda b: {8: 3, 16: 4, 32: 5}[b])
+    assert [(k, tree) for k, _, tree in choices[-100:]].count((16, 32)) >= 95  # the budget that commits most/s
     assert controller.as_dict()["trees"][32]["expected_tokens"] > 5.5
 
 
 def test_controller_keeps_chains_where_trees_commit_no_more():
-    controller = AutoBlockSize(_costs_trees(0.01, _gpu_like_pass), 16, trees=(8, 16, 32))
-    choices = _simulate_trees(controller, 300, lambda k: 0.01 if k == 1 else _gpu_like_pass(k), 3, lambda b: 1)
-    assert any(tree for _, tree in choices[:50])  # the optimistic prior tries the trees
-    assert not any(tree for _, tree in choices[-100:])  # and their committing less is learned
+    controller = AutoBlockSize(_costs(0.01, _gpu_like_pass, largest_pass=33), 16, trees=(8, 16, 32))
+    choices = _simulate(controller, 300, _step_then(_gpu_like_pass), lambda k: min(3, k - 1),
+                        tree_accepted=lambda b: 1)
+    assert any(tree for _, _, tree in choices[:50])  # the optimistic prior tries the trees
+    assert not any(tree for _, _, tree in choices[-100:])  # and their committing less is learned
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,9 @@ KEY_ADAPTER_BASE = "orthrus.base."  # + block_count, embedding_length, head_coun
 DIFF_TENSOR_OF = {name: f"{name}_diff" for name in ("attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
                                                    "attn_k_norm")}
 DIFF_TENSORS = tuple(DIFF_TENSOR_OF.values())
+# a Gated DeltaNet layer's twin (qwen35), in blk.N.<name>.weight (ssm_dt_diff: .bias; ssm_a_diff: no suffix)
+RECURRENT_DIFF_TENSORS = ("attn_qkv_diff", "attn_gate_diff", "ssm_conv1d_diff", "ssm_dt_diff", "ssm_a_diff",
+                          "ssm_beta_diff", "ssm_alpha_diff", "ssm_norm_diff", "ssm_out_diff")
 
 
 @dataclass(frozen=True)

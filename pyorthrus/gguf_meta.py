@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import PyorthrusError
 from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
-                      KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+                      KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, RECURRENT_DIFF_TENSORS)
 
 NO_QK_NORM_ARCHS = ("llama", "qwen2")
 ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
@@ -24,7 +24,7 @@ SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
 # (its `{arch}.full_attention_interval`, used when the file has neither that key nor `attention.recurrent_layers`)
 FULL_ATTENTION_INTERVAL = {"qwen35": 4, "qwen35moe": 4}
 STATE_BYTES = 4  # llama.cpp keeps recurrent states in F32
-_DIFF_NAME = re.compile(r"^blk\.(\d+)\.(attn_\w+_diff)\.(weight|bias)$")
+_DIFF_NAME = re.compile(r"^blk\.(\d+)\.((?:attn|ssm)_\w+_diff)(?:\.(weight|bias))?$")
 
 
 def gguf_field(reader, key: str, default=None):
@@ -88,17 +88,42 @@ def inspect_gguf(path) -> dict:
     }
 
 
+def recurrent_layers(reader, arch: str, block_count: int | None) -> list[int]:
+    """The recurrent layers of a hybrid model, as llama.cpp decides them: `{arch}.attention.recurrent_layers`, else
+    every layer but each `full_attention_interval`-th (its default per arch). Empty for other models."""
+    if arch not in FULL_ATTENTION_INTERVAL or not isinstance(block_count, int):
+        return []
+    flags = gguf_field(reader, f"{arch}.attention.recurrent_layers")
+    if flags:
+        return [i for i, flag in enumerate(flags[:block_count]) if flag]
+    interval = gguf_field(reader, f"{arch}.full_attention_interval") or FULL_ATTENTION_INTERVAL[arch]
+    return [i for i in range(block_count) if (i + 1) % interval != 0]
+
+
+def state_snapshots_needed(path) -> int:
+    """The state snapshots (llama.cpp's n_rs_seq) an Orthrus context on this model file needs: for a model with
+    recurrent layers its trained block size K (a cycle takes up to K tokens back from them), else 0 (also when
+    gguf-py cannot read it: llama.cpp's load then says why)."""
+    try:
+        reader = open_reader(path)
+    except PyorthrusError:
+        return 0
+    arch = gguf_field(reader, "general.architecture")
+    if recurrent_state(reader, arch, gguf_field(reader, f"{arch}.block_count")) is None:
+        return 0
+    return gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or 0
+
+
 def recurrent_state(reader, arch: str, block_count: int | None) -> dict | None:
     """For a hybrid model (Qwen3.5's Gated DeltaNet layers among attention layers): how many layers are recurrent
     and the state llama.cpp keeps for them per sequence (the conv window and the recurrent state, as
     llama_hparams::n_embd_r / n_embd_s count them, in F32). Every rollback snapshot (llama.cpp's n_rs_seq) holds
     that much again, and a cycle that takes back a block of K tokens needs K of them. None for other models."""
-    if arch not in FULL_ATTENTION_INTERVAL or not isinstance(block_count, int):
+    layers = recurrent_layers(reader, arch, block_count)
+    if not layers:
         return None
     key = lambda name: gguf_field(reader, f"{arch}.{name}")  # noqa: E731
-    flags = key("attention.recurrent_layers")
-    interval = key("full_attention_interval") or FULL_ATTENTION_INTERVAL[arch]
-    recurrent = sum(map(bool, flags)) if flags else sum((i + 1) % interval != 0 for i in range(block_count))
+    recurrent = len(layers)
     d_conv, d_inner, d_state = key("ssm.conv_kernel"), key("ssm.inner_size"), key("ssm.state_size")
     if not all(isinstance(v, int) for v in (d_conv, d_inner, d_state)):
         return None
@@ -108,19 +133,23 @@ def recurrent_state(reader, arch: str, block_count: int | None) -> dict | None:
 
 
 def diff_coverage(reader, arch: str, block_count: int | None) -> dict:
-    """Which diff tensors each layer has: counts, complete layers, and the gaps (layer -> missing names)."""
+    """Which diff tensors each layer has: counts, complete layers, and the gaps (layer -> missing names). A hybrid
+    model's recurrent layers are expected to carry their twin (RECURRENT_DIFF_TENSORS) instead."""
     per_layer: dict[int, set[str]] = {}
     for t in reader.tensors:
         match = _DIFF_NAME.match(t.name)
-        if match and match.group(3) == "weight":
+        if match and (match.group(3) != "bias" or match.group(2) == "ssm_dt_diff"):
             per_layer.setdefault(int(match.group(1)), set()).add(match.group(2))
     expected = [n for n in DIFF_TENSORS if not (arch in NO_QK_NORM_ARCHS and "norm" in n)]
     layers = range(block_count) if isinstance(block_count, int) else sorted(per_layer)
-    missing = {layer: [n for n in expected if n not in per_layer.get(layer, set())] for layer in layers}
+    recurrent = set(recurrent_layers(reader, arch, block_count))
+    missing = {layer: [n for n in (RECURRENT_DIFF_TENSORS if layer in recurrent else expected)
+                       if n not in per_layer.get(layer, set())] for layer in layers}
     missing = {layer: names for layer, names in missing.items() if names and per_layer}
     return {
         "diff_tensors": sum(len(v) for v in per_layer.values()),
         "expected_per_layer": expected,
+        "expected_per_recurrent_layer": list(RECURRENT_DIFF_TENSORS) if recurrent else None,
         "layers_with_diff": len(per_layer),
         "complete_layers": sum(1 for layer in layers if per_layer and layer not in missing),
         "missing": {str(layer): names for layer, names in missing.items()},

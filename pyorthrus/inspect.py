@@ -29,7 +29,9 @@ def format_report(info: dict) -> str:
         f"tensors:       {info['tensor_count']} ("
         + ", ".join(f"{count} {name}" for name, count in info["tensor_types"].items()) + ")",
         f"diff tensors:  {cov['diff_tensors']} in {cov['layers_with_diff']} layers, "
-        f"{cov['complete_layers']} complete ({', '.join(cov['expected_per_layer'])} per layer)",
+        f"{cov['complete_layers']} complete ({', '.join(cov['expected_per_layer'])} per "
+        + ("attention layer; " + ", ".join(cov["expected_per_recurrent_layer"]) + " per recurrent layer)"
+           if cov["expected_per_recurrent_layer"] else "layer)"),
     ]
     for layer, names in cov["missing"].items():
         lines.append(f"  layer {layer}: missing {', '.join(names)}")

@@ -23,7 +23,8 @@ import numpy as np
 from . import options
 from .engine import Chunk, DecodeEngine
 from .errors import PyorthrusError
-from .gguf_meta import weight_types
+from .gguf_meta import state_snapshots_needed, weight_types
+from .llama_defaults import overridden
 from .options import OptionError
 from .stats import GenerationStats
 from .streaming import GenerationRequest, Session, TextStream
@@ -147,7 +148,13 @@ class Orthrus:
             repack = self.strict and repack_is_strict(weight_types(model_path) or REPACKED_TYPES)
             if not self.strict:
                 non_strict_load()
-            with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors):
+            # recurrent layers give a draft block back through per-token state snapshots (patch 0021)
+            snapshots = state_snapshots_needed(model_path) if mode == "orthrus" else 0
+            # such a model runs chain cycles only (issue 37): fused passes, tree verify and the "auto" profile
+            # decode more than a block, which its state snapshots cannot take back
+            self.recurrent = snapshots > 0
+            with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors), \
+                    overridden(context={"n_rs_seq": snapshots} if snapshots else None):
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
                 self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads,
                                            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, seed=seed,
@@ -197,6 +204,10 @@ class Orthrus:
             raise OptionError("block_size", block_size, "must be an integer K or 'auto'")
         if self.mode == "ar":
             return block_size
+        if self.recurrent and (block_size == AUTO or fused or self.fused):
+            raise OptionError("block_size" if block_size == AUTO else "fused", block_size if block_size == AUTO
+                              else True, "not on a model with recurrent layers yet: give a fixed block size, "
+                              "unfused")
         if fused is None:
             fused = self.fused or (self.fused is None and block_size == AUTO)
         needed = (2 if fused else 1) * largest
@@ -220,6 +231,9 @@ class Orthrus:
         tree = int(tree)
         if tree == 0 or self.mode == "ar":
             return tree
+        if self.recurrent:
+            raise OptionError("tree", tree, "tree verify needs a plain KV cache: not on a model with recurrent "
+                              "layers")
         if fused and block_size != AUTO:
             raise OptionError("tree", tree, "tree cycles are not fused: drop fused")
         if tree + 1 > self.llm.n_batch:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import threading
 import warnings
 
 BUILD_CMAKE_ARGS = ["-DGGML_LLAMAFILE=OFF"]
@@ -31,9 +30,6 @@ TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"})
 BATCH_INVARIANT_REPACKED_TYPES = frozenset({"Q8_0"} if platform.machine().lower() in ("x86_64", "amd64") else ())
 
-# strict_model_loads' state, per thread: a load on another thread at the same moment keeps llama.cpp's defaults
-_loading = threading.local()
-_install_lock = threading.Lock()
 # whether a non-strict load may have run while GGML_CPU_TILED_MM was not 0 (ggml-cpu then keeps the tiled matmul)
 _tiled_matmul_may_be_chosen = False
 
@@ -60,30 +56,12 @@ def repack_is_strict(tensor_types) -> bool:
     return not (set(tensor_types) & REPACKED_TYPES) - BATCH_INVARIANT_REPACKED_TYPES
 
 
-def _install_default_params_hook(lowlevel) -> None:
-    """Wrap llama_cpp's llama_model_default_params once per process so that a load inside strict_model_loads, on
-    that thread only, gets use_extra_bufts=False (llama_cpp.Llama takes its model params from this function and
-    does not expose the field). Everywhere else the wrapper returns llama.cpp's defaults unchanged."""
-    with _install_lock:
-        if getattr(lowlevel.llama_model_default_params, "pyorthrus_hook", False):
-            return
-        default = lowlevel.llama_model_default_params
-
-        def default_params():
-            params = default()
-            if getattr(_loading, "unrepacked", False):
-                params.use_extra_bufts = False
-            return params
-
-        default_params.pyorthrus_hook = True
-        lowlevel.llama_model_default_params = default_params
-
-
 @contextlib.contextmanager
 def strict_model_loads(repack: bool = False):
-    """While active on this thread, llama_cpp.Llama loads models without weight repacking (use_extra_bufts=False)
-    unless `repack` (repack_is_strict of the file's weight types); the tiled matmul is switched off first."""
-    import llama_cpp.llama_cpp as lowlevel
+    """While active on this thread, llama_cpp.Llama loads models without weight repacking (use_extra_bufts=False,
+    through pyorthrus.llama_defaults) unless `repack` (repack_is_strict of the file's weight types); the tiled matmul
+    is switched off first."""
+    from .llama_defaults import overridden
 
     if _tiled_matmul_may_be_chosen:
         warnings.warn("a non-strict model ran earlier in this process, and ggml-cpu keeps the tiled K-quant matmul "
@@ -91,10 +69,5 @@ def strict_model_loads(repack: bool = False):
                       "pyorthrus.strict.disable_tiled_matmul() or export GGML_CPU_TILED_MM=0 before the first "
                       "load)", stacklevel=4)
     disable_tiled_matmul()
-    _install_default_params_hook(lowlevel)
-    before = getattr(_loading, "unrepacked", False)
-    _loading.unrepacked = not repack
-    try:
+    with overridden(model={"use_extra_bufts": repack}):  # True is llama.cpp's default
         yield
-    finally:
-        _loading.unrepacked = before

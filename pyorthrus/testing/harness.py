@@ -53,6 +53,8 @@ class Model:
         if not self.ptr:
             raise RuntimeError(f"cannot load {path}")
         self.vocab = L.llama_model_get_vocab(self.ptr)
+        # recurrent layers keep one state per sequence, not a cell per position (hybrid models: both)
+        self.recurrent = bool(L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
 
     def tokenize(self, text: str, add_special: bool = True) -> List[int]:
@@ -230,7 +232,7 @@ def orthrus_generate(ctx: Context, prompt: Sequence[int], n_tokens: int, *, bloc
         if check_cache:
             committed = len(prompt) + len(run.tokens)
             assert ctx.pos_max() == committed - 2, (ctx.pos_max(), committed)
-            assert ctx.pos_min() == 0 or committed - 2 < 0
+            assert ctx.pos_min() == 0 or committed - 2 < 0 or ctx.model.recurrent
         if after_cycle is not None:
             after_cycle(run.tokens, run.per_cycle[-1])
         if st.stopped:

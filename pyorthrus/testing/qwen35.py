@@ -1,6 +1,8 @@
 """Tiny random `qwen35` GGUFs: Qwen3.5's hybrid layout (Gated DeltaNet layers, every fourth layer gated attention)
 written with gguf-py as llama.cpp's converter lays it out, with the real Qwen3.5 vocabulary of the vendored llama.cpp
-(models/ggml-vocab-qwen35.gguf, 151,936 tokens). Random weights: for cache and state tests, not for text."""
+(models/ggml-vocab-qwen35.gguf, 151,936 tokens), optionally as a merged Orthrus file: every layer with its diffusion
+view (an attention layer's `attn_*_diff`, a DeltaNet layer's twin `attn_qkv_diff`, `ssm_*_diff`; twin_name()).
+Random weights: for cache, state and decoding-loop tests, not for text."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ import numpy as np
 
 from ..convert.base_gguf import copied_metadata
 from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
+from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
 from ..gguf_meta import open_reader
 from ..llama_source import plain_source_dir
 
@@ -60,6 +63,14 @@ class TinyQwen35:
                         (b + "attn_q_norm.weight", (self.head_dim,)), (b + "attn_k_norm.weight", (self.head_dim,))]
         return out
 
+    def twin_tensors(self, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+        """The diffusion view's tensors: a twin of each attention projection and q/k norm and of each DeltaNet
+        layer's weights (everything of a layer but its norms and MLP)."""
+        shared = ("attn_norm.weight", "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                  "ffn_down.weight")
+        return [(twin_name(name), dims) for name, dims in self.tensors(vocab)
+                if name.startswith("blk.") and not name.endswith(shared)]
+
     def metadata(self) -> list[tuple]:
         U, F, A = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.ARRAY
         a = "qwen35"
@@ -86,25 +97,38 @@ def qwen35_tokenizer_kv() -> list[tuple]:
     return [kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer.")]
 
 
-def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35()) -> Path:
+def twin_name(name: str) -> str:
+    """The GGUF name of a tensor's diffusion-view twin: blk.N.X.weight -> blk.N.X_diff.weight, blk.N.ssm_a ->
+    blk.N.ssm_a_diff."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}_diff.{suffix}" if suffix in ("weight", "bias") else f"{name}_diff"
+
+
+def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
+                      block_size: int | None = None) -> Path:
     """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
-    negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits."""
+    negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits. block_size: a
+    merged Orthrus file of that trained K instead, its diffusion view random too (mask token: the last id)."""
     rng = np.random.default_rng(seed)
     tokenizer = qwen35_tokenizer_kv()
     vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
+    tensors, metadata = config.tensors(vocab), config.metadata() + tokenizer
+    if block_size is not None:
+        tensors += config.twin_tensors(vocab)
+        U = gguf.GGUFValueType.UINT32
+        metadata += [(KEY_BLOCK_SIZE.format(arch="qwen35"), block_size, U, None), (KEY_MASK_TOKEN_ID, vocab - 1, U, None)]
 
     def values(name: str, dims: tuple[int, ...]) -> np.ndarray:
-        if name.endswith("ssm_a"):
+        if name.endswith(("ssm_a", "ssm_a_diff")):
             return -np.exp(rng.standard_normal(dims) * 0.5).astype(np.float32)
         if name.endswith("norm.weight"):
             return (1.0 + rng.standard_normal(dims) * 0.1).astype(np.float32)
         return (rng.standard_normal(dims) * 0.1).astype(np.float16 if name == "token_embd.weight" else np.float32)
 
     planned = []
-    for name, dims in config.tensors(vocab):
+    for name, dims in tensors:
         data = values(name, dims)
         qtype = gguf.GGMLQuantizationType.F16 if data.dtype == np.float16 else gguf.GGMLQuantizationType.F32
         planned.append(PlannedTensor(name, dims, qtype, data.nbytes, lambda data=data: data))
-    write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", config.metadata() + tokenizer, planned,
-                                                    progress=False))
+    write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", metadata, planned, progress=False))
     return Path(path)

@@ -1,0 +1,68 @@
+"""Orthrus on a hybrid base (issue 37, patch 0023): a tiny random merged `qwen35` (three Gated DeltaNet layers and a
+gated attention layer, each with its diffusion view, the real Qwen3.5 vocabulary). A cycle decodes its draft block
+through the twins and takes it back through the recurrent layers' state snapshots, then verifies and takes back the
+rejected tokens: greedy output must be AR's token for token, and the state after the cycles AR's bit for bit."""
+from __future__ import annotations
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from pyorthrus import Orthrus, PyorthrusError
+from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate
+from pyorthrus.testing.qwen35 import write_tiny_qwen35
+
+TRAINED_K = 8
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    return write_tiny_qwen35(tmp_path_factory.mktemp("qwen35") / "tiny-qwen35-orthrus.gguf", block_size=TRAINED_K)
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_greedy_orthrus_equals_ar(merged, flash_attn):
+    with Orthrus(merged, n_ctx=512, flash_attn=flash_attn) as model:
+        for k in (2, 4, TRAINED_K):
+            for prompt in PROMPTS:
+                got = model.generate(prompt, max_tokens=40, block_size=k)
+                assert got.tokens == model.ar_view().generate(prompt, max_tokens=40).tokens, (k, prompt)
+                assert got.stats.n_cycles > 0
+
+
+def test_the_state_after_cycles_is_ar_state(merged):
+    """After Orthrus cycles (checking the cache convention after each) the next token's logits equal those after
+    plain AR steps over the same tokens, bit for bit: nothing of the drafts or rejected tokens stayed behind."""
+    model = Model(merged)
+    try:
+        orthrus = Context(model, n_ctx=512, n_batch=64, n_rs_seq=TRAINED_K)
+        ar = Context(model, n_ctx=512, n_batch=64, n_rs_seq=TRAINED_K)
+        prompt = model.tokenize(PROMPTS[0], add_special=False)
+        run = orthrus_generate(orthrus, prompt, 24, block_size=4)
+        assert run.tokens == greedy_ar(ar, prompt, len(run.tokens), stop_at_eog=False)
+        committed = prompt + run.tokens
+        for ctx in (orthrus, ar):  # the newest token is known but not cached: decode it
+            assert ctx.pos_max() == len(committed) - 2
+            assert ctx.decode([committed[-1]], len(committed) - 1) == 0
+        np.testing.assert_array_equal(orthrus.logits(0), ar.logits(0))
+        orthrus.close()
+        ar.close()
+    finally:
+        model.close()
+
+
+def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
+    model = Model(merged)
+    try:
+        few = Context(model, n_ctx=512, n_batch=64, n_rs_seq=2)
+        with pytest.raises(RuntimeError, match="keep 2 state snapshots.*n_rs_seq >= 4"):
+            orthrus_generate(few, model.tokenize(PROMPTS[0], add_special=False), 8, block_size=4)
+        few.close()
+    finally:
+        model.close()
+    with Orthrus(merged, n_ctx=512) as orthrus:
+        assert llama_cpp.llama_n_rs_seq(orthrus.ctx) == TRAINED_K  # pyorthrus keeps a block's worth of snapshots
+        for options in (dict(fused=True), dict(block_size="auto"), dict(tree=8)):
+            with pytest.raises(PyorthrusError, match="recurrent layers"):
+                orthrus.generate(PROMPTS[0], max_tokens=8, **options)

@@ -88,6 +88,7 @@ from pyorthrus import _lib as O  # noqa: E402
 from pyorthrus.build import installed_build_info  # noqa: E402
 from pyorthrus.files import atomic_write  # noqa: E402
 from pyorthrus.prompts import load as load_prompts  # noqa: E402
+from pyorthrus.stats import tokens_per_cycle  # noqa: E402
 from smollm2_quants import model_file  # noqa: E402
 
 # settings a resumed run must share with the file it continues (prompt count, Ks, quants and fa may grow),
@@ -252,7 +253,7 @@ def run_matrix(settings: dict, build: dict, results: list[dict]) -> None:
                     row = dict(quant=quant, fa=fa, K=K, prompt=pi, adapter=ad_name, n_tokens=len(ref),
                                **divergence(ref, tops, run.tokens),
                                cycles=run.cycles, accepted=run.accepted, drafted=run.drafted,
-                               tokens_per_cycle=len(run.tokens) / max(1, run.cycles), carried=run.carried,
+                               tokens_per_cycle=tokens_per_cycle(len(run.tokens), 0, run.cycles), carried=run.carried,
                                offchain=run.offchain,
                                t_ar_s=t_ar,
                                t_orthrus_s=t_or, build_key=build.get("key"))

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from pyorthrus import Orthrus, PyorthrusError
+from pyorthrus.check.stats import goodness_of_fit
+from pyorthrus.sampling import sampling_distribution
 from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate
 from pyorthrus.testing.qwen35 import write_tiny_qwen35
 
@@ -18,7 +20,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
-    return write_tiny_qwen35(tmp_path_factory.mktemp("qwen35") / "tiny-qwen35-orthrus.gguf", block_size=TRAINED_K)
+    # twins equal to their AR layers: drafts differ from AR only through the block's bidirectional attention, so
+    # cycles accept some drafts and reject others (about 1.9 tokens per cycle)
+    return write_tiny_qwen35(tmp_path_factory.mktemp("qwen35") / "tiny-qwen35-orthrus.gguf", block_size=TRAINED_K,
+                             twin_noise=0.0)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])
@@ -28,7 +33,7 @@ def test_greedy_orthrus_equals_ar(merged, flash_attn):
             for prompt in PROMPTS:
                 got = model.generate(prompt, max_tokens=40, block_size=k)
                 assert got.tokens == model.ar_view().generate(prompt, max_tokens=40).tokens, (k, prompt)
-                assert got.stats.n_cycles > 0
+                assert got.stats.n_cycles > 0 and got.stats.tokens_per_cycle > 1.2, got.stats
 
 
 def test_the_state_after_cycles_is_ar_state(merged):
@@ -66,3 +71,29 @@ def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
         for options in (dict(fused=True), dict(block_size="auto"), dict(tree=8)):
             with pytest.raises(PyorthrusError, match="recurrent layers"):
                 orthrus.generate(PROMPTS[0], max_tokens=8, **options)
+
+
+def test_sampling_is_lossless_chi_square(tmp_path):
+    """Sampled cycles on the hybrid model: the first committed token over 320 seeds follows the AR distribution after
+    temperature 1.5 and top-k 6 (chi-square, significance 0.001). The twins equal their AR layers, so drafts differ
+    from AR only through the block's bidirectional attention: accepted part of the time, both the accept and the
+    residual branch run. Each seed starts from a fresh
+    prefill: a state rollback is single-use until the next decode."""
+    model = Model(write_tiny_qwen35(tmp_path / "twins.gguf", block_size=4, twin_noise=0.0))
+    try:
+        c = Context(model, n_ctx=256, n_batch=64, n_rs_seq=4)
+        prompt = model.tokenize(PROMPTS[0], add_special=False)
+        c.prefill(prompt)
+        assert c.decode(prompt[-1:], len(prompt) - 1) == 0
+        p_ref = sampling_distribution(c.logits(-1), 1.5, top_k=6)
+        first, accepted_any = [], 0
+        for seed in range(320):
+            run = orthrus_generate(c, prompt, 4, block_size=4, temperature=1.5, top_k=6, seed=seed)
+            first.append(run.tokens[0])
+            accepted_any += run.per_cycle[0]["accepted"] > 0
+        fit = goodness_of_fit(first, p_ref)  # KeyError: a token outside the processed support
+        assert fit["p_value"] > 1e-3, fit
+        assert 0 < accepted_any < 320, accepted_any
+        c.close()
+    finally:
+        model.close()

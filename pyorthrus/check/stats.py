@@ -75,6 +75,28 @@ def chi2_sf(statistic: float, dof: int) -> float:
     return min(1.0, fraction * math.exp(log_scale))
 
 
+def goodness_of_fit(samples: Sequence[int], probs) -> dict:
+    """Chi-square test that samples (token ids) follow the distribution `probs` (indexed by token id). Tokens
+    expected fewer than 5 times are pooled into one category (the approximation's rule of thumb); a sample outside
+    the support of probs raises KeyError, as no distribution test should pass it."""
+    import numpy as np
+
+    support = np.flatnonzero(probs)
+    counts = {int(t): 0 for t in support}
+    for t in samples:
+        counts[int(t)] += 1
+    observed = np.array([counts[int(t)] for t in support], dtype=np.float64)
+    expected = np.asarray(probs)[support] * len(samples)
+    small = expected < 5
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    statistic = float(((observed - expected) ** 2 / expected).sum())
+    dof = len(observed) - 1
+    return {"statistic": statistic, "dof": dof, "p_value": chi2_sf(statistic, dof), "observed": observed.tolist(),
+            "expected": expected.tolist()}
+
+
 def homogeneity_test(first: Sequence[Hashable], second: Sequence[Hashable], min_count: int = 10) -> dict:
     """Chi-square test that two samples of categorical outcomes come from one distribution (2 x C table).
 

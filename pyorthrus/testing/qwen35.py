@@ -105,10 +105,11 @@ def twin_name(name: str) -> str:
 
 
 def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
-                      block_size: int | None = None) -> Path:
+                      block_size: int | None = None, twin_noise: float | None = None) -> Path:
     """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
     negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits. block_size: a
-    merged Orthrus file of that trained K instead, its diffusion view random too (mask token: the last id)."""
+    merged Orthrus file of that trained K instead (mask token: the last id), its diffusion view random too, or with
+    twin_noise each twin its AR tensor plus N(0, twin_noise) noise (drafts that AR accepts part of the time)."""
     rng = np.random.default_rng(seed)
     tokenizer = qwen35_tokenizer_kv()
     vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
@@ -118,17 +119,27 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
         U = gguf.GGUFValueType.UINT32
         metadata += [(KEY_BLOCK_SIZE.format(arch="qwen35"), block_size, U, None), (KEY_MASK_TOKEN_ID, vocab - 1, U, None)]
 
-    def values(name: str, dims: tuple[int, ...]) -> np.ndarray:
+    def random(name: str, dims: tuple[int, ...]) -> np.ndarray:
         if name.endswith(("ssm_a", "ssm_a_diff")):
             return -np.exp(rng.standard_normal(dims) * 0.5).astype(np.float32)
         if name.endswith("norm.weight"):
             return (1.0 + rng.standard_normal(dims) * 0.1).astype(np.float32)
         return (rng.standard_normal(dims) * 0.1).astype(np.float16 if name == "token_embd.weight" else np.float32)
 
+    data = {}
+    ar_of = {twin_name(name): name for name, _ in config.tensors(vocab)}
+    for name, dims in tensors:
+        if twin_noise is not None and name in ar_of:
+            ar = data[ar_of[name]]  # the AR tensors come first
+            # a negative A stays negative (the twin decays as its AR layer does)
+            data[name] = ar if name.endswith("ssm_a_diff") else \
+                (ar + rng.standard_normal(dims) * twin_noise).astype(np.float32)
+        else:
+            data[name] = random(name, dims)
+
     planned = []
     for name, dims in tensors:
-        data = values(name, dims)
-        qtype = gguf.GGMLQuantizationType.F16 if data.dtype == np.float16 else gguf.GGMLQuantizationType.F32
-        planned.append(PlannedTensor(name, dims, qtype, data.nbytes, lambda data=data: data))
+        qtype = gguf.GGMLQuantizationType.F16 if data[name].dtype == np.float16 else gguf.GGMLQuantizationType.F32
+        planned.append(PlannedTensor(name, dims, qtype, data[name].nbytes, lambda array=data[name]: array))
     write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", metadata, planned, progress=False))
     return Path(path)

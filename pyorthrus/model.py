@@ -181,6 +181,10 @@ class Orthrus:
         self.trained_block_size = trained_k
         self.engine = DecodeEngine(self.llm, trained_k)
         try:
+            if block_size == AUTO and self.recurrent:
+                warnings.warn(f"{model_path}: block size 'auto' is not available on a model with recurrent layers "
+                              f"yet: decoding at the trained K = {trained_k}", stacklevel=2)
+                block_size = trained_k
             self.block_size = self.check_block_size(trained_k if block_size is None else block_size)
             self.tree = self.check_tree(tree, self.block_size, fused)
         except PyorthrusError:

@@ -71,6 +71,10 @@ def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
         for options in (dict(fused=True), dict(block_size="auto"), dict(tree=8)):
             with pytest.raises(PyorthrusError, match="recurrent layers"):
                 orthrus.generate(PROMPTS[0], max_tokens=8, **options)
+    # an instance asked for "auto" (`pyorthrus serve`'s default) decodes at the trained K, and says so
+    with pytest.warns(UserWarning, match="'auto' is not available on a model with recurrent layers"), \
+            Orthrus(merged, n_ctx=512, block_size="auto") as orthrus:
+        assert orthrus.block_size == TRAINED_K
 
 
 def test_sampling_is_lossless_chi_square(tmp_path):

@@ -64,6 +64,11 @@ def _kv_cache(llm) -> dict:
     return {"kv_cells": cells, "kv_bytes": size, "kv_bytes_per_cell": size / cells if cells else 0.0}
 
 
+# the modes bench runs when --block-sizes is not given, less those the model cannot run (K above its trained K;
+# fused, tree and auto modes on a model with recurrent layers)
+DEFAULT_MODES = "4,8,16,4f,8f,16f,auto"
+
+
 def run_modes(llm, prompts: list[dict], block_sizes: list[int | str], max_tokens: int, peer) -> list[dict]:
     """Per prompt: AR, Orthrus at each block size and the peer, the order rotated by one each prompt so that no mode
     always runs right after another (caches, clocks). One short warm-up generation per mode first (graphs are
@@ -195,10 +200,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", default="gsm8k", help="mix, chat, gsm8k, humaneval or a JSONL file")
     parser.add_argument("--n-prompts", type=int, default=10, help="number of prompts")
     parser.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens per prompt")
-    parser.add_argument("--block-sizes", default="4,8,16,4f,8f,16f,auto",
+    parser.add_argument("--block-sizes", default=None,
                         help="comma-separated modes to run: integers K, 'Kf' (K with fused cycles: each verify "
                              "pass also drafts the next block), 'KtN' (K verifying a tree of N draft nodes per "
-                             "pass, e.g. 16t32) and/or 'auto'")
+                             f"pass, e.g. 16t32) and/or 'auto' (default: those of {DEFAULT_MODES} the model can run)")
     parser.add_argument("--no-peer", action="store_true", help="skip the prompt-lookup peer")
     parser.add_argument("--profile-only", action="store_true", help="only the device pass-cost profile")
     parser.add_argument("--profile-reps", type=int, default=7, help="timed passes per K in the device profile")
@@ -262,16 +267,26 @@ def run(args: argparse.Namespace) -> int:
         from . import shape_runs
 
         return shape_runs.run(args)
-    block_sizes = parse_modes(args.block_sizes, "--block-sizes", allow_auto=True)
+    block_sizes = parse_modes(args.block_sizes or DEFAULT_MODES, "--block-sizes", allow_auto=True)
     adapter = adapter_path(args)
     numeric = [mode_options(k)["block_size"] for k in block_sizes if k != AUTO]
-    args.block_size = max(numeric) if numeric else AUTO
+    args.block_size = (max(numeric) if numeric else AUTO) if args.block_sizes else None  # None: the trained K
     with block_sizes_named(), open_model(args) as llm:
-        for mode in block_sizes:  # refuse a bad K before minutes of profiling
+        runnable = []
+        for mode in block_sizes:  # refuse a bad K before minutes of profiling (the defaults: leave it out)
             options = mode_options(mode)
-            llm.check_block_size(options["block_size"], options.get("fused"))
-            llm.check_tree(options.get("tree", 0), options["block_size"], options.get("fused"))
-        any_fused = llm.fused is not False or any(mode_options(m).get("fused") for m in block_sizes)
+            try:
+                llm.check_block_size(options["block_size"], options.get("fused"))
+                llm.check_tree(options.get("tree", 0), options["block_size"], options.get("fused"))
+                runnable.append(mode)
+            except PyorthrusError as exc:
+                if args.block_sizes:
+                    raise
+                print(f"bench: leaving out {mode} ({exc})", file=sys.stderr)
+        block_sizes = runnable
+        # fused passes decode 2K tokens: measured when a fused mode runs, or auto, which may fuse
+        any_fused = any(mode_options(m).get("fused") for m in block_sizes) or \
+            (AUTO in block_sizes and llm.fused is not False)
         largest_tree = max((mode_options(m).get("tree", 0) + 1 for m in block_sizes), default=0)
         profile = device_profile(llm, args.profile_reps, any_fused, largest_tree)
         report = {"model": str(llm.llm.model_path), "adapter": str(adapter) if adapter else None,

@@ -1,5 +1,6 @@
-"""Small ctypes harness over llama-cpp-python's low-level API and pyorthrus._lib, shared by the tests and
-bench/fidelity.py: load a model, make contexts, decode batches, run greedy AR and greedy/sampled Orthrus.
+"""Small harness over llama-cpp-python's _internals (LlamaModel, LlamaContext, LlamaBatch) and pyorthrus._lib,
+shared by the tests and bench/fidelity.py: load a model, make contexts, decode batches, run greedy AR and
+greedy/sampled Orthrus.
 
 Everything runs in the batch-invariant CPU configuration (use_extra_bufts=False; the build is expected to use
 -DGGML_LLAMAFILE=OFF; K-quants also need GGML_CPU_TILED_MM=0: a process using this harness calls
@@ -18,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 import llama_cpp.llama_cpp as L
-from llama_cpp._internals import LlamaBatch
+from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
 
 from pyorthrus import _lib as O
 from pyorthrus.engine import fill_batch
@@ -49,10 +50,9 @@ class Model:
         mp.use_extra_bufts = use_extra_bufts
         mp.n_gpu_layers = default_n_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.path = str(path)
-        self.ptr = L.llama_model_load_from_file(self.path.encode(), mp)
-        if not self.ptr:
-            raise RuntimeError(f"cannot load {path}")
-        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.loaded = LlamaModel(path_model=self.path, params=mp, verbose=False)  # frees the model on close
+        self.ptr = self.loaded.model
+        self.vocab = self.loaded.vocab
         # recurrent layers keep one state per sequence, not a cell per position (hybrid models: both)
         self.recurrent = bool(L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
@@ -74,9 +74,8 @@ class Model:
         return O.llama_adapter_orthrus_init(self.ptr, str(path).encode())
 
     def close(self):
-        if self.ptr:
-            L.llama_model_free(self.ptr)
-            self.ptr = None
+        self.loaded.close()  # its contexts first
+        self.ptr = None
 
 
 class Context:
@@ -97,17 +96,15 @@ class Context:
         if kv_f32:
             cp.type_k = 0  # GGML_TYPE_F32 (default F16)
             cp.type_v = 0
-        self.ptr = L.llama_init_from_model(model.ptr, cp)
-        if not self.ptr:
-            raise RuntimeError("cannot create context")
-        self.mem = L.llama_get_memory(self.ptr)
+        self.context = LlamaContext(model=model.loaded, params=cp, verbose=False)  # freed before its model
+        self.ptr, self.mem = self.context.ctx, self.context.memory
         self._batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_batch = n_batch
 
     def close(self):
         if self.ptr:
             self._batch.close()
-            L.llama_free(self.ptr)
+            self.context.close()
             self.ptr = None
 
     # --- cache

@@ -22,10 +22,13 @@
 # 6. OUT_DIR/llama_server.{json,md}: llama-server built from the patched tree (`pyorthrus build --server`), AR vs
 #    n-gram speculation vs `--spec-type orthrus` at K 4/8/16, 1/2/4 slots, every layer offloaded, side by side with
 #    plain llama.cpp's llama-server (`--plain-server`, the peer) and pyorthrus's AR and auto.
+# 7. OUT_DIR/hybrid.log: tests/test_recurrent_rollback.py and tests/test_qwen35_orthrus.py's state test with every
+#    layer offloaded: the GPU's Gated DeltaNet snapshots restore the state before a removed block exactly (patch
+#    0021), and the state after Orthrus cycles on a hybrid qwen35 equals AR's (issue 37; tiny random files).
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
 # steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa
-# llama_server"; for the speed
+# llama_server hybrid"; for the speed
 # checks alone: GPU_SUITE_STEPS="shapes shapes_fa bench bench_fa").
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [PROMPTS]}
@@ -37,7 +40,7 @@ mkdir -p "$out"
 work=$(mktemp -d)  # quantized models and the identity adapter: large, kept out of OUT_DIR
 trap 'rm -rf "$work"' EXIT
 status=0
-steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa llama_server} "
+steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa llama_server hybrid} "
 step() {  # step NAME COMMAND...: run with the time limit, log to OUT_DIR/NAME.log, remember the first failure
     local name=$1 rc
     shift
@@ -57,6 +60,8 @@ step batch_variance "$python" bench/batch_variance.py -ngl -1 --threads 4 --fa o
     --json "$out/batch_variance.json"
 step reference_tests env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -p no:cacheprovider \
     tests/test_llama_orthrus_reference.py
+step hybrid env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -p no:cacheprovider \
+    tests/test_recurrent_rollback.py tests/test_qwen35_orthrus.py -k "removing or beyond or state_after"
 step fidelity "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
     --quants Q4_1,F16,Q8_0 --ks 4,8,16,32 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
     --work "$work" --json "$out/fidelity.json"

@@ -7,6 +7,7 @@ that does not fit): the `inspect` verb (pyorthrus.inspect) prints what this modu
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -34,7 +35,8 @@ def gguf_field(reader, key: str, default=None):
 
 
 def open_reader(path):
-    """gguf.GGUFReader of a file (an open reader is returned as it is), or a one-line PyorthrusError naming it."""
+    """gguf.GGUFReader of a file (an open reader is returned as it is), or a one-line PyorthrusError naming it.
+    Parsing a Qwen-sized vocabulary takes seconds even so: open a file once and pass the reader on."""
     import gguf
 
     if isinstance(path, gguf.GGUFReader):
@@ -43,13 +45,44 @@ def open_reader(path):
     if not path.is_file():
         raise PyorthrusError(f"{path}: no such file")
     try:
-        return gguf.GGUFReader(str(path))
+        return _plain_array_reader()(str(path))
     except Exception as exc:  # gguf-py raises assorted errors on damaged files
         raise PyorthrusError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from None
 
 
+@functools.cache
+def _plain_array_reader():
+    import gguf
+    import numpy as np
+
+    class PlainArrayReader(gguf.GGUFReader):
+        """gguf.GGUFReader that slices the file as a plain ndarray while it parses: each of the ~600k small reads
+        of a Qwen-sized vocabulary then skips np.memmap's per-slice bookkeeping (3x faster, same fields; a test
+        compares both readers on the real SmolLM2 file)."""
+
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+            count = int(count)
+            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return PlainArrayReader
+
+
+def readable_gguf(path):
+    """An open reader of a model file, or its path where gguf-py cannot read it (llama.cpp's load then says why): what
+    weight_types and state_snapshots_needed take, so that one load parses the file once."""
+    try:
+        return open_reader(path)
+    except PyorthrusError:
+        return path
+
+
 def weight_types(path) -> set[str]:
-    """The GGML type names of a file's tensors (empty if gguf-py cannot read it: llama.cpp's load then says why)."""
+    """The GGML type names of a file's tensors (a path or open reader; empty if gguf-py cannot read it: llama.cpp's
+    load then says why)."""
     try:
         return {t.tensor_type.name for t in open_reader(path).tensors}
     except PyorthrusError:
@@ -101,9 +134,9 @@ def recurrent_layers(reader, arch: str, block_count: int | None) -> list[int]:
 
 
 def state_snapshots_needed(path) -> int:
-    """The state snapshots (llama.cpp's n_rs_seq) an Orthrus context on this model file needs: for a model with
-    recurrent layers its trained block size K (a cycle takes up to K tokens back from them), else 0 (also when
-    gguf-py cannot read it: llama.cpp's load then says why)."""
+    """The state snapshots (llama.cpp's n_rs_seq) an Orthrus context on this model file (a path or open reader)
+    needs: for a model with recurrent layers its trained block size K (a cycle takes up to K tokens back from
+    them), else 0 (also when gguf-py cannot read it: llama.cpp's load then says why)."""
     try:
         reader = open_reader(path)
     except PyorthrusError:

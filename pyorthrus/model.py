@@ -23,7 +23,7 @@ import numpy as np
 from . import options
 from .engine import Chunk, DecodeEngine
 from .errors import PyorthrusError
-from .gguf_meta import state_snapshots_needed, weight_types
+from .gguf_meta import readable_gguf, state_snapshots_needed, weight_types
 from .llama_defaults import overridden
 from .options import OptionError
 from .stats import GenerationStats
@@ -145,11 +145,12 @@ class Orthrus:
         try:
             # strict: repacked weights only where every repacked type keeps passes batch-invariant (a file gguf-py
             # cannot read counts as holding every repackable type: no repacking, and llama.cpp says what is wrong)
-            repack = self.strict and repack_is_strict(weight_types(model_path) or REPACKED_TYPES)
+            model_file = readable_gguf(model_path)
+            repack = self.strict and repack_is_strict(weight_types(model_file) or REPACKED_TYPES)
             if not self.strict:
                 non_strict_load()
             # recurrent layers give a draft block back through per-token state snapshots (patch 0021)
-            snapshots = state_snapshots_needed(model_path) if mode == "orthrus" else 0
+            snapshots = state_snapshots_needed(model_file) if mode == "orthrus" else 0
             # such a model runs chain cycles only (issue 37): fused passes, tree verify and the "auto" profile
             # decode more than a block, which its state snapshots cannot take back
             self.recurrent = snapshots > 0
@@ -191,7 +192,7 @@ class Orthrus:
             self.close()
             raise
         if mode == "orthrus":
-            _warn_low_precision_diff(adapter_path or model_path)
+            _warn_low_precision_diff(adapter_path or model_path, adapter_path or model_file)
 
     def check_block_size(self, block_size: int | str, fused: bool | None = None) -> int | str:
         """block_size (an integer K or "auto") if this model can run it, fused or not; else an OptionError that
@@ -476,13 +477,13 @@ def chat_template_prompt(llm, messages: list[dict]) -> str:
     return formatter(messages=messages).prompt
 
 
-def _warn_low_precision_diff(path) -> None:
-    """Warn when the file holding the diff weights stores them below Q8_0 (e.g. a merged file quantized to Q4_K_M
-    as a whole): the drafts may then be accepted less often (little on our 135M adapter, far less on 8B models by
-    public reports), which no error would reveal."""
+def _warn_low_precision_diff(path, file) -> None:
+    """Warn when the file holding the diff weights (`file`: its path or open reader) stores them below Q8_0 (e.g. a
+    merged file quantized to Q4_K_M as a whole): the drafts may then be accepted less often (little on our 135M
+    adapter, far less on 8B models by public reports), which no error would reveal."""
     from .gguf_meta import low_precision_diff_tensors, open_reader
 
-    low = low_precision_diff_tensors(open_reader(path))
+    low = low_precision_diff_tensors(open_reader(file))
     if low:
         warnings.warn(f"{path}: {sum(low.values())} diff weight matrices are stored below Q8_0 ("
                       + ", ".join(f"{n} {t}" for t, n in low.items()) + "); drafts may be accepted less often "

@@ -538,3 +538,19 @@ def test_inspect_corrupt_file(tmp_path):
     bad.write_bytes(b"not a gguf")
     with pytest.raises(PyorthrusError, match=f"{bad}: corrupt or truncated GGUF"):
         inspect_gguf(bad)
+
+
+def test_the_fast_reader_reads_what_gguf_py_reads():
+    """open_reader parses through a plain-ndarray view of the file (issue 36: a Qwen vocabulary took gguf-py 7 s
+    per open): every field and tensor of the real SmolLM2 file comes out as gguf.GGUFReader has it."""
+    from pyorthrus.gguf_meta import open_reader
+
+    path = assets.smollm2_gguf()
+    fast, plain = open_reader(path), gguf.GGUFReader(str(path))
+    assert type(fast) is not gguf.GGUFReader
+    assert list(fast.fields) == list(plain.fields)
+    for key, field in plain.fields.items():
+        assert fast.fields[key].types == field.types and fast.fields[key].contents() == field.contents(), key
+    assert [(t.name, t.tensor_type, list(t.shape), int(t.data_offset)) for t in fast.tensors] \
+        == [(t.name, t.tensor_type, list(t.shape), int(t.data_offset)) for t in plain.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(fast.tensors[:3], plain.tensors[:3]))

@@ -5,6 +5,7 @@ view (an attention layer's `attn_*_diff`, a DeltaNet layer's twin `attn_qkv_diff
 Random weights: for cache, state and decoding-loop tests, not for text."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +92,12 @@ class TinyQwen35:
                 (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)]
 
 
-def qwen35_tokenizer_kv() -> list[tuple]:
-    """The tokenizer keys of the vendored Qwen3.5 vocabulary file, as (key, value, type, sub-type)."""
+@functools.cache
+def qwen35_tokenizer_kv() -> tuple[tuple, ...]:
+    """The tokenizer keys of the vendored Qwen3.5 vocabulary file, as (key, value, type, sub-type): read once per
+    process (248k tokens and merges take gguf-py seconds)."""
     vocab = plain_source_dir() / VOCAB_FILE
-    return [kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer.")]
+    return tuple(kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer."))
 
 
 def twin_name(name: str) -> str:
@@ -113,7 +116,7 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
     rng = np.random.default_rng(seed)
     tokenizer = qwen35_tokenizer_kv()
     vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
-    tensors, metadata = config.tensors(vocab), config.metadata() + tokenizer
+    tensors, metadata = config.tensors(vocab), config.metadata() + list(tokenizer)
     if block_size is not None:
         tensors += config.twin_tensors(vocab)
         U = gguf.GGUFValueType.UINT32

@@ -209,12 +209,12 @@ class Orthrus:
             raise OptionError("block_size", block_size, "must be an integer K or 'auto'")
         if self.mode == "ar":
             return block_size
-        if self.recurrent and (block_size == AUTO or fused or self.fused):
+        if fused is None:
+            fused = self.fused or (self.fused is None and block_size == AUTO)
+        if self.recurrent and (block_size == AUTO or fused):
             raise OptionError("block_size" if block_size == AUTO else "fused", block_size if block_size == AUTO
                               else True, "not on a model with recurrent layers yet: give a fixed block size, "
                               "unfused")
-        if fused is None:
-            fused = self.fused or (self.fused is None and block_size == AUTO)
         needed = (2 if fused else 1) * largest
         n_ctx = self.pass_settings["n_ctx"] or self.llm.n_ctx()  # as asked: llama.cpp may pad it, not n_batch
         if needed > n_ctx:

@@ -23,7 +23,7 @@ from pyorthrus.convert.gguf_out import PlannedTensor, write_gguf
 from pyorthrus.convert.hf_base import tokenizer_config_as_mapping
 from pyorthrus.errors import PyorthrusError
 from pyorthrus import inspect as inspect_verb
-from pyorthrus.gguf_meta import inspect_gguf
+from pyorthrus.gguf_meta import inspect_gguf, open_reader
 
 GGML = gguf.GGMLQuantizationType
 TORCH_TYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -145,7 +145,7 @@ def test_adapter_round_trip(ckpt_name, outtype, request, tmp_path):
 def test_merged_qwen3_without_base(merged_without_base, qwen3_ckpt):
     """Vendored convert_hf_to_gguf.py for the base, renamed to the community `orthrus` arch, plus ours; the
     reference loaded from the merged GGUF computes exactly what it computes from the checkpoint (both views)."""
-    reader = gguf.GGUFReader(str(merged_without_base["qwen3"]))
+    reader = open_reader(merged_without_base["qwen3"])
     meta = fields(reader)
     assert meta["general.architecture"] == "orthrus"
     assert meta["orthrus.block_count"] == 2 and meta["orthrus.diffusion.block_size"] == 8
@@ -159,7 +159,7 @@ def test_merged_qwen3_without_base(merged_without_base, qwen3_ckpt):
 def test_merged_llama_without_base_uses_llama_cpp_permutation(merged_without_base, llama_ckpt):
     """llama.cpp permutes the base Q/K rows, we permute the diff Q/K rows: the reference un-permutes both the same
     way, so exact equality with the checkpoint shows our permutation is llama.cpp's."""
-    reader = gguf.GGUFReader(str(merged_without_base["llama"]))
+    reader = open_reader(merged_without_base["llama"])
     assert fields(reader)["general.architecture"] == "llama"
     assert fields(reader)["llama.diffusion.block_size"] == 8
     assert_same_model(reference.load_hf(llama_ckpt), reference.load_gguf(reader))
@@ -175,14 +175,14 @@ def assert_same_model(a: reference.OrthrusModel, b: reference.OrthrusModel) -> N
 
 
 def test_merged_with_base_keeps_smollm2_byte_identical(smollm2_outputs):
-    base = gguf.GGUFReader(str(assets.smollm2_gguf()))
-    merged = gguf.GGUFReader(str(smollm2_outputs[1]))
+    base = open_reader(assets.smollm2_gguf())
+    merged = open_reader(smollm2_outputs[1])
     merged_tensors = {t.name: t for t in merged.tensors}
     for tensor in base.tensors:
         copy = merged_tensors.pop(tensor.name)
         assert copy.tensor_type == tensor.tensor_type and list(copy.shape) == list(tensor.shape)
         assert np.asarray(copy.data).tobytes() == np.asarray(tensor.data).tobytes(), tensor.name
-    assert sorted(merged_tensors) == sorted(t.name for t in gguf.GGUFReader(str(smollm2_outputs[0])).tensors)
+    assert sorted(merged_tensors) == sorted(t.name for t in open_reader(smollm2_outputs[0]).tensors)
     assert len(merged_tensors) == 4 * 30
     base_meta, merged_meta = fields(base), fields(merged)
     assert merged_meta.pop("llama.diffusion.block_size") == 16
@@ -201,8 +201,8 @@ def test_smollm2_adapter_loads_in_reference(smollm2_outputs, smollm2_diff_ckpt):
         if "_diff." in hf:
             assert torch.equal(params[own], source[hf]), hf
     assert not torch.equal(model.layers[0].attn_diff.q_proj.weight, model.layers[0].attn.q_proj.weight)
-    adapter = {t.name: t for t in gguf.GGUFReader(str(smollm2_outputs[0])).tensors}
-    for tensor in gguf.GGUFReader(str(smollm2_outputs[1])).tensors:
+    adapter = {t.name: t for t in open_reader(smollm2_outputs[0]).tensors}
+    for tensor in open_reader(smollm2_outputs[1]).tensors:
         if "_diff." in tensor.name:
             assert np.asarray(tensor.data).tobytes() == np.asarray(adapter[tensor.name].data).tobytes()
 
@@ -543,8 +543,6 @@ def test_inspect_corrupt_file(tmp_path):
 def test_the_fast_reader_reads_what_gguf_py_reads():
     """open_reader parses through a plain-ndarray view of the file (issue 36: a Qwen vocabulary took gguf-py 7 s
     per open): every field and tensor of the real SmolLM2 file comes out as gguf.GGUFReader has it."""
-    from pyorthrus.gguf_meta import open_reader
-
     path = assets.smollm2_gguf()
     fast, plain = open_reader(path), gguf.GGUFReader(str(path))
     assert type(fast) is not gguf.GGUFReader

@@ -14,7 +14,7 @@ import pytest
 from pyorthrus import Orthrus, PyorthrusError, cli
 from pyorthrus.testing import fixtures
 from pyorthrus.convert import convert_checkpoint
-from pyorthrus.gguf_meta import adapter_fit
+from pyorthrus.gguf_meta import adapter_fit, open_reader
 
 from conftest import JOURNEY_SHAPE
 
@@ -30,10 +30,10 @@ def journey(request):
 def test_the_base_is_a_plain_gguf_and_inspect_says_the_adapter_fits(journey, capsys):
     arch, files = journey
     for weight_type in ("f32", "q8_0", "q4_k_m"):
-        reader = gguf.GGUFReader(str(files[weight_type]))
+        reader = open_reader(files[weight_type])
         assert reader.fields["general.architecture"].contents() == arch
         assert not any("_diff" in t.name for t in reader.tensors)
-    types = {t.tensor_type.name for t in gguf.GGUFReader(str(files["q4_k_m"])).tensors}
+    types = {t.tensor_type.name for t in open_reader(files["q4_k_m"]).tensors}
     assert "Q4_K" in types  # K-quants really stored
     assert cli.main(["inspect", str(files["q4_k_m"]), str(files["adapter"]), "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ import numpy as np
 from ..convert.base_gguf import copied_metadata
 from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
 from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
-from ..gguf_meta import open_reader
+from ..gguf_meta import FULL_ATTENTION_INTERVAL, open_reader
 from ..llama_source import plain_source_dir
 
 VOCAB_FILE = Path("models/ggml-vocab-qwen35.gguf")  # in the vendored llama.cpp tree
@@ -37,7 +37,7 @@ class TinyQwen35:
     rope_sections: tuple[int, int, int, int] = (3, 3, 2, 0)  # Qwen3.5's interleaved M-RoPE, summing to rope_dims/2
 
     def is_recurrent(self, layer: int) -> bool:
-        return (layer + 1) % 4 != 0
+        return (layer + 1) % FULL_ATTENTION_INTERVAL["qwen35"] != 0
 
     def tensors(self, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
         """(GGUF name, numpy shape) of every tensor, as llama.cpp's qwen35 loader creates them."""
@@ -85,7 +85,8 @@ class TinyQwen35:
                 (f"{a}.attention.layer_norm_rms_epsilon", 1e-6, F, None),
                 (f"{a}.rope.dimension_count", self.rope_dims, U, None),
                 (f"{a}.rope.dimension_sections", list(self.rope_sections), A, gguf.GGUFValueType.INT32),
-                (f"{a}.rope.freq_base", 1e7, F, None), (f"{a}.full_attention_interval", 4, U, None),
+                (f"{a}.rope.freq_base", 1e7, F, None),
+                (f"{a}.full_attention_interval", FULL_ATTENTION_INTERVAL["qwen35"], U, None),
                 (f"{a}.ssm.conv_kernel", self.conv_kernel, U, None), (f"{a}.ssm.state_size", self.state, U, None),
                 (f"{a}.ssm.group_count", self.groups, U, None),
                 (f"{a}.ssm.time_step_rank", self.value_heads, U, None),

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
-                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, QWEN35, twin_name)
 from pyorthrus.gguf_meta import gguf_field, open_reader
 from pyorthrus.paths import check_writable
 
@@ -19,7 +20,7 @@ from .hf_base import convert_base_to_gguf
 __all__ = ["convert_checkpoint", "OUTTYPES"]
 
 # general.architecture of a merged file, per base GGUF architecture (Qwen3: the community `orthrus` format).
-MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama"}
+MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35"}
 # general.architecture of an adapter: the base model's own.
 ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
@@ -37,6 +38,9 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
         if out is not None:
             check_writable(out)
     ckpt = OrthrusCheckpoint(ckpt_dir)
+    if adapter_out is not None and ckpt.config.base not in ADAPTER_ARCH:
+        raise PyorthrusError(f"{ckpt.dir}: adapter-only files for a {ckpt.config.base} base are not supported yet: "
+                             "write a merged file (--merged-out)")
     base_reader = None
     if base is not None:
         base_reader = open_reader(Path(base))
@@ -50,17 +54,30 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
         summary["adapter"] = str(adapter_out)
     if merged_out is not None:
         merged_out = Path(merged_out)
-        if base_reader is not None:
-            write_merged(ckpt, base_reader, merged_out, outtype, force, progress)
-        else:
-            work_dir = Path(tempfile.mkdtemp(prefix=f".{merged_out.name}.", dir=merged_out.parent))
-            try:
-                base_path = convert_base_to_gguf(ckpt, outtype, work_dir)
-                write_merged(ckpt, open_reader(base_path), merged_out, outtype, force, progress)
-            finally:
-                shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=f".{merged_out.name}.", dir=merged_out.parent))
+        try:
+            if base_reader is None:
+                base_reader = open_reader(convert_base_to_gguf(ckpt, outtype, work_dir))
+            if ckpt.config.base == QWEN35:
+                diff_tensors = converted_twins(ckpt, open_reader(convert_base_to_gguf(ckpt, outtype, work_dir,
+                                                                                      twins=True)))
+            else:
+                diff_tensors = plan_diff_tensors(ckpt, outtype)
+            write_merged(ckpt, base_reader, diff_tensors, merged_out, force, progress)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
         summary["merged"] = str(merged_out)
     return summary
+
+
+def converted_twins(ckpt: OrthrusCheckpoint, twins_reader) -> list:
+    """The twins llama.cpp's converter wrote under their AR names (convert_base_to_gguf(twins=True)), renamed to
+    the diff names the patched qwen35 graph loads (formats.twin_name)."""
+    planned = [replace(t, name=twin_name(t.name)) for t in planned_base_tensors(twins_reader)]
+    if len(planned) != len(ckpt.diff_tensors) or not all(t.name.startswith("blk.") for t in planned):
+        raise PyorthrusError(f"{ckpt.dir}: llama.cpp's converter made {len(planned)} tensors of the "
+                             f"{len(ckpt.diff_tensors)} twins: " + ", ".join(t.name for t in planned[:4]))
+    return planned
 
 
 def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool, progress: bool) -> None:
@@ -81,9 +98,9 @@ def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool,
                                                     progress, label=out.name))
 
 
-def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, force: bool,
+def write_merged(ckpt: OrthrusCheckpoint, base_reader, diff_tensors: list, out: Path, force: bool,
                  progress: bool) -> None:
-    """Base GGUF metadata and tensors as they are, plus the diff tensors and the Orthrus keys."""
+    """Base GGUF metadata and tensors as they are, plus the (planned) diff tensors and the Orthrus keys."""
     base_arch = gguf_field(base_reader, "general.architecture")
     arch = MERGED_ARCH[base_arch]
     kv = copied_metadata(base_reader, rename_arch=(base_arch, arch) if arch != base_arch else None)
@@ -91,6 +108,6 @@ def write_merged(ckpt: OrthrusCheckpoint, base_reader, out: Path, outtype: str, 
     kv = [item for item in kv if item[0] not in (block_size_key, KEY_MASK_TOKEN_ID)]
     kv += [uint32(block_size_key, ckpt.hf_config["block_size"]),
            uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"])]
-    tensors = planned_base_tensors(base_reader) + plan_diff_tensors(ckpt, outtype)
+    tensors = planned_base_tensors(base_reader) + diff_tensors
     write_output(out, force, lambda tmp: write_gguf(tmp, arch, kv, tensors, progress,
                                                     alignment=base_alignment(base_reader), label=out.name))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import OrthrusConfig, config_from_hf
+from pyorthrus.formats import (ATTENTION_PROJECTIONS, CHECKPOINT_MODEL_TYPES, DELTANET_MODULES, DELTANET_PARAMETERS,
+                               QK_NORMS, QWEN35, OrthrusConfig, config_from_hf)
 
 # HF suffix of each diff tensor -> GGUF tensor name (without "blk.N." and ".weight"/".bias").
 DIFF_PROJECTIONS = {"q_proj_diff": "attn_q_diff", "k_proj_diff": "attn_k_diff", "v_proj_diff": "attn_v_diff",
@@ -40,7 +41,7 @@ class DiffTensor:
     """One diff tensor to convert: where it lives and what it becomes."""
 
     hf: TensorEntry
-    gguf_name: str
+    gguf_name: str | None  # None: llama.cpp's converter names it (a qwen35 twin)
     layer: int
     permute_heads: int  # llama.cpp Q/K row permutation head count, 0 for none
 
@@ -90,9 +91,10 @@ class OrthrusCheckpoint:
             self.hf_config = json.loads(config_path.read_text())
         except ValueError as exc:
             raise PyorthrusError(f"{config_path}: invalid JSON ({exc})") from None
-        if self.hf_config.get("model_type") != "orthrus":
-            raise PyorthrusError(f"{config_path}: not an Orthrus checkpoint "
-                                 f"(model_type is {self.hf_config.get('model_type')!r}, expected 'orthrus')")
+        if self.hf_config.get("model_type") not in CHECKPOINT_MODEL_TYPES:
+            raise PyorthrusError(f"{config_path}: not an Orthrus checkpoint (model_type is "
+                                 f"{self.hf_config.get('model_type')!r}, expected "
+                                 + " or ".join(map(repr, CHECKPOINT_MODEL_TYPES)) + ")")
         for key in ("block_size", "mask_token_id"):
             if not isinstance(self.hf_config.get(key), int):
                 raise PyorthrusError(f"{config_path}: not an Orthrus checkpoint (no integer {key})")
@@ -103,8 +105,11 @@ class OrthrusCheckpoint:
         if self.config.block_size < 2:
             raise PyorthrusError(f"{config_path}: block_size {self.config.block_size} must be at least 2")
         self.entries = self._index()
-        self.diff_only = all("_diff." in name for name in self.entries)
-        self.diff_tensors = self._validate_diff_tensors()
+        self.diff_only = all("_diff" in name for name in self.entries)
+        if self.config.base == QWEN35 and self.diff_only:
+            raise PyorthrusError(f"{self.dir}: holds only diff tensors; an Orthrus-Qwen3.5 checkpoint must hold its "
+                                 "base weights too (as the reference saves it)")
+        self.diff_tensors = self._validate_twins() if self.config.base == QWEN35 else self._validate_diff_tensors()
 
     # -- index -------------------------------------------------------------------------------------------------
 
@@ -154,6 +159,40 @@ class OrthrusCheckpoint:
             shapes.update({"q_norm_diff.weight": (cfg.head_dim,), "k_norm_diff.weight": (cfg.head_dim,)})
         return shapes
 
+    def _validate_twins(self) -> list[DiffTensor]:
+        """An Orthrus-Qwen3.5 checkpoint's twins: each attention layer's q/k/v/o projections and q/k norms, each
+        Gated DeltaNet layer's modules and parameters, each with the shape and dtype of its AR tensor. Their GGUF
+        names are llama.cpp's converter's (it converts them as the base, hf_base.convert_base_to_gguf)."""
+        cfg = self.config
+        expected = []
+        for layer in range(cfg.num_layers):
+            if layer in cfg.linear_layers:
+                prefix = f"model.layers.{layer}.linear_attn."
+                expected += [prefix + m + "_diff.weight" for m in DELTANET_MODULES]
+                expected += [prefix + p + "_diff" for p in DELTANET_PARAMETERS]
+            else:
+                prefix = f"model.layers.{layer}.self_attn."
+                expected += [prefix + m + "_diff.weight" for m in ATTENTION_PROJECTIONS + QK_NORMS]
+        twins = []
+        for name in expected:
+            entry, ar = self.entries.get(name), self.entries.get(ar_name(name))
+            if entry is None:
+                raise PyorthrusError(f"{self.dir}: missing diff tensor {name} (layer {name.split('.')[2]})")
+            if entry.dtype not in FLOAT_DTYPES:
+                raise PyorthrusError(f"{entry.shard}: {name} has dtype {entry.dtype}, expected F32, F16 or BF16")
+            if ar is None:
+                raise PyorthrusError(f"{self.dir}: {name} has no base tensor {ar_name(name)}")
+            if ar.shape != entry.shape:
+                raise PyorthrusError(f"{entry.shard}: {name} has shape {list(entry.shape)}, its base tensor "
+                                     f"{list(ar.shape)}")
+            twins.append(DiffTensor(entry, None, int(name.split(".")[2]), 0))
+        unexpected = sorted({name for name in self.entries if "_diff" in name} - set(expected))
+        if unexpected:
+            raise PyorthrusError(f"{self.entries[unexpected[0]].shard}: unexpected diff tensor {unexpected[0]} "
+                                 f"({len(unexpected)} unexpected in all; the config has {cfg.num_layers} layers, "
+                                 f"{len(cfg.linear_layers)} of them Gated DeltaNet)")
+        return twins
+
     def _validate_diff_tensors(self) -> list[DiffTensor]:
         cfg, where = self.config, str(self.dir)
         expected = self._expected_shapes()
@@ -184,6 +223,13 @@ class OrthrusCheckpoint:
             raise PyorthrusError(f"{self.entries[name].shard}: unexpected diff tensor {name} "
                                  f"({len(found)} unexpected in all; the config has {cfg.num_layers} layers)")
         return diff_tensors
+
+
+def ar_name(diff_name: str) -> str:
+    """The HF name of a diff tensor's AR twin: ...q_proj_diff.weight -> ...q_proj.weight, ...A_log_diff ->
+    ...A_log."""
+    stem, _, suffix = diff_name.rpartition(".")
+    return f"{stem.removesuffix('_diff')}.{suffix}" if suffix in ("weight", "bias") else diff_name.removesuffix("_diff")
 
 
 def _permute_heads(cfg: OrthrusConfig, module: str) -> int:

@@ -15,11 +15,14 @@ import tempfile
 from pathlib import Path
 
 from pyorthrus.errors import PyorthrusError
+from pyorthrus.formats import QWEN35
 from pyorthrus.llama_source import patched_source_dir
 
-from .checkpoint import OrthrusCheckpoint
+from .checkpoint import OrthrusCheckpoint, ar_name
 
-HF_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+HF_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                    "qwen35": "Qwen3_5ForCausalLM"}
+HF_MODEL_TYPES = {"qwen35": "qwen3_5_text"}  # where transformers' model_type is not the base's name
 _ORTHRUS_CONFIG_KEYS = ("block_size", "mask_token_id", "base_model_type")
 _SKIPPED_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer_config.json"}
 
@@ -35,14 +38,16 @@ def tokenizer_config_as_mapping(config: dict) -> dict:
     return fixed
 
 
-def write_base_view(ckpt: OrthrusCheckpoint, view: Path) -> None:
+def write_base_view(ckpt: OrthrusCheckpoint, view: Path, twins: bool = False) -> None:
     """A plain base checkpoint in `view`: no diff tensors, no Orthrus config keys; user files are not touched.
+    twins: the diff tensors instead, each under its AR name (a qwen35 checkpoint's twins then go through exactly
+    the transforms llama.cpp's converter gives the base: V-head order, -exp(A_log), norm offsets).
     Shards are rewritten one at a time with safetensors' own writer (torch: the vendored converter needs it too)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     config = {k: v for k, v in ckpt.hf_config.items() if k not in _ORTHRUS_CONFIG_KEYS}
-    config["model_type"] = ckpt.config.base
+    config["model_type"] = HF_MODEL_TYPES.get(ckpt.config.base, ckpt.config.base)
     config["architectures"] = [HF_ARCHITECTURES[ckpt.config.base]]
     (view / "config.json").write_text(json.dumps(config, indent=2))
     tok_config = ckpt.dir / "tokenizer_config.json"
@@ -54,27 +59,34 @@ def write_base_view(ckpt: OrthrusCheckpoint, view: Path) -> None:
             shutil.copyfile(item, view / item.name)
     weight_map = {}
     for shard in ckpt.shard_paths():
-        names = [e.name for e in ckpt.entries.values() if e.shard == shard and "_diff." not in e.name]
+        if twins:  # view name -> checkpoint name
+            names = {ar_name(d.hf.name): d.hf.name for d in ckpt.diff_tensors if d.hf.shard == shard}
+        else:
+            names = {e.name: e.name for e in ckpt.entries.values() if e.shard == shard and "_diff" not in e.name}
         if names:
             with safe_open(str(shard), framework="pt") as fh:
-                save_file({name: fh.get_tensor(name) for name in names}, str(view / shard.name),
+                save_file({name: fh.get_tensor(source) for name, source in names.items()}, str(view / shard.name),
                           metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(names, shard.name))
     (view / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path) -> Path:
-    """Run the vendored converter on the base part of `ckpt`; return the base GGUF written inside `work_dir`."""
+def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, twins: bool = False) -> Path:
+    """Run the vendored converter on the base part of `ckpt` (twins: on its diff tensors as if they were the base,
+    see write_base_view); return the GGUF written inside `work_dir`."""
     if importlib.util.find_spec("torch") is None:
         raise PyorthrusError("a merged file without --base runs llama.cpp's convert_hf_to_gguf.py, which needs "
                              "torch, transformers and sentencepiece: pip install torch transformers sentencepiece")
     script = patched_source_dir() / "convert_hf_to_gguf.py"  # unpacked once into the build cache
     if not script.is_file():
         raise PyorthrusError(f"{script}: llama.cpp converter not found; run `pyorthrus build` first or pass --base")
-    view = Path(tempfile.mkdtemp(prefix="base-view-", dir=work_dir))
-    write_base_view(ckpt, view)
-    out = work_dir / "base.gguf"
+    what = "twins" if twins else "base"
+    view = Path(tempfile.mkdtemp(prefix=f"{what}-view-", dir=work_dir))
+    write_base_view(ckpt, view, twins)
+    out = work_dir / f"{what}.gguf"
     cmd = [sys.executable, str(script), str(view), "--outfile", str(out), "--outtype", outtype]
+    if ckpt.config.base == QWEN35:
+        cmd.append("--no-mtp")  # the reference keeps Qwen3.5's MTP key in the config but saves no MTP weights
     result = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(view, ignore_errors=True)
     if result.returncode != 0 or not out.is_file():

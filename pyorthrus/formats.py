@@ -13,11 +13,19 @@ from .errors import PyorthrusError
 QWEN3 = "qwen3"
 QWEN2 = "qwen2"
 LLAMA = "llama"
-SUPPORTED_BASES = (QWEN3, QWEN2, LLAMA)
+QWEN35 = "qwen35"  # Qwen3.5 / Qwen3.6: Gated DeltaNet layers among gated attention layers (issue 37)
+SUPPORTED_BASES = (QWEN3, QWEN2, LLAMA, QWEN35)
 # GGUF architecture -> base ("orthrus" is the community merged format of a Qwen3 base).
-GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": LLAMA}
+GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": LLAMA, "qwen35": QWEN35}
+# checkpoint model_type -> base: the reference's Qwen3 format ("orthrus", `base_model_type` for our Llama and Qwen2
+# checkpoints) and its Orthrus-Qwen3.5 format (a flat Qwen3.5 text config)
+CHECKPOINT_MODEL_TYPES = {"orthrus": QWEN3, "orthrus_qwen3_5": QWEN35}
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 QK_NORMS = ("q_norm", "k_norm")
+# a Qwen3.5 Gated DeltaNet layer's modules (`linear_attn.<name>`), each with a `<name>_diff` twin in an Orthrus
+# checkpoint; dt_bias and A_log are bare parameters (no .weight)
+DELTANET_MODULES = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "norm", "out_proj")
+DELTANET_PARAMETERS = ("dt_bias", "A_log")
 
 # GGUF names of Orthrus files, as the patched llama.cpp reads them (patches 0002 and 0003), in one place as gguf-py
 # keeps llama.cpp's (gguf.Keys). Adapter files: general.type "adapter", adapter.type "orthrus", the block size under
@@ -38,9 +46,16 @@ RECURRENT_DIFF_TENSORS = ("attn_qkv_diff", "attn_gate_diff", "ssm_conv1d_diff", 
                           "ssm_beta_diff", "ssm_alpha_diff", "ssm_norm_diff", "ssm_out_diff")
 
 
+def twin_name(name: str) -> str:
+    """The GGUF name of a tensor's diffusion-view twin: blk.N.X.weight -> blk.N.X_diff.weight, blk.N.ssm_a ->
+    blk.N.ssm_a_diff."""
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}_diff.{suffix}" if suffix in ("weight", "bias") else f"{name}_diff"
+
+
 @dataclass(frozen=True)
 class OrthrusConfig:
-    base: str  # "qwen3", "qwen2" or "llama"
+    base: str  # "qwen3", "qwen2", "llama" or "qwen35"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -54,6 +69,7 @@ class OrthrusConfig:
     attention_bias: bool = False  # Llama's flag: biases on all four projections (Qwen2 has q/k/v biases always)
     block_size: int = 32
     mask_token_id: int | None = None
+    linear_layers: tuple[int, ...] = ()  # qwen35: the Gated DeltaNet layers (the others are gated attention)
 
     @property
     def has_qk_norm(self) -> bool:
@@ -73,7 +89,8 @@ def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
     if not isinstance(hf, dict):
         raise PyorthrusError(f"{source}: expected a JSON object, not {type(hf).__name__}")
     model_type = hf.get("model_type")
-    base = hf.get("base_model_type", QWEN3) if model_type == "orthrus" else model_type
+    base = hf.get("base_model_type", QWEN3) if model_type == "orthrus" else \
+        CHECKPOINT_MODEL_TYPES.get(model_type, model_type)
     if base not in SUPPORTED_BASES:
         raise PyorthrusError(f"{source}: unsupported base model type {base!r} (supported: {', '.join(SUPPORTED_BASES)})")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -107,6 +124,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
     head_dim = count("head_dim") if hf.get("head_dim") is not None else hidden // heads
     if head_dim == 0:
         raise PyorthrusError(f"{source}: num_attention_heads {heads} exceeds hidden_size {hidden}")
+    linear_layers = _linear_layers(hf, count("num_hidden_layers"), source) if base == QWEN35 else ()
     mask = hf.get("mask_token_id")
     if mask is not None and (isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < vocab):
         raise PyorthrusError(f"{source}: mask_token_id must be a token id below vocab_size {vocab}, not {mask!r}")
@@ -125,7 +143,24 @@ def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
         attention_bias=flag("attention_bias"),
         block_size=count("block_size", 32),
         mask_token_id=mask,
+        linear_layers=linear_layers,
     )
+
+
+def _linear_layers(hf: dict, n_layers: int, source: str) -> tuple[int, ...]:
+    """A Qwen3.5 config's Gated DeltaNet layers: `layer_types`, else every layer but each
+    `full_attention_interval`-th (default 4), as transformers builds them."""
+    types = hf.get("layer_types")
+    if types is None:
+        interval = hf.get("full_attention_interval", 4)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise PyorthrusError(f"{source}: full_attention_interval must be a positive integer, not {interval!r}")
+        return tuple(i for i in range(n_layers) if (i + 1) % interval)
+    if not isinstance(types, list) or len(types) != n_layers \
+            or not set(types) <= {"linear_attention", "full_attention"}:
+        raise PyorthrusError(f"{source}: layer_types must list 'linear_attention' or 'full_attention' for each of "
+                             f"the {n_layers} layers")
+    return tuple(i for i, kind in enumerate(types) if kind == "linear_attention")
 
 
 def permute_qk_rows(weight, n_head: int):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import PyorthrusError
-from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, SUPPORTED_BASES,  # noqa: F401
+from .formats import (ATTENTION_PROJECTIONS, GGUF_ARCH_TO_BASE, LLAMA, QK_NORMS, QWEN3, QWEN35, SUPPORTED_BASES,  # noqa: F401
                       KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, OrthrusConfig, config_from_hf,
                       llama_qk_permute_heads, permute_qk_rows, unpermute_qk_rows)
 from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
@@ -103,6 +103,8 @@ class OrthrusModel(nn.Module):
     """A base decoder plus the per-layer diffusion attention weights."""
 
     def __init__(self, cfg: OrthrusConfig, dtype: torch.dtype = torch.float32):
+        if cfg.base == QWEN35:
+            raise PyorthrusError("the PyTorch reference does not cover qwen35 (Qwen3.5 / Qwen3.6) bases yet")
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)

@@ -201,11 +201,11 @@ def _write(out_dir: Path, config: dict, seed: int, qk_norm: bool, shards: int, d
         index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _copy_tokenizer(out_dir)
+    copy_tokenizer(out_dir)
     return out_dir
 
 
-def _copy_tokenizer(out_dir: Path) -> None:
+def copy_tokenizer(out_dir: Path) -> None:
     """The genuine Qwen3 tokenizer, with `extra_special_tokens` as a list like the upstream checkpoints."""
     src = qwen3_tokenizer_dir()
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):

@@ -6,6 +6,7 @@ Random weights: for cache, state and decoding-loop tests, not for text."""
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..convert.base_gguf import copied_metadata
 from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
-from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
+from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
 from ..gguf_meta import FULL_ATTENTION_INTERVAL, open_reader
 from ..llama_source import plain_source_dir
 
@@ -101,13 +102,6 @@ def qwen35_tokenizer_kv() -> tuple[tuple, ...]:
     return tuple(kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer."))
 
 
-def twin_name(name: str) -> str:
-    """The GGUF name of a tensor's diffusion-view twin: blk.N.X.weight -> blk.N.X_diff.weight, blk.N.ssm_a ->
-    blk.N.ssm_a_diff."""
-    stem, dot, suffix = name.rpartition(".")
-    return f"{stem}_diff.{suffix}" if suffix in ("weight", "bias") else f"{name}_diff"
-
-
 def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
                       block_size: int | None = None, twin_noise: float | None = None) -> Path:
     """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
@@ -147,3 +141,84 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
         planned.append(PlannedTensor(name, dims, qtype, data[name].nbytes, lambda array=data[name]: array))
     write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", metadata, planned, progress=False))
     return Path(path)
+
+
+def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
+                                         block_size: int = 8, twin_noise: float | None = None,
+                                         dtype=None) -> Path:
+    """A tiny random checkpoint in the reference's Orthrus-Qwen3.5 format (model_type "orthrus_qwen3_5"): the flat
+    Qwen3.5 text config (transformers' keys, the MTP count kept, its weights not saved) plus block_size and
+    mask_token_id, every AR tensor and its `_diff` twin in one safetensors file (bf16 by default), and a tokenizer.
+    The twins are copies of their AR tensors, as the reference initialises them, or with twin_noise those plus
+    N(0, twin_noise). Norms use Qwen3.5's (1 + w) form except the DeltaNet output norm. It borrows the Qwen3
+    tokenizer files (the Qwen3.5 vocabulary ships only as a GGUF here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .fixtures import QWEN3_BOS, QWEN3_EOS, QWEN3_MASK_TOKEN_ID, QWEN3_VOCAB_SIZE, copy_tokenizer
+
+    c, vocab = config, QWEN3_VOCAB_SIZE
+    dtype = dtype or torch.bfloat16
+    gen = torch.Generator().manual_seed(seed)
+    key_dim, value_dim = c.state * c.groups, c.state * c.value_heads
+
+    def linear(rows: int, cols: int):
+        return torch.randn(rows, cols, generator=gen) / cols**0.5
+
+    def offset_norm(size: int):  # Qwen3_5RMSNorm scales by (1 + w)
+        return 0.1 * torch.randn(size, generator=gen)
+
+    tensors = {"model.embed_tokens.weight": torch.randn(vocab, c.hidden, generator=gen),
+               "model.norm.weight": offset_norm(c.hidden), "lm_head.weight": linear(vocab, c.hidden)}
+    for i in range(c.layers):
+        p = f"model.layers.{i}."
+        layer = {"input_layernorm.weight": offset_norm(c.hidden),
+                 "post_attention_layernorm.weight": offset_norm(c.hidden),
+                 "mlp.gate_proj.weight": linear(c.ffn, c.hidden), "mlp.up_proj.weight": linear(c.ffn, c.hidden),
+                 "mlp.down_proj.weight": linear(c.hidden, c.ffn)}
+        if c.is_recurrent(i):
+            mixer = {"in_proj_qkv.weight": linear(2 * key_dim + value_dim, c.hidden),
+                     "in_proj_z.weight": linear(value_dim, c.hidden),
+                     "in_proj_b.weight": linear(c.value_heads, c.hidden),
+                     "in_proj_a.weight": linear(c.value_heads, c.hidden),
+                     "conv1d.weight": 0.5 * torch.randn(2 * key_dim + value_dim, 1, c.conv_kernel, generator=gen),
+                     "dt_bias": torch.randn(c.value_heads, generator=gen),
+                     "A_log": 0.5 * torch.randn(c.value_heads, generator=gen),
+                     "norm.weight": 1.0 + 0.1 * torch.randn(c.state, generator=gen),  # gated norm: plain w
+                     "out_proj.weight": linear(c.hidden, value_dim)}
+            module = "linear_attn."
+        else:  # each head's q rows are followed by its gate rows
+            mixer = {"q_proj.weight": linear(2 * c.heads * c.head_dim, c.hidden),
+                     "k_proj.weight": linear(c.kv_heads * c.head_dim, c.hidden),
+                     "v_proj.weight": linear(c.kv_heads * c.head_dim, c.hidden),
+                     "o_proj.weight": linear(c.hidden, c.heads * c.head_dim),
+                     "q_norm.weight": offset_norm(c.head_dim), "k_norm.weight": offset_norm(c.head_dim)}
+            module = "self_attn."
+        for name, value in mixer.items():
+            stem, dot, suffix = name.rpartition(".")
+            twin = f"{stem}_diff.{suffix}" if dot else f"{name}_diff"
+            noise = 0.0 if twin_noise is None else twin_noise * torch.randn(value.shape, generator=gen)
+            layer[module + name], layer[module + twin] = value, value + noise
+        tensors.update({p + k: v for k, v in layer.items()})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    hf_config = {
+        "architectures": ["OrthrusQwen3_5ForCausalLM"], "model_type": "orthrus_qwen3_5",
+        "vocab_size": vocab, "hidden_size": c.hidden, "intermediate_size": c.ffn, "num_hidden_layers": c.layers,
+        "num_attention_heads": c.heads, "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim,
+        "hidden_act": "silu", "max_position_embeddings": 32768, "initializer_range": 0.02, "rms_norm_eps": 1e-6,
+        "use_cache": False, "tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
+                            "partial_rotary_factor": c.rope_dims / c.head_dim,
+                            "mrope_section": list(c.rope_sections[:3]), "mrope_interleaved": True},
+        "linear_conv_kernel_dim": c.conv_kernel, "linear_key_head_dim": c.state, "linear_value_head_dim": c.state,
+        "linear_num_key_heads": c.groups, "linear_num_value_heads": c.value_heads,
+        "layer_types": ["linear_attention" if c.is_recurrent(i) else "full_attention" for i in range(c.layers)],
+        "mtp_num_hidden_layers": 1, "bos_token_id": QWEN3_BOS, "eos_token_id": QWEN3_EOS,
+        "dtype": str(dtype).removeprefix("torch."), "block_size": block_size, "mask_token_id": QWEN3_MASK_TOKEN_ID,
+    }
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    copy_tokenizer(out_dir)
+    return out_dir

@@ -1,0 +1,132 @@
+"""From a reference Orthrus-Qwen3.5 checkpoint to decoding (issue 37): `pyorthrus convert` runs llama.cpp's own
+converter on the base weights and again on the twins under their AR names, so each twin gets exactly its base
+tensor's transforms (V heads re-ordered from grouped to tiled, A_log -> -exp(A_log), the (1 + w) norm offsets, the
+DeltaNet output norm left plain), then writes one merged `qwen35` file that the patched llama.cpp decodes exactly as
+AR, as built, quantized to Q8_0 and to Q4_K_M."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pyorthrus import Orthrus, PyorthrusError, cli
+from pyorthrus.bench.shapes import quantize_gguf
+from pyorthrus.convert import convert_checkpoint
+from pyorthrus.gguf_meta import inspect_gguf, open_reader
+from pyorthrus.testing.qwen35 import TinyQwen35, write_tiny_orthrus_qwen35_checkpoint
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
+CONFIG = TinyQwen35()  # 3 Gated DeltaNet layers (2 key heads, 4 value heads: the V order matters) + 1 attention
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory):
+    """A checkpoint as the reference initialises it (twins = copies of the AR weights), converted to F32."""
+    out = tmp_path_factory.mktemp("qwen35-init")
+    ckpt = write_tiny_orthrus_qwen35_checkpoint(out / "Orthrus-Qwen3.5-tiny", seed=1, dtype=torch.float32)
+    return convert_checkpoint(ckpt, merged_out=out / "merged.f32.gguf", outtype="f32", progress=False)["merged"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint whose twins moved away from the AR weights (as training moves them), bf16 as the reference
+    saves it, and its merged F32 file."""
+    out = tmp_path_factory.mktemp("qwen35-trained")
+    ckpt = write_tiny_orthrus_qwen35_checkpoint(out / "ckpt", seed=2, twin_noise=0.05)
+    assert cli.main(["convert", str(ckpt), "--merged-out", str(out / "merged.f32.gguf"), "--outtype", "f32"]) == 0
+    return ckpt, out / "merged.f32.gguf"
+
+
+def tensors_of(path) -> dict[str, np.ndarray]:
+    return {t.name: np.asarray(t.data) for t in open_reader(path).tensors}
+
+
+def test_initialised_twins_convert_to_their_base_tensors_bit_for_bit(initialised):
+    info = inspect_gguf(initialised)
+    assert (info["architecture"], info["type"], info["block_size"], info["mask_token_id"]) == \
+        ("qwen35", "merged", 8, 151669)
+    coverage = info["diff_coverage"]
+    assert coverage["complete_layers"] == CONFIG.layers and not coverage["missing"]
+    assert info["recurrent"]["recurrent_layers"] == 3
+    tensors = tensors_of(initialised)
+    twins = [name for name in tensors if "_diff" in name]
+    assert len(twins) == 3 * 9 + 6
+    for name in twins:
+        assert np.array_equal(tensors[name], tensors[name.replace("_diff", "")]), name
+
+
+def test_trained_twins_get_the_base_transforms(trained):
+    """The transforms are checked on values that differ from the base's: per value head, ssm_a_diff is
+    -exp(A_log_diff) and ssm_dt_diff.bias dt_bias_diff in llama.cpp's tiled head order; the attention q/k norm
+    twins carry Qwen3.5's + 1, the DeltaNet output norm twin does not."""
+    ckpt, merged = trained
+    hf = {k: v.float().numpy() for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+    gguf_tensors = tensors_of(merged)
+    per_key = CONFIG.value_heads // CONFIG.groups
+    tiled = [g * per_key + v for v in range(per_key) for g in range(CONFIG.groups)]  # grouped index, tiled order
+    assert tiled != sorted(tiled)
+    a = "model.layers.0.linear_attn."
+    np.testing.assert_allclose(gguf_tensors["blk.0.ssm_a_diff"], -np.exp(hf[a + "A_log_diff"][tiled]), rtol=1e-6)
+    np.testing.assert_array_equal(gguf_tensors["blk.0.ssm_dt_diff.bias"], hf[a + "dt_bias_diff"][tiled])
+    np.testing.assert_array_equal(gguf_tensors["blk.0.ssm_norm_diff.weight"], hf[a + "norm_diff.weight"])
+    assert not np.array_equal(gguf_tensors["blk.0.ssm_a_diff"], gguf_tensors["blk.0.ssm_a"])
+    s = "model.layers.3.self_attn."
+    np.testing.assert_allclose(gguf_tensors["blk.3.attn_q_norm_diff.weight"], hf[s + "q_norm_diff.weight"] + 1,
+                               rtol=1e-6)
+    np.testing.assert_allclose(gguf_tensors["blk.3.attn_k_norm_diff.weight"], hf[s + "k_norm_diff.weight"] + 1,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("weight_type", ["f32", "q8_0", "q4_k_m"])
+def test_converted_qwen35_decodes_as_ar(trained, weight_type, tmp_path):
+    merged = trained[1]
+    if weight_type != "f32":
+        merged = quantize_gguf(merged, tmp_path / f"merged.{weight_type}.gguf", weight_type, threads=2)
+    for flash_attn in (False, True) if weight_type == "f32" else (True,):
+        # quantized as a whole, Q4_K_M stores the twins below Q8_0 too: the user is told
+        with pytest.warns(UserWarning, match="stored below Q8_0") if weight_type == "q4_k_m" else \
+                contextlib.nullcontext():
+            model = Orthrus(merged, n_ctx=256, flash_attn=flash_attn)
+        with model:
+            assert model.trained_block_size == 8 and model.recurrent
+            for prompt in PROMPTS:
+                want = model.ar_view().generate(prompt, max_tokens=24).tokens
+                for k in (2, 4, 8):
+                    got = model.generate(prompt, max_tokens=24, block_size=k)
+                    assert got.tokens == want, (weight_type, flash_attn, k, prompt)
+                    assert got.stats.n_cycles > 0
+
+
+def test_pyorthrus_check_is_green_on_the_converted_file(trained, capsys):
+    assert cli.main(["check", "-m", str(trained[1]), "-k", "4", "--limit", "2", "-n", "16", "-c", "256", "-t", "2",
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["passed"] and report["summary"]["exact_match_rate"] == 1.0
+
+
+def test_what_the_qwen35_converter_refuses(trained, tmp_path, capsys):
+    ckpt = trained[0]
+    assert cli.main(["convert", str(ckpt), "--adapter-out", str(tmp_path / "a.gguf")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: adapter-only files for a qwen35 base are not supported "
+                                                    "yet: write a merged file (--merged-out)")
+    assert not (tmp_path / "a.gguf").exists()
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((ckpt / "config.json").read_text())
+    missing = "model.layers.1.linear_attn.A_log_diff"
+    save_file({k: v for k, v in tensors.items() if k != missing}, str(broken / "model.safetensors"))
+    with pytest.raises(PyorthrusError, match=f"{broken}: missing diff tensor {missing} \\(layer 1\\)"):
+        convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
+    save_file({k: v for k, v in tensors.items() if "_diff" in k}, str(broken / "model.safetensors"))
+    with pytest.raises(PyorthrusError, match="must hold its base weights too"):
+        convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
+    config = json.loads((ckpt / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "layer_types": config["layer_types"][:2]}))
+    with pytest.raises(PyorthrusError, match="layer_types must list"):
+        convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

@@ -130,3 +130,27 @@ def test_what_the_qwen35_converter_refuses(trained, tmp_path, capsys):
     with pytest.raises(PyorthrusError, match="layer_types must list"):
         convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_twins_merged_into_the_users_quantized_base(trained, tmp_path):
+    """The usual journey: a Qwen3.5 GGUF the user already has (here Q8_0, made by llama.cpp's converter and
+    quantizer) plus the reference checkpoint -> a merged file whose base tensors are the user's bytes and whose twins
+    are Q8_0 (`--outtype q8_0`), decoding as AR."""
+    from pyorthrus.convert.checkpoint import OrthrusCheckpoint
+    from pyorthrus.convert.hf_base import convert_base_to_gguf
+
+    ckpt = trained[0]
+    base = quantize_gguf(convert_base_to_gguf(OrthrusCheckpoint(ckpt), "f32", tmp_path), tmp_path / "base.q8_0.gguf",
+                         "q8_0", threads=2)
+    merged = convert_checkpoint(ckpt, merged_out=tmp_path / "merged.gguf", base=base, outtype="q8_0",
+                                progress=False)["merged"]
+    base_tensors, merged_reader = tensors_of(base), open_reader(merged)
+    for t in merged_reader.tensors:
+        if "_diff" in t.name:
+            assert t.tensor_type.name == ("F32" if t.data.ndim == 1 or "conv1d" in t.name else "Q8_0"), t.name
+        else:
+            assert np.array_equal(np.asarray(t.data), base_tensors[t.name]), t.name
+    assert len(merged_reader.tensors) == len(base_tensors) + 3 * 9 + 6
+    with Orthrus(merged, n_ctx=256) as model:
+        got = model.generate(PROMPTS[0], max_tokens=24, block_size=4)
+        assert got.tokens == model.ar_view().generate(PROMPTS[0], max_tokens=24).tokens

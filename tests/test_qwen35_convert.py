@@ -154,3 +154,46 @@ def test_twins_merged_into_the_users_quantized_base(trained, tmp_path):
     with Orthrus(merged, n_ctx=256) as model:
         got = model.generate(PROMPTS[0], max_tokens=24, block_size=4)
         assert got.tokens == model.ar_view().generate(PROMPTS[0], max_tokens=24).tokens
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
+    """AR logits of a prefix, draft logits of a block [x, MASK...] and verify logits of a block, from llama.cpp on
+    the converted F32 file and from pyorthrus.reference_qwen35 on the checkpoint itself: within 1e-4 with flash
+    attention off (F32 cache), 5e-2 with it on (the CPU kernel rounds Q/K/V to F16)."""
+    from pyorthrus import _lib
+    from pyorthrus.reference_qwen35 import load_checkpoint
+    from pyorthrus.testing.fixtures import QWEN3_MASK_TOKEN_ID
+    from pyorthrus.testing.harness import Context, Model
+
+    ckpt, merged = trained
+    block = 8
+    rng = np.random.default_rng(0)
+    prefix = [int(t) for t in rng.integers(0, 151000, size=11)]
+    x = int(rng.integers(0, 151000))
+    draft = [x] + [QWEN3_MASK_TOKEN_ID] * (block - 1)
+    verify = [x] + [int(t) for t in rng.integers(0, 151000, size=block - 1)]
+    ref = load_checkpoint(ckpt)
+    with torch.no_grad():
+        cache = ref.new_cache()
+        want = [ref.forward_ar(prefix, cache), ref.forward_draft(draft, cache), ref.forward_ar(verify, cache)]
+    model = Model(merged)
+    ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True, n_rs_seq=block)
+    try:
+        s = len(prefix)
+        assert ctx.decode(prefix, 0, all_logits=True) == 0
+        got = [ctx.logits_rows(s)]
+        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
+        assert ctx.decode(draft, s, all_logits=True) == 0
+        got.append(ctx.logits_rows(block))
+        assert ctx.seq_rm(s)  # the draft block, taken back from the DeltaNet layers through their snapshots
+        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, False) == 0
+        assert ctx.decode(verify, s, all_logits=True) == 0
+        got.append(ctx.logits_rows(block))
+    finally:
+        ctx.close()
+        model.close()
+    for what, g, w in zip(("prefix", "draft", "verify"), got, want):
+        err = float(np.max(np.abs(g - w.numpy())))
+        assert err < (5e-2 if flash_attn else 1e-4), f"{what}: max |llama.cpp - reference| = {err}"
+    assert float(np.max(np.abs(got[1] - got[2]))) > 1e-3  # the views really differ

@@ -1,0 +1,170 @@
+"""PyTorch reference of both views of an Orthrus-Qwen3.5 checkpoint (issue 37), read from the reference's HF layout.
+
+Written from the formulas of transformers' Qwen3.5 text model and of the reference's Orthrus-Qwen3.5 (docs/design.md,
+"Hybrid models"), in float32, one token at a time where the model is recurrent, for agreement tests with llama.cpp:
+
+- every norm but the DeltaNet output norm scales by (1 + w); the DeltaNet output norm is w * rmsnorm(core) * silu(z);
+- a gated attention layer: q_proj gives each head's query followed by its gate; q/k norms, partial rotary embedding
+  (text positions make Qwen3.5's interleaved M-RoPE a plain rotation of the first dims), softmax attention, output
+  times sigmoid(gate), o_proj;
+- a Gated DeltaNet layer: in_proj_qkv through a causal depthwise conv (kernel K, over the last K-1 inputs and the new
+  ones) and SiLU; q, k l2-normalised, q scaled by dk^-0.5, key heads repeated to value heads (grouped); per token the
+  state decays by exp(g), g = -exp(A_log) * softplus(a + dt_bias), and takes the delta rule with beta = sigmoid(b).
+
+The draft view runs the `_diff` twins over a block [x, MASK...]: attention twins see the cached AR keys and the
+whole block; DeltaNet twins run causally from the cached conv window and state. It changes no cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PyorthrusError
+from .formats import CHECKPOINT_MODEL_TYPES, QWEN35, config_from_hf
+
+
+@dataclass
+class HybridCache:
+    """The AR view's memory: per attention layer its keys/values [heads, positions, head_dim] (after norm and
+    rotation); per DeltaNet layer the last K-1 conv inputs [K-1, channels] and the state [value heads, dk, dv]."""
+
+    n_past: int = 0
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    conv: dict[int, torch.Tensor] = field(default_factory=dict)
+    state: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class Qwen35Reference:
+    """Both views of an Orthrus-Qwen3.5 checkpoint: forward_ar / forward_draft as pyorthrus.reference.OrthrusModel."""
+
+    def __init__(self, hf_config: dict, tensors: dict[str, torch.Tensor], source: str = "config.json"):
+        self.cfg = config_from_hf(hf_config, source)
+        if self.cfg.base != QWEN35:
+            raise PyorthrusError(f"{source}: not an Orthrus-Qwen3.5 checkpoint (base {self.cfg.base})")
+        self.hf = hf_config
+        self.w = {name: t.float() for name, t in tensors.items()}
+        rope = hf_config.get("rope_parameters") or {}
+        self.rotary_dim = int(self.cfg.head_dim * rope.get("partial_rotary_factor", 0.25))
+        theta = rope.get("rope_theta", 1e7)
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, self.rotary_dim, 2, dtype=torch.float32) / self.rotary_dim)
+
+    def new_cache(self) -> HybridCache:
+        return HybridCache()
+
+    def forward_ar(self, token_ids, cache: HybridCache) -> torch.Tensor:
+        """Causal pass over token_ids after the cache; updates it. Returns logits [T, vocab]."""
+        return self._forward(token_ids, cache, diffusion=False)
+
+    def forward_draft(self, token_ids, cache: HybridCache) -> torch.Tensor:
+        """The diffusion view over a block after the cache (which it leaves untouched). Returns logits [K, vocab]."""
+        return self._forward(token_ids, cache, diffusion=True)
+
+    # -- the model ---------------------------------------------------------------------------------------------
+
+    def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Qwen3.5's RMSNorm: x / rms(x) * (1 + w)."""
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps) * (1.0 + self.w[name])
+
+    def _forward(self, token_ids, cache: HybridCache, diffusion: bool) -> torch.Tensor:
+        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        x = self.w["model.embed_tokens.weight"][ids]
+        positions = torch.arange(cache.n_past, cache.n_past + ids.numel())
+        for i in range(self.cfg.num_layers):
+            p = f"model.layers.{i}."
+            h = self._norm(x, p + "input_layernorm.weight")
+            if i in self.cfg.linear_layers:
+                x = x + self._deltanet(h, p + "linear_attn.", cache, i, diffusion)
+            else:
+                x = x + self._attention(h, p + "self_attn.", cache, i, positions, diffusion)
+            h = self._norm(x, p + "post_attention_layernorm.weight")
+            gate, up = (F.linear(h, self.w[p + f"mlp.{m}_proj.weight"]) for m in ("gate", "up"))
+            x = x + F.linear(F.silu(gate) * up, self.w[p + "mlp.down_proj.weight"])
+        if not diffusion:
+            cache.n_past += ids.numel()
+        x = self._norm(x, "model.norm.weight")
+        head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
+        return F.linear(x, head)
+
+    def _attention(self, h, p: str, cache: HybridCache, layer: int, positions, diffusion: bool) -> torch.Tensor:
+        cfg, n, twin = self.cfg, h.shape[0], "_diff" if diffusion else ""
+        w = lambda name: self.w[f"{p}{name}{twin}.weight"]  # noqa: E731
+        q, gate = F.linear(h, w("q_proj")).view(n, cfg.num_heads, 2 * cfg.head_dim).chunk(2, dim=-1)
+        k = F.linear(h, w("k_proj")).view(n, cfg.num_kv_heads, cfg.head_dim)
+        v = F.linear(h, w("v_proj")).view(n, cfg.num_kv_heads, cfg.head_dim)
+        q = self._rms(q) * (1.0 + w("q_norm"))
+        k = self._rms(k) * (1.0 + w("k_norm"))
+        q, k = self._rotate(q, positions), self._rotate(k, positions)
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, n, head_dim]
+        keys = torch.cat((cache.keys[layer], k), dim=1) if layer in cache.keys else k
+        values = torch.cat((cache.values[layer], v), dim=1) if layer in cache.values else v
+        if not diffusion:
+            cache.keys[layer], cache.values[layer] = keys, values
+        start = keys.shape[1] - n
+        allowed = torch.ones(n, keys.shape[1], dtype=torch.bool)
+        if not diffusion:  # the draft block sees itself whole
+            allowed[:, start:] = torch.ones(n, n, dtype=torch.bool).tril()
+        group = cfg.num_heads // cfg.num_kv_heads
+        keys, values = keys.repeat_interleave(group, dim=0), values.repeat_interleave(group, dim=0)
+        scores = (q @ keys.transpose(1, 2)) * cfg.head_dim**-0.5
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        out = (probs @ values).transpose(0, 1).reshape(n, -1) * torch.sigmoid(gate.reshape(n, -1))
+        return F.linear(out, w("o_proj"))
+
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
+
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of the first rotary_dim dims of each head (halves rotated, as in HF)."""
+        angles = positions[:, None].float() * self.inv_freq[None, :]
+        cos, sin = torch.cat((angles, angles), -1).cos()[:, None], torch.cat((angles, angles), -1).sin()[:, None]
+        rot, keep = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
+        half = self.rotary_dim // 2
+        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        return torch.cat((rot * cos + rotated * sin, keep), dim=-1)
+
+    def _deltanet(self, h, p: str, cache: HybridCache, layer: int, diffusion: bool) -> torch.Tensor:
+        hf, n, twin = self.hf, h.shape[0], "_diff" if diffusion else ""
+        w = lambda name, suffix=".weight": self.w[f"{p}{name}{twin}{suffix}"]  # noqa: E731
+        n_k, n_v = hf["linear_num_key_heads"], hf["linear_num_value_heads"]
+        dk, dv, kernel = hf["linear_key_head_dim"], hf["linear_value_head_dim"], hf["linear_conv_kernel_dim"]
+        mixed = F.linear(h, w("in_proj_qkv"))  # [n, channels]
+        window = cache.conv.get(layer, torch.zeros(kernel - 1, mixed.shape[1]))
+        inputs = torch.cat((window, mixed), dim=0)
+        conv = w("conv1d").reshape(mixed.shape[1], kernel)  # [channels, K]
+        mixed = F.silu(torch.stack([(inputs[t:t + kernel] * conv.T).sum(0) for t in range(n)]))
+        q, k, v = mixed.split((n_k * dk, n_k * dk, n_v * dv), dim=-1)
+        q, k, v = q.reshape(n, n_k, dk), k.reshape(n, n_k, dk), v.reshape(n, n_v, dv)
+        q, k = (F.normalize(t, dim=-1, eps=1e-6) for t in (q, k))
+        q, k = q.repeat_interleave(n_v // n_k, dim=1) * dk**-0.5, k.repeat_interleave(n_v // n_k, dim=1)
+        beta = torch.sigmoid(F.linear(h, w("in_proj_b")))  # [n, value heads]
+        g = -torch.exp(w("A_log", "")) * F.softplus(F.linear(h, w("in_proj_a")) + w("dt_bias", ""))
+        state = cache.state.get(layer, torch.zeros(n_v, dk, dv))
+        core = []
+        for t in range(n):
+            state = state * torch.exp(g[t])[:, None, None]
+            delta = (v[t] - (state * k[t][:, :, None]).sum(1)) * beta[t][:, None]
+            state = state + k[t][:, :, None] * delta[:, None, :]
+            core.append((state * q[t][:, :, None]).sum(1))
+        if not diffusion:
+            cache.conv[layer], cache.state[layer] = inputs[-(kernel - 1):], state
+        z = F.linear(h, w("in_proj_z")).reshape(n, n_v, dv)
+        core = self._rms(torch.stack(core)) * w("norm") * F.silu(z)
+        return F.linear(core.reshape(n, n_v * dv), w("out_proj"))
+
+
+def load_checkpoint(path) -> Qwen35Reference:
+    """The reference model of an Orthrus-Qwen3.5 checkpoint directory (config.json + safetensors)."""
+    import json
+
+    from .reference import read_hf_tensors
+
+    path = Path(path)
+    hf_config = json.loads((path / "config.json").read_text())
+    if CHECKPOINT_MODEL_TYPES.get(hf_config.get("model_type")) != QWEN35:
+        raise PyorthrusError(f"{path / 'config.json'}: not an Orthrus-Qwen3.5 checkpoint "
+                             f"(model_type {hf_config.get('model_type')!r})")
+    return Qwen35Reference(hf_config, read_hf_tensors(path), str(path / "config.json"))

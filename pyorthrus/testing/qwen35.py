@@ -145,13 +145,14 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
 
 def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
                                          block_size: int = 8, twin_noise: float | None = None,
-                                         dtype=None) -> Path:
+                                         dtype=None, logit_scale: float = 1.0) -> Path:
     """A tiny random checkpoint in the reference's Orthrus-Qwen3.5 format (model_type "orthrus_qwen3_5"): the flat
     Qwen3.5 text config (transformers' keys, the MTP count kept, its weights not saved) plus block_size and
     mask_token_id, every AR tensor and its `_diff` twin in one safetensors file (bf16 by default), and a tokenizer.
     The twins are copies of their AR tensors, as the reference initialises them, or with twin_noise those plus
     N(0, twin_noise). Norms use Qwen3.5's (1 + w) form except the DeltaNet output norm. It borrows the Qwen3
-    tokenizer files (the Qwen3.5 vocabulary ships only as a GGUF here)."""
+    tokenizer files (the Qwen3.5 vocabulary ships only as a GGUF here). logit_scale multiplies the output matrix:
+    sharper next-token distributions, whose argmax a trained draft can learn (for the trainer's test)."""
     import torch
     from safetensors.torch import save_file
 
@@ -169,7 +170,7 @@ def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: T
         return 0.1 * torch.randn(size, generator=gen)
 
     tensors = {"model.embed_tokens.weight": torch.randn(vocab, c.hidden, generator=gen),
-               "model.norm.weight": offset_norm(c.hidden), "lm_head.weight": linear(vocab, c.hidden)}
+               "model.norm.weight": offset_norm(c.hidden), "lm_head.weight": logit_scale * linear(vocab, c.hidden)}
     for i in range(c.layers):
         p = f"model.layers.{i}."
         layer = {"input_layernorm.weight": offset_norm(c.hidden),

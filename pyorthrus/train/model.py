@@ -233,9 +233,13 @@ def acceptance_weights(batch: PackedBatch, teacher_logits, student_logits, block
     block, which almost never reach verification, dominate the loss. [N]"""
     target = teacher_logits.argmax(-1, keepdim=True)
     p_match = F.softmax(student_logits.float(), dim=-1).gather(-1, target).squeeze(-1)
-    grid = _block_grid(batch, p_match, block_size, 1.0)
-    reach = torch.cumprod(torch.cat((torch.ones_like(grid[:, :1]), grid[:, :-1]), dim=1), dim=1)
-    return reach[batch.row_block, batch.row_index]
+    return reach(_block_grid(batch, p_match, block_size, 1.0))[batch.row_block, batch.row_index]
+
+
+def reach(p_match: torch.Tensor) -> torch.Tensor:
+    """[blocks, rows]: the chance that every earlier row of its block matched (1 for row 0), from the per-row match
+    probabilities p_match [blocks, rows]."""
+    return torch.cumprod(torch.cat((torch.ones_like(p_match[:, :1]), p_match[:, :-1]), dim=1), dim=1)
 
 
 @torch.no_grad()

@@ -1,0 +1,132 @@
+"""`pyorthrus train` on an Orthrus-Qwen3.5 checkpoint (issue 37): the twins of its attention and Gated DeltaNet layers
+learn the AR view's next-token distributions over draft blocks (forward KL, self-distillation), as for the other
+bases, on the PyTorch reference of both views (pyorthrus.reference_qwen35), one document at a time.
+
+Per document: one no-grad AR pass keeps the cache (keys, conv windows, states) at each block start s and the AR
+logits of every row; then each block [x_s, MASK...] runs through the twins from the cache at s, and its row i learns
+AR's row s+i (the token s+i+1). The output is a full checkpoint in the reference's format (the AR weights unchanged,
+the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into a merged file.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ..errors import PyorthrusError
+from ..files import atomic_write
+from ..reference_qwen35 import Qwen35Reference, load_checkpoint
+from . import data as data_mod
+from .config import TrainConfig
+from .model import forward_kl, reach
+
+UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "--eval-data",
+               "schedule_minutes": "--schedule-minutes", "keep_every": "--keep-every"}
+
+
+def is_qwen35_checkpoint(base) -> bool:
+    config = Path(base) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "orthrus_qwen3_5"
+
+
+def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], block_size: int, mask_id: int,
+                  row_weights: str) -> tuple[torch.Tensor, list[int]]:
+    """The mean forward KL of a document's blocks (starting at `starts`) and each block's greedy accepted drafts."""
+    caches, logits, done = {}, [], 0
+    with torch.no_grad():
+        cache = model.new_cache()
+        for s in sorted(set(starts)):
+            if s > done:
+                logits.append(model.forward_ar(ids[done:s], cache))
+                done = s
+            caches[s] = copy.deepcopy(cache)  # the seed of the block at s
+        logits.append(model.forward_ar(ids[done:], cache))
+    teacher_all = torch.cat(logits)
+    losses, accepted = [], []
+    for s in starts:
+        rows = min(block_size - 1, len(ids) - 1 - s)
+        student = model.forward_draft([ids[s]] + [mask_id] * (block_size - 1), caches[s])[:rows]
+        teacher = teacher_all[s:s + rows]
+        weights = None
+        if row_weights == "acceptance":
+            with torch.no_grad():
+                p_match = F.softmax(student, dim=-1).gather(-1, teacher.argmax(-1, keepdim=True)).T
+                weights = reach(p_match)[0]
+        losses.append(forward_kl(teacher, student, weights))
+        accepted.append(int((teacher.argmax(-1) == student.argmax(-1)).long().cumprod(0).sum()))
+    return torch.stack(losses).mean(), accepted
+
+
+def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train the twins of the checkpoint cfg.base; write the trained checkpoint to cfg.out. Returns a summary."""
+    from .loop import lr_at
+
+    unsupported = [flag for key, flag in UNSUPPORTED.items() if (resume if key == "resume" else getattr(cfg, key))]
+    if unsupported or cfg.device != "cpu":
+        raise PyorthrusError(f"{cfg.base}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, without "
+                             + ", ".join(unsupported or ["--device"]) + " (not built yet)")
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = load_checkpoint(cfg.base)
+    mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
+    docs = data_mod.split_long(data_mod.read_documents(cfg.data, cfg.base), cfg.seq_len)
+    if not docs:
+        raise PyorthrusError(f"{cfg.data[0]}: no training documents")
+    for d in docs:
+        if max(d.ids) >= model.cfg.vocab_size:
+            raise PyorthrusError(f"{cfg.data[0]}: token id {max(d.ids)} is outside the base vocabulary")
+    twins = [name for name in model.w if "_diff" in name]
+    for name in twins:
+        model.w[name].requires_grad_(True)
+    opt = torch.optim.AdamW([model.w[name] for name in twins], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tokens_per_step = sum(len(d.ids) for d in docs) / len(docs) * cfg.batch_size
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / tokens_per_step))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, tokens, start = [], 0, time.monotonic()
+    for step in range(total_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg, total_steps)
+        opt.zero_grad()
+        step_loss, step_accepted = 0.0, []
+        for i in torch.randint(0, len(docs), (cfg.batch_size,), generator=gen).tolist():
+            doc = docs[i]
+            offset = int(torch.randint(0, cfg.block_size, (1,), generator=gen))
+            starts = data_mod.block_starts(doc, cfg.block_size, offset) or [doc.lo]
+            loss, accepted = document_loss(model, doc.ids, starts, cfg.block_size, mask_id, cfg.row_weights)
+            (loss / cfg.batch_size).backward()
+            step_loss += loss.item() / cfg.batch_size
+            step_accepted += accepted
+            tokens += len(doc.ids)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([model.w[name] for name in twins], cfg.grad_clip)
+        opt.step()
+        history.append({"step": step + 1, "loss": step_loss, "accepted": sum(step_accepted) / len(step_accepted)})
+        if cfg.progress and (step + 1) % cfg.log_every == 0:
+            print(f"step {step + 1}/{total_steps}: loss {step_loss:.4f}, accepted drafts/block "
+                  f"{history[-1]['accepted']:.2f}", flush=True)
+    save_checkpoint(Path(cfg.out), Path(cfg.base), model, cfg.block_size, mask_id)
+    return {"stopped": "done", "steps": total_steps, "total_steps": total_steps, "tokens": tokens,
+            "wall_s": time.monotonic() - start, "loss": history[-1]["loss"], "accepted": history[-1]["accepted"],
+            "out": str(cfg.out), "history": history}
+
+
+def save_checkpoint(out: Path, source: Path, model: Qwen35Reference, block_size: int, mask_id: int) -> None:
+    """A full checkpoint in the reference's format: the source's config (with the trained block size and mask) and
+    tokenizer files, every AR tensor as loaded and the trained twins, float32."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+            shutil.copyfile(item, out / item.name)
+    tensors = {name: t.detach().contiguous() for name, t in model.w.items()}
+    atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    config = {**model.hf, "block_size": int(block_size), "mask_token_id": int(mask_id), "dtype": "float32"}
+    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))

@@ -22,7 +22,9 @@ def _opt(default, help: str, **flag):
 @dataclass
 class TrainConfig:
     base: str = field(metadata=dict(help="base model: a GGUF file (any quantization; dequantized to float) or an HF "
-                                         "directory", metavar="BASE"))
+                                         "directory; or an Orthrus-Qwen3.5 checkpoint (model_type orthrus_qwen3_5), "
+                                         "whose twins then train on the CPU into a checkpoint of the same format",
+                                    metavar="BASE"))
     data: list[str] = field(metadata=dict(help="training data: .jsonl ({\"ids\": [...]} or {\"text\": ...}, optional "
                                                "\"n_prompt\") or plain text files", nargs="+", metavar="FILE"))
     out: str = field(metadata=dict(help="output checkpoint directory", metavar="DIR"))

@@ -27,8 +27,10 @@ CONFIG = TinyQwen35()  # 3 Gated DeltaNet layers (2 key heads, 4 value heads: th
 def initialised(tmp_path_factory):
     """A checkpoint as the reference initialises it (twins = copies of the AR weights), converted to F32."""
     out = tmp_path_factory.mktemp("qwen35-init")
-    ckpt = write_tiny_orthrus_qwen35_checkpoint(out / "Orthrus-Qwen3.5-tiny", seed=1, dtype=torch.float32)
-    return convert_checkpoint(ckpt, merged_out=out / "merged.f32.gguf", outtype="f32", progress=False)["merged"]
+    # sharp next-token distributions: an argmax the trainer's test can teach the twins
+    ckpt = write_tiny_orthrus_qwen35_checkpoint(out / "Orthrus-Qwen3.5-tiny", seed=1, dtype=torch.float32,
+                                                logit_scale=6.0)
+    return ckpt, convert_checkpoint(ckpt, merged_out=out / "merged.f32.gguf", outtype="f32", progress=False)["merged"]
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +48,14 @@ def tensors_of(path) -> dict[str, np.ndarray]:
 
 
 def test_initialised_twins_convert_to_their_base_tensors_bit_for_bit(initialised):
-    info = inspect_gguf(initialised)
+    merged = initialised[1]
+    info = inspect_gguf(merged)
     assert (info["architecture"], info["type"], info["block_size"], info["mask_token_id"]) == \
         ("qwen35", "merged", 8, 151669)
     coverage = info["diff_coverage"]
     assert coverage["complete_layers"] == CONFIG.layers and not coverage["missing"]
     assert info["recurrent"]["recurrent_layers"] == 3
-    tensors = tensors_of(initialised)
+    tensors = tensors_of(merged)
     twins = [name for name in tensors if "_diff" in name]
     assert len(twins) == 3 * 9 + 6
     for name in twins:
@@ -197,3 +200,47 @@ def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
         err = float(np.max(np.abs(g - w.numpy())))
         assert err < (5e-2 if flash_attn else 1e-4), f"{what}: max |llama.cpp - reference| = {err}"
     assert float(np.max(np.abs(got[1] - got[2]))) > 1e-3  # the views really differ
+
+
+def test_the_trainer_fits_the_twins_to_the_ar_view(initialised, tmp_path, capsys):
+    """`pyorthrus train` on an Orthrus-Qwen3.5 checkpoint as the reference initialises it (twins = AR copies), on
+    self-distilled data (AR's own greedy continuations of 4 prompts): the forward KL of the draft blocks over that
+    data falls by a quarter at least, every AR tensor stays as it was, and the trained checkpoint converts and decodes exactly as
+    AR. In-sample on purpose: a random model's continuations have nothing to generalise, so this proves the path
+    (trainer -> converter -> cycles), not a recipe."""
+    from pyorthrus.reference_qwen35 import load_checkpoint
+    from pyorthrus.testing.fixtures import QWEN3_MASK_TOKEN_ID
+    from pyorthrus.train.qwen35 import document_loss
+
+    ckpt, merged = initialised
+    rng = np.random.default_rng(5)
+    prompts = [[int(t) for t in rng.integers(0, 151000, size=6)] for _ in range(4)]
+    with Orthrus(merged, n_ctx=256) as model:
+        docs = [p + model.ar_view().generate(p, max_tokens=26).tokens for p in prompts]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"ids": d, "n_prompt": 6}) + "\n" for d in docs))
+
+    def draft_kl(path) -> float:
+        ref = load_checkpoint(path)
+        with torch.no_grad():
+            return sum(float(document_loss(ref, d, list(range(5, len(d) - 1)), 8, QWEN3_MASK_TOKEN_ID,
+                                           "uniform")[0]) for d in docs)
+
+    out = tmp_path / "trained"
+    assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "-K", "8",
+                     "--seq-len", "32", "--batch-size", "4", "--max-steps", "30", "--lr", "5e-3", "--row-weights",
+                     "uniform", "--warmup-steps", "2", "--json"]) == 0
+    before, after = draft_kl(ckpt), draft_kl(out)
+    assert after < 0.75 * before, (before, after)  # measured: 79.3 -> 50.0
+    source, result = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert set(source) == set(result)
+    for name, value in source.items():
+        assert torch.equal(result[name], value.float()) != ("_diff" in name), name
+    assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "--resume"]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, "
+                                                    "without --resume (not built yet)")
+    trained = convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32", progress=False)["merged"]
+    with Orthrus(trained, n_ctx=256) as model:
+        for prompt in prompts:
+            got = model.generate(prompt, max_tokens=26, block_size=8)
+            assert got.tokens == model.ar_view().generate(prompt, max_tokens=26).tokens

@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import gguf
+
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
                                KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, QWEN35, twin_name)
@@ -22,7 +24,7 @@ __all__ = ["convert_checkpoint", "OUTTYPES"]
 # general.architecture of a merged file, per base GGUF architecture (Qwen3: the community `orthrus` format).
 MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35"}
 # general.architecture of an adapter: the base model's own.
-ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
+ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35"}
 
 
 def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, outtype: str = "f32",
@@ -38,9 +40,6 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
         if out is not None:
             check_writable(out)
     ckpt = OrthrusCheckpoint(ckpt_dir)
-    if adapter_out is not None and ckpt.config.base not in ADAPTER_ARCH:
-        raise PyorthrusError(f"{ckpt.dir}: adapter-only files for a {ckpt.config.base} base are not supported yet: "
-                             "write a merged file (--merged-out)")
     base_reader = None
     if base is not None:
         base_reader = open_reader(Path(base))
@@ -49,24 +48,24 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
         raise PyorthrusError(f"{ckpt.dir}: diff-only checkpoint; a merged file needs --base BASE.gguf")
     summary = {"checkpoint": str(ckpt.dir), "base_model": ckpt.config.base, "diff_tensors": len(ckpt.diff_tensors),
                "layers": ckpt.config.num_layers, "outtype": outtype, "adapter": None, "merged": None}
-    if adapter_out is not None:
-        write_adapter(ckpt, Path(adapter_out), outtype, force, progress)
-        summary["adapter"] = str(adapter_out)
-    if merged_out is not None:
-        merged_out = Path(merged_out)
-        work_dir = Path(tempfile.mkdtemp(prefix=f".{merged_out.name}.", dir=merged_out.parent))
-        try:
+    first_out = Path(merged_out if merged_out is not None else adapter_out)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{first_out.name}.", dir=first_out.parent))
+    try:
+        if ckpt.config.base == QWEN35:
+            twins = convert_base_to_gguf(ckpt, outtype, work_dir, twins=True, progress=progress)
+            diff_tensors = converted_twins(ckpt, open_reader(twins))
+        else:
+            diff_tensors = plan_diff_tensors(ckpt, outtype)
+        if adapter_out is not None:
+            write_adapter(ckpt, diff_tensors, Path(adapter_out), force, progress)
+            summary["adapter"] = str(adapter_out)
+        if merged_out is not None:
             if base_reader is None:
-                base_reader = open_reader(convert_base_to_gguf(ckpt, outtype, work_dir))
-            if ckpt.config.base == QWEN35:
-                diff_tensors = converted_twins(ckpt, open_reader(convert_base_to_gguf(ckpt, outtype, work_dir,
-                                                                                      twins=True)))
-            else:
-                diff_tensors = plan_diff_tensors(ckpt, outtype)
-            write_merged(ckpt, base_reader, diff_tensors, merged_out, force, progress)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        summary["merged"] = str(merged_out)
+                base_reader = open_reader(convert_base_to_gguf(ckpt, outtype, work_dir, progress=progress))
+            write_merged(ckpt, base_reader, diff_tensors, Path(merged_out), force, progress)
+            summary["merged"] = str(merged_out)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return summary
 
 
@@ -80,7 +79,9 @@ def converted_twins(ckpt: OrthrusCheckpoint, twins_reader) -> list:
     return planned
 
 
-def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool, progress: bool) -> None:
+def write_adapter(ckpt: OrthrusCheckpoint, diff_tensors: list, out: Path, force: bool, progress: bool) -> None:
+    """The (planned) diff tensors and what the loader checks them against: the block size, the mask token and the
+    shape of the base (a hybrid base's recurrent layers too, for `inspect`)."""
     cfg = ckpt.config
     kv = [
         string(KEY_GENERAL_TYPE, "adapter"),
@@ -94,8 +95,11 @@ def write_adapter(ckpt: OrthrusCheckpoint, out: Path, outtype: str, force: bool,
         uint32(KEY_ADAPTER_BASE + "head_count_kv", cfg.num_kv_heads),
         uint32(KEY_ADAPTER_BASE + "vocab_size", cfg.vocab_size),
     ]
-    write_output(out, force, lambda tmp: write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, plan_diff_tensors(ckpt, outtype),
-                                                    progress, label=out.name))
+    if cfg.linear_layers:
+        kv.append((f"{cfg.base}.attention.recurrent_layers", [i in cfg.linear_layers for i in range(cfg.num_layers)],
+                   gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL))
+    write_output(out, force, lambda tmp: write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, diff_tensors, progress,
+                                                    label=out.name))
 
 
 def write_merged(ckpt: OrthrusCheckpoint, base_reader, diff_tensors: list, out: Path, force: bool,

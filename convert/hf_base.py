@@ -71,9 +71,11 @@ def write_base_view(ckpt: OrthrusCheckpoint, view: Path, twins: bool = False) ->
     (view / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, twins: bool = False) -> Path:
+def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, twins: bool = False,
+                         progress: bool = False) -> Path:
     """Run the vendored converter on the base part of `ckpt` (twins: on its diff tensors as if they were the base,
-    see write_base_view); return the GGUF written inside `work_dir`."""
+    see write_base_view); return the GGUF written inside `work_dir`. progress: say so first on stderr (it prints
+    nothing of its own here and takes minutes on a large model)."""
     if importlib.util.find_spec("torch") is None:
         raise PyorthrusError("a merged file without --base runs llama.cpp's convert_hf_to_gguf.py, which needs "
                              "torch, transformers and sentencepiece: pip install torch transformers sentencepiece")
@@ -81,6 +83,9 @@ def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, 
     if not script.is_file():
         raise PyorthrusError(f"{script}: llama.cpp converter not found; run `pyorthrus build` first or pass --base")
     what = "twins" if twins else "base"
+    if progress:
+        print(f"running llama.cpp's convert_hf_to_gguf.py on the {what} weights of {ckpt.dir} ({outtype})",
+              file=sys.stderr, flush=True)
     view = Path(tempfile.mkdtemp(prefix=f"{what}-view-", dir=work_dir))
     write_base_view(ckpt, view, twins)
     out = work_dir / f"{what}.gguf"

@@ -17,7 +17,8 @@ from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, KEY_ADAPTER_BASE, KEY_
                       KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, RECURRENT_DIFF_TENSORS)
 
 NO_QK_NORM_ARCHS = ("llama", "qwen2")
-ADAPTER_ARCHS = ("llama", "qwen2", "qwen3")  # the base architectures the patched llama.cpp attaches adapter files to
+# the base architectures the patched llama.cpp attaches adapter files to
+ADAPTER_ARCHS = ("llama", "qwen2", "qwen3", "qwen35")
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
 # per forward pass
 SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
@@ -133,17 +134,21 @@ def recurrent_layers(reader, arch: str, block_count: int | None) -> list[int]:
     return [i for i in range(block_count) if (i + 1) % interval != 0]
 
 
-def state_snapshots_needed(path) -> int:
+def state_snapshots_needed(path, adapter=None) -> int:
     """The state snapshots (llama.cpp's n_rs_seq) an Orthrus context on this model file (a path or open reader)
-    needs: for a model with recurrent layers its trained block size K (a cycle takes up to K tokens back from
-    them), else 0 (also when gguf-py cannot read it: llama.cpp's load then says why)."""
+    needs: for a model with recurrent layers the trained block size K of its own diff tensors or of `adapter` (a
+    cycle takes up to K tokens back from them), else 0 (also when gguf-py cannot read a file: llama.cpp's load then
+    says why)."""
     try:
         reader = open_reader(path)
+        adapter_reader = open_reader(adapter) if adapter is not None else None
     except PyorthrusError:
         return 0
     arch = gguf_field(reader, "general.architecture")
     if recurrent_state(reader, arch, gguf_field(reader, f"{arch}.block_count")) is None:
         return 0
+    if adapter_reader is not None:
+        return gguf_field(adapter_reader, KEY_ADAPTER_BLOCK_SIZE) or 0
     return gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or 0
 
 

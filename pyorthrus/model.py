@@ -150,7 +150,7 @@ class Orthrus:
             if not self.strict:
                 non_strict_load()
             # recurrent layers give a draft block back through per-token state snapshots (patch 0021)
-            snapshots = state_snapshots_needed(model_file) if mode == "orthrus" else 0
+            snapshots = state_snapshots_needed(model_file, adapter_path) if mode == "orthrus" else 0
             # such a model runs chain cycles only (issue 37): fused passes, tree verify and the "auto" profile
             # decode more than a block, which its state snapshots cannot take back
             self.recurrent = snapshots > 0

@@ -43,6 +43,17 @@ def trained(tmp_path_factory):
     return ckpt, out / "merged.f32.gguf"
 
 
+@pytest.fixture(scope="module")
+def user_bases(trained, tmp_path_factory):
+    """The plain Qwen3.5 GGUF a user already has for `trained`'s base: F32 from llama.cpp's converter, and Q8_0."""
+    from pyorthrus.convert.checkpoint import OrthrusCheckpoint
+    from pyorthrus.convert.hf_base import convert_base_to_gguf
+
+    out = tmp_path_factory.mktemp("qwen35-user-base")
+    f32 = convert_base_to_gguf(OrthrusCheckpoint(trained[0]), "f32", out)
+    return {"f32": f32, "q8_0": quantize_gguf(f32, out / "base.q8_0.gguf", "q8_0", threads=2)}
+
+
 def tensors_of(path) -> dict[str, np.ndarray]:
     return {t.name: np.asarray(t.data) for t in open_reader(path).tensors}
 
@@ -111,12 +122,8 @@ def test_pyorthrus_check_is_green_on_the_converted_file(trained, capsys):
     assert report["summary"]["passed"] and report["summary"]["exact_match_rate"] == 1.0
 
 
-def test_what_the_qwen35_converter_refuses(trained, tmp_path, capsys):
+def test_what_the_qwen35_converter_refuses(trained, tmp_path):
     ckpt = trained[0]
-    assert cli.main(["convert", str(ckpt), "--adapter-out", str(tmp_path / "a.gguf")]) == 1
-    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: adapter-only files for a qwen35 base are not supported "
-                                                    "yet: write a merged file (--merged-out)")
-    assert not (tmp_path / "a.gguf").exists()
     tensors = load_file(str(ckpt / "model.safetensors"))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -135,16 +142,11 @@ def test_what_the_qwen35_converter_refuses(trained, tmp_path, capsys):
     assert not (tmp_path / "m.gguf").exists()
 
 
-def test_twins_merged_into_the_users_quantized_base(trained, tmp_path):
+def test_twins_merged_into_the_users_quantized_base(trained, user_bases, tmp_path):
     """The usual journey: a Qwen3.5 GGUF the user already has (here Q8_0, made by llama.cpp's converter and
     quantizer) plus the reference checkpoint -> a merged file whose base tensors are the user's bytes and whose twins
     are Q8_0 (`--outtype q8_0`), decoding as AR."""
-    from pyorthrus.convert.checkpoint import OrthrusCheckpoint
-    from pyorthrus.convert.hf_base import convert_base_to_gguf
-
-    ckpt = trained[0]
-    base = quantize_gguf(convert_base_to_gguf(OrthrusCheckpoint(ckpt), "f32", tmp_path), tmp_path / "base.q8_0.gguf",
-                         "q8_0", threads=2)
+    ckpt, base = trained[0], user_bases["q8_0"]
     merged = convert_checkpoint(ckpt, merged_out=tmp_path / "merged.gguf", base=base, outtype="q8_0",
                                 progress=False)["merged"]
     base_tensors, merged_reader = tensors_of(base), open_reader(merged)
@@ -157,6 +159,48 @@ def test_twins_merged_into_the_users_quantized_base(trained, tmp_path):
     with Orthrus(merged, n_ctx=256) as model:
         got = model.generate(PROMPTS[0], max_tokens=24, block_size=4)
         assert got.tokens == model.ar_view().generate(PROMPTS[0], max_tokens=24).tokens
+
+
+def test_an_adapter_file_beside_the_users_base(trained, user_bases, tmp_path, capsys):
+    """`--adapter-out`: the twins alone, attached to the plain base the user has (patch 0024). On the F32 base the
+    cycles are the merged F32 file's, token for token and cycle for cycle; on the Q8_0 base greedy equals AR."""
+    ckpt, merged = trained
+    adapter = tmp_path / "qwen35-orthrus-adapter.gguf"
+    assert cli.main(["convert", str(ckpt), "--adapter-out", str(adapter), "--outtype", "f32"]) == 0
+    info = inspect_gguf(adapter)
+    assert (info["type"], info["architecture"], info["block_size"]) == ("adapter", "qwen35", 8)
+    assert info["diff_coverage"]["complete_layers"] == CONFIG.layers and not info["diff_coverage"]["missing"]
+    capsys.readouterr()
+    assert cli.main(["inspect", str(user_bases["q8_0"]), str(adapter)]) == 0
+    assert "the adapter fits this base" in capsys.readouterr().out
+    with Orthrus(user_bases["f32"], adapter, n_ctx=256) as on_base, Orthrus(merged, n_ctx=256) as on_merged:
+        assert on_base.recurrent and on_base.trained_block_size == 8
+        for prompt in PROMPTS:
+            want = on_base.ar_view().generate(prompt, max_tokens=24).tokens
+            for k in (2, 4, 8):
+                got, same = on_base.generate(prompt, max_tokens=24, block_size=k), \
+                    on_merged.generate(prompt, max_tokens=24, block_size=k)
+                assert got.tokens == want == same.tokens, (k, prompt)
+                assert got.stats.n_cycles == same.stats.n_cycles > 0
+    with Orthrus(user_bases["q8_0"], adapter, n_ctx=256) as model:
+        assert model.generate(PROMPTS[1], max_tokens=24, block_size=4).tokens == \
+            model.ar_view().generate(PROMPTS[1], max_tokens=24).tokens
+
+
+def test_an_adapter_missing_a_twin_is_refused(trained, user_bases, tmp_path):
+    from pyorthrus.convert.base_gguf import copied_metadata, planned_base_tensors
+    from pyorthrus.convert.gguf_out import uint32, write_gguf
+    from pyorthrus.formats import KEY_MASK_TOKEN_ID
+
+    adapter = convert_checkpoint(trained[0], adapter_out=tmp_path / "a.gguf", progress=False)["adapter"]
+    reader = open_reader(adapter)
+    broken = tmp_path / "missing-twin.gguf"
+    kv = copied_metadata(reader) + [uint32(KEY_MASK_TOKEN_ID, inspect_gguf(adapter)["mask_token_id"])]
+    write_gguf(broken, "qwen35", kv,
+               [t for t in planned_base_tensors(reader) if t.name != "blk.1.ssm_a_diff"], progress=False)
+    with pytest.raises(PyorthrusError, match=f"{broken} on {user_bases['f32']}: adapter tensor "
+                                             "'blk.1.ssm_a_diff' is missing"):
+        Orthrus(user_bases["f32"], broken, n_ctx=256)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])

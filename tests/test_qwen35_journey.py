@@ -54,6 +54,14 @@ def user_bases(trained, tmp_path_factory):
     return {"f32": f32, "q8_0": quantize_gguf(f32, out / "base.q8_0.gguf", "q8_0", threads=2)}
 
 
+@pytest.fixture(scope="module")
+def adapter(trained, tmp_path_factory):
+    """`pyorthrus convert --adapter-out` of `trained`: the twins alone (F32), for the base the user has."""
+    path = tmp_path_factory.mktemp("qwen35-adapter") / "qwen35-orthrus-adapter.gguf"
+    assert cli.main(["convert", str(trained[0]), "--adapter-out", str(path), "--outtype", "f32"]) == 0
+    return path
+
+
 def tensors_of(path) -> dict[str, np.ndarray]:
     return {t.name: np.asarray(t.data) for t in open_reader(path).tensors}
 
@@ -161,12 +169,10 @@ def test_twins_merged_into_the_users_quantized_base(trained, user_bases, tmp_pat
         assert got.tokens == model.ar_view().generate(PROMPTS[0], max_tokens=24).tokens
 
 
-def test_an_adapter_file_beside_the_users_base(trained, user_bases, tmp_path, capsys):
+def test_an_adapter_file_beside_the_users_base(trained, adapter, user_bases, capsys):
     """`--adapter-out`: the twins alone, attached to the plain base the user has (patch 0024). On the F32 base the
     cycles are the merged F32 file's, token for token and cycle for cycle; on the Q8_0 base greedy equals AR."""
-    ckpt, merged = trained
-    adapter = tmp_path / "qwen35-orthrus-adapter.gguf"
-    assert cli.main(["convert", str(ckpt), "--adapter-out", str(adapter), "--outtype", "f32"]) == 0
+    merged = trained[1]
     info = inspect_gguf(adapter)
     assert (info["type"], info["architecture"], info["block_size"]) == ("adapter", "qwen35", 8)
     assert info["diff_coverage"]["complete_layers"] == CONFIG.layers and not info["diff_coverage"]["missing"]
@@ -187,12 +193,11 @@ def test_an_adapter_file_beside_the_users_base(trained, user_bases, tmp_path, ca
             model.ar_view().generate(PROMPTS[1], max_tokens=24).tokens
 
 
-def test_an_adapter_missing_a_twin_is_refused(trained, user_bases, tmp_path):
+def test_an_adapter_missing_a_twin_is_refused(adapter, user_bases, tmp_path):
     from pyorthrus.convert.base_gguf import copied_metadata, planned_base_tensors
     from pyorthrus.convert.gguf_out import uint32, write_gguf
     from pyorthrus.formats import KEY_MASK_TOKEN_ID
 
-    adapter = convert_checkpoint(trained[0], adapter_out=tmp_path / "a.gguf", progress=False)["adapter"]
     reader = open_reader(adapter)
     broken = tmp_path / "missing-twin.gguf"
     kv = copied_metadata(reader) + [uint32(KEY_MASK_TOKEN_ID, inspect_gguf(adapter)["mask_token_id"])]

@@ -1,10 +1,11 @@
-"""The trainer's settings, declared once: TrainConfig's fields carry their defaults and help, and `pyorthrus train`
-derives its flags from them (as llama-cpp-python's server derives its argparse from its settings model). No torch
-here: `pyorthrus train --help` must not import it.
+"""The trainer's settings, declared once, and the learning-rate schedule they describe: TrainConfig's fields carry
+their defaults and help, and `pyorthrus train` derives its flags from them (as llama-cpp-python's server derives its
+argparse from its settings model). No torch here: `pyorthrus train --help` must not import it.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, dataclass, field, fields
 
 ROW_WEIGHTS = ("acceptance", "uniform")
@@ -93,3 +94,15 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values["eval_data"] = [str(p) for p in values["eval_data"]]
     values["base"], values["out"] = str(values["base"]), str(values["out"])
     return TrainConfig(**{**values, **overrides})
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, time_fraction: float | None = None) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio over the steps, or over the wall time when a
+    --schedule-minutes budget gives `time_fraction` (elapsed / budget)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if time_fraction is not None:
+        progress = min(1.0, time_fraction)
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

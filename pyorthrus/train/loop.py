@@ -27,7 +27,7 @@ from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
-from .config import PRECISIONS, ROW_WEIGHTS, TrainConfig
+from .config import PRECISIONS, ROW_WEIGHTS, TrainConfig, lr_at
 from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
 MASK_TOKEN_CANDIDATES = ("<empty_output>", "<|mask|>", "<mask>", "<|MASK|>", "[MASK]")
@@ -134,18 +134,6 @@ def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -
     tensors = save_weights(out, model, config)
     full = {**state, "diff": tensors}
     atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
-
-
-def lr_at(step: int, cfg: TrainConfig, total_steps: int, time_fraction: float | None = None) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio over the steps, or over the wall time when a
-    --schedule-minutes budget gives `time_fraction` (elapsed / budget)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if time_fraction is not None:
-        progress = min(1.0, time_fraction)
-    else:
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _cpu_has_fast_bf16() -> bool:

@@ -23,7 +23,7 @@ from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..reference_qwen35 import Qwen35Reference, load_checkpoint
 from . import data as data_mod
-from .config import TrainConfig
+from .config import TrainConfig, lr_at
 from .model import forward_kl, reach
 
 UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "--eval-data",
@@ -65,8 +65,6 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
 
 def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train the twins of the checkpoint cfg.base; write the trained checkpoint to cfg.out. Returns a summary."""
-    from .loop import lr_at
-
     unsupported = [flag for key, flag in UNSUPPORTED.items() if (resume if key == "resume" else getattr(cfg, key))]
     if unsupported or cfg.device != "cpu":
         raise PyorthrusError(f"{cfg.base}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, without "

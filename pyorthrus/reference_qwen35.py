@@ -120,7 +120,8 @@ class Qwen35Reference:
     def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of the first rotary_dim dims of each head (halves rotated, as in HF)."""
         angles = positions[:, None].float() * self.inv_freq[None, :]
-        cos, sin = torch.cat((angles, angles), -1).cos()[:, None], torch.cat((angles, angles), -1).sin()[:, None]
+        angles = torch.cat((angles, angles), -1)[:, None]  # [n, 1 (heads), rotary_dim]
+        cos, sin = angles.cos(), angles.sin()
         rot, keep = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
         half = self.rotary_dim // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)

@@ -17,10 +17,11 @@ from pyorthrus import Orthrus, PyorthrusError, cli
 from pyorthrus.bench.shapes import quantize_gguf
 from pyorthrus.convert import convert_checkpoint
 from pyorthrus.gguf_meta import inspect_gguf, open_reader
-from pyorthrus.testing.qwen35 import TinyQwen35, write_tiny_orthrus_qwen35_checkpoint
+from pyorthrus.bench.shapes import Qwen35Shape
+from pyorthrus.testing.qwen35 import write_tiny_orthrus_qwen35_checkpoint
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
-CONFIG = TinyQwen35()  # 3 Gated DeltaNet layers (2 key heads, 4 value heads: the V order matters) + 1 attention
+CONFIG = Qwen35Shape()  # 3 Gated DeltaNet layers (2 key heads, 4 value heads: the V order matters) + 1 attention
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 
 from pyorthrus.gguf_meta import inspect_gguf
 from pyorthrus.testing.harness import Context, Model
-from pyorthrus.testing.qwen35 import TinyQwen35, write_tiny_qwen35
+from pyorthrus.bench.shapes import Qwen35Shape
+from pyorthrus.testing.qwen35 import write_tiny_qwen35
 
 N_RS_SEQ = 4  # snapshots kept: an Orthrus block of K = 4 fits
 
@@ -84,7 +85,7 @@ def test_a_removal_beyond_the_last_ubatch_is_refused(qwen35, tokens):
 def test_inspect_reports_the_state_llama_cpp_allocates(tmp_path):
     """`pyorthrus inspect` counts a hybrid model's recurrent state per sequence as llama.cpp allocates it (its
     "RS buffer size" for one sequence without snapshots, printed in MiB to two decimals)."""
-    path = write_tiny_qwen35(tmp_path / "wider.gguf", config=TinyQwen35(state=64, value_heads=8))
+    path = write_tiny_qwen35(tmp_path / "wider.gguf", config=Qwen35Shape(state=64, value_heads=8))
     info = inspect_gguf(path)["recurrent"]
     assert (info["recurrent_layers"], info["attention_layers"]) == (3, 1)
     code = f"import llama_cpp; llama_cpp.Llama({str(path)!r}, n_ctx=256, n_seq_max=1, verbose=True)"

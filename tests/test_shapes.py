@@ -3,6 +3,7 @@ GGUF with the real Qwen3 tokenizer, quantized by llama_model_quantize, greedy Or
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -18,7 +19,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("shapes")
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-llama3"])
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-llama3", "tiny-qwen35"])
 def test_tiny_shape_loads_decodes_and_matches_ar(cache, name):
     """Qwen3 (the real Qwen3 tokenizer) and Llama 3 (SmolLM2's tokenizer padded to 128,256 tokens) shapes."""
     path = shapes.make_shape_gguf(name, "q8_0", cache, threads=2, progress=False)
@@ -59,6 +60,11 @@ def test_shape_sizes_are_the_published_ones():
     assert len(shapes.SHAPES["qwen3-1.7b"].tensors()) == 478
     assert len(shapes.SHAPES["qwen3-8b"].tensors()) == 615
     assert round(shapes.SHAPES["qwen3-8b"].n_params / 1e9, 1) == 9.7
+    # Qwen3.5-4B / Qwen3.6-27B (24 + 8 / 48 + 16 layers): 4.2 / 26.9 billion AR parameters, 5.5 / 34.1 with twins
+    for name, ar, merged in (("qwen3.5-4b", 4.2, 5.5), ("qwen3.6-27b", 26.9, 34.1)):
+        shape = shapes.SHAPES[name]
+        assert round(sum(math.prod(dims) for _, dims in shape.ar_tensors()) / 1e9, 1) == ar
+        assert round(shape.n_params / 1e9, 1) == merged
 
 
 def test_profile_curve_repair():
@@ -67,9 +73,11 @@ def test_profile_curve_repair():
     assert _monotone({1: 1.0, 2: 2.0, 4: 1.2, 8: 5.0}) == {1: 1.0, 2: 2.0, 4: 2.0, 8: 5.0}
 
 
-def test_bench_shape_cli_writes_a_report(cache, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen35"])
+def test_bench_shape_cli_writes_a_report(cache, tmp_path, capsys, name):
+    """A hybrid shape too: its passes and cycles are measured with the state snapshots a cycle needs."""
     out = tmp_path / "shapes"
-    assert cli.main(["bench", "--shape", "tiny-qwen3", "--weights", "q8_0", "--prefixes", "16", "-t", "2",
+    assert cli.main(["bench", "--shape", name, "--weights", "q8_0", "--prefixes", "16", "-t", "2",
                      "--profile-reps", "1", "--shape-cache", str(cache), "--out", str(out)]) == 0
     report = json.loads(out.with_name(out.name + ".json").read_text())
     assert report["label"] == "random weights: timing only"

@@ -9,6 +9,7 @@ only": tokens, acceptance and text mean nothing.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ import numpy as np
 
 from ..errors import PyorthrusError
 from ..files import atomic_write
-from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID
+from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
+from ..gguf_meta import FULL_ATTENTION_INTERVAL
 from ..paths import default_cache_dir
 
 GIB = 1 << 30
@@ -68,6 +70,96 @@ class Shape:
         return sum(int(np.prod(shape)) for _, shape in self.tensors())
 
 
+@dataclass(frozen=True)
+class Qwen35Shape:
+    """A Qwen3.5 / Qwen3.6 shape (llama.cpp arch `qwen35`): Gated DeltaNet layers, every fourth a gated attention
+    layer, laid out as llama.cpp's converter writes it; the defaults are the tests' tiny model. Its merged Orthrus
+    file has a twin of each attention projection and q/k norm and of each DeltaNet layer's weights."""
+
+    hidden: int = 64
+    layers: int = 4  # full_attention_interval 4: layers 0-2 DeltaNet, 3 attention
+    heads: int = 2
+    kv_heads: int = 1
+    head_dim: int = 64
+    ffn: int = 128
+    state: int = 16  # ssm.state_size: the DeltaNet key/value head size (CUDA's kernel takes 16/32/64/128)
+    groups: int = 2  # ssm.group_count: DeltaNet key heads
+    value_heads: int = 4  # ssm.time_step_rank: DeltaNet value heads, a multiple of groups
+    conv_kernel: int = 4
+    rope_dims: int = 16
+    rope_sections: tuple[int, int, int, int] = (3, 3, 2, 0)  # Qwen3.5's interleaved M-RoPE, summing to rope_dims/2
+    vocab: int = 151936  # the vendored Qwen3.5 vocabulary file's tokens (the published models pad to 248,320)
+    tied: bool = True
+    rope_theta: float = 1e7
+    arch = gguf_arch = "qwen35"
+
+    def is_recurrent(self, layer: int) -> bool:
+        return (layer + 1) % FULL_ATTENTION_INTERVAL["qwen35"] != 0
+
+    def ar_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(GGUF name, numpy shape) of every tensor of the plain model, as llama.cpp's qwen35 loader creates them."""
+        key_dim, value_dim = self.state * self.groups, self.state * self.value_heads
+        out = [("token_embd.weight", (self.vocab, self.hidden)), ("output_norm.weight", (self.hidden,))]
+        if not self.tied:
+            out.append(("output.weight", (self.vocab, self.hidden)))
+        for i in range(self.layers):
+            b = f"blk.{i}."
+            out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,)),
+                    (b + "ffn_gate.weight", (self.ffn, self.hidden)), (b + "ffn_up.weight", (self.ffn, self.hidden)),
+                    (b + "ffn_down.weight", (self.hidden, self.ffn))]
+            if self.is_recurrent(i):
+                out += [(b + "attn_qkv.weight", (2 * key_dim + value_dim, self.hidden)),
+                        (b + "attn_gate.weight", (value_dim, self.hidden)),
+                        (b + "ssm_conv1d.weight", (2 * key_dim + value_dim, self.conv_kernel)),
+                        (b + "ssm_dt.bias", (self.value_heads,)), (b + "ssm_a", (self.value_heads,)),
+                        (b + "ssm_beta.weight", (self.value_heads, self.hidden)),
+                        (b + "ssm_alpha.weight", (self.value_heads, self.hidden)),
+                        (b + "ssm_norm.weight", (self.state,)), (b + "ssm_out.weight", (self.hidden, value_dim))]
+            else:  # gated attention: each head's q rows are followed by its gate rows
+                out += [(b + "attn_q.weight", (2 * self.heads * self.head_dim, self.hidden)),
+                        (b + "attn_k.weight", (self.kv_heads * self.head_dim, self.hidden)),
+                        (b + "attn_v.weight", (self.kv_heads * self.head_dim, self.hidden)),
+                        (b + "attn_output.weight", (self.hidden, self.heads * self.head_dim)),
+                        (b + "attn_q_norm.weight", (self.head_dim,)), (b + "attn_k_norm.weight", (self.head_dim,))]
+        return out
+
+    def twin_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The diffusion view's tensors: every layer tensor but the norms and the MLP, twinned (formats.twin_name)."""
+        shared = ("attn_norm.weight", "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                  "ffn_down.weight")
+        return [(twin_name(name), dims) for name, dims in self.ar_tensors()
+                if name.startswith("blk.") and not name.endswith(shared)]
+
+    def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every tensor of the merged file, twins included."""
+        return self.ar_tensors() + self.twin_tensors()
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(shape)) for _, shape in self.tensors())
+
+    def metadata(self, name: str) -> list[tuple]:
+        """The model's own keys (tokenizer, block size and mask token apart)."""
+        U, F, A = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.ARRAY
+        a = self.arch
+        return [("general.name", name, gguf.GGUFValueType.STRING, None),
+                (f"{a}.context_length", 4096, U, None), (f"{a}.embedding_length", self.hidden, U, None),
+                (f"{a}.block_count", self.layers, U, None), (f"{a}.feed_forward_length", self.ffn, U, None),
+                (f"{a}.attention.head_count", self.heads, U, None),
+                (f"{a}.attention.head_count_kv", self.kv_heads, U, None),
+                (f"{a}.attention.key_length", self.head_dim, U, None),
+                (f"{a}.attention.value_length", self.head_dim, U, None),
+                (f"{a}.attention.layer_norm_rms_epsilon", 1e-6, F, None),
+                (f"{a}.rope.dimension_count", self.rope_dims, U, None),
+                (f"{a}.rope.dimension_sections", list(self.rope_sections), A, gguf.GGUFValueType.INT32),
+                (f"{a}.rope.freq_base", self.rope_theta, F, None),
+                (f"{a}.full_attention_interval", FULL_ATTENTION_INTERVAL["qwen35"], U, None),
+                (f"{a}.ssm.conv_kernel", self.conv_kernel, U, None), (f"{a}.ssm.state_size", self.state, U, None),
+                (f"{a}.ssm.group_count", self.groups, U, None),
+                (f"{a}.ssm.time_step_rank", self.value_heads, U, None),
+                (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)]
+
+
 # Published configs (config.json of each model); the "tiny-" ones are for tests.
 SHAPES = {
     "smollm2-135m": Shape("llama", 576, 30, 9, 3, 64, 1536, 49152, True, 1e5),
@@ -77,6 +169,10 @@ SHAPES = {
     "llama-3.1-8b": Shape("llama", 4096, 32, 32, 8, 128, 14336, 128256, False, 5e5),
     "tiny-qwen3": Shape("qwen3", 64, 2, 4, 2, 16, 128, 151936, True, 1e6),
     "tiny-llama3": Shape("llama", 64, 2, 4, 2, 16, 128, 128256, False, 5e5),  # Llama 3's padded vocabulary
+    # Qwen3.5 / Qwen3.6 (hybrid): 4B and the 27B (64 layers, 48 of them Gated DeltaNet), 248,320 embedding rows
+    "qwen3.5-4b": Qwen35Shape(2560, 32, 16, 4, 256, 9216, 128, 16, 32, 4, 64, (11, 11, 10, 0), 248320, True),
+    "qwen3.6-27b": Qwen35Shape(5120, 64, 24, 4, 256, 17408, 128, 16, 48, 4, 64, (11, 11, 10, 0), 248320, False),
+    "tiny-qwen35": Qwen35Shape(),
 }
 BLOCK_SIZE = 32  # the trained K of the published checkpoints
 QWEN3_BOS, QWEN3_EOS, QWEN3_MASK = 151643, 151645, 151669
@@ -118,25 +214,43 @@ def _qwen3_tokenizer_kv(vocab_size: int) -> list[tuple]:
 
 def _smollm2_tokenizer_kv(vocab_size: int) -> list[tuple]:
     """SmolLM2's tokenizer from the real GGUF, padded with [PADn] tokens (one of them the mask) to vocab_size."""
+    from ..assets import smollm2_gguf
+
+    return _padded_tokenizer_kv(smollm2_gguf(), vocab_size)
+
+
+@functools.cache
+def qwen35_tokenizer_kv(vocab_size: int) -> tuple[tuple, ...]:
+    """The real Qwen3.5 vocabulary of the vendored llama.cpp (models/ggml-vocab-qwen35.gguf), padded as
+    _smollm2_tokenizer_kv pads: read once per process (its tokens and merges take gguf-py seconds)."""
+    from ..llama_source import plain_source_dir
+
+    return tuple(_padded_tokenizer_kv(plain_source_dir() / "models/ggml-vocab-qwen35.gguf", vocab_size))
+
+
+def _padded_tokenizer_kv(path: Path, vocab_size: int) -> list[tuple]:
+    """The tokenizer keys of a GGUF, its tokens cut or padded with [PADn] (unused) to vocab_size, and the last id
+    as the mask token (no free id below such a vocabulary; as good a mask as any for timing)."""
     from ..convert.base_gguf import copied_metadata
     from ..gguf_meta import open_reader
 
-    from ..assets import smollm2_gguf
-
-    kv = [item for item in copied_metadata(open_reader(smollm2_gguf())) if item[0].startswith("tokenizer.")]
+    kv = [item for item in copied_metadata(open_reader(path)) if item[0].startswith("tokenizer.")]
     for i, (key, value, vtype, sub) in enumerate(kv):
         if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
             n = len(value)
             pad = [f"[PAD{j}]".encode() for j in range(n, vocab_size)] if sub == gguf.GGUFValueType.STRING else \
                 [int(gguf.TokenType.UNUSED)] * (vocab_size - n)
             kv[i] = (key, value[:vocab_size] + pad, vtype, sub)
-    # SmolLM2 has no free id below its vocabulary; the last row is as good a mask as any for timing
     kv.append((KEY_MASK_TOKEN_ID, vocab_size - 1, gguf.GGUFValueType.UINT32, None))
     return kv
 
 
-def _metadata(name: str, shape: Shape) -> list[tuple]:
+def _metadata(name: str, shape: Shape | Qwen35Shape) -> list[tuple]:
     a, U, F, S = shape.gguf_arch, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.STRING
+    if isinstance(shape, Qwen35Shape):
+        return shape.metadata(f"{name} (random weights: timing only)") + \
+            [("general.file_type", int(gguf.LlamaFileType.MOSTLY_F16), U, None),
+             (KEY_BLOCK_SIZE.format(arch=a), BLOCK_SIZE, U, None)] + list(qwen35_tokenizer_kv(shape.vocab))
     kv = [("general.name", f"{name} (random weights: timing only)", S, None),
           ("general.file_type", int(gguf.LlamaFileType.MOSTLY_F16), U, None),
           (f"{a}.context_length", 40960, U, None), (f"{a}.embedding_length", shape.hidden, U, None),
@@ -160,9 +274,14 @@ def write_f16(name: str, path: Path, seed: int = 0, progress: bool = True) -> Pa
     tile = (np.random.default_rng(seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
     planned = []
     for tensor, dims in shape.tensors():
-        if len(dims) == 1:
+        if len(dims) == 1:  # norms; a recurrent layer's A (-exp(A_log)) must be negative for its state to decay
+            value = -1.0 if tensor.endswith(("ssm_a", "ssm_a_diff")) else 1.0
             planned.append(PlannedTensor(tensor, dims, gguf.GGMLQuantizationType.F32, 4 * dims[0],
-                                         lambda n=dims[0]: np.ones(n, np.float32)))
+                                         lambda n=dims[0], v=value: np.full(n, v, np.float32)))
+        elif "ssm_conv1d" in tensor:  # llama.cpp's conv takes F32 weights
+            n = int(np.prod(dims))
+            planned.append(PlannedTensor(tensor, dims, gguf.GGMLQuantizationType.F32, 4 * n,
+                                         lambda n=n, dims=dims: np.resize(tile, n).reshape(dims).astype(np.float32)))
         else:
             n = int(np.prod(dims))
             planned.append(PlannedTensor(tensor, dims, gguf.GGMLQuantizationType.F16, 2 * n,

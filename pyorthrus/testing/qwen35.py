@@ -1,121 +1,34 @@
-"""Tiny random `qwen35` GGUFs: Qwen3.5's hybrid layout (Gated DeltaNet layers, every fourth layer gated attention)
-written with gguf-py as llama.cpp's converter lays it out, with the real Qwen3.5 vocabulary of the vendored llama.cpp
-(models/ggml-vocab-qwen35.gguf, 151,936 tokens), optionally as a merged Orthrus file: every layer with its diffusion
-view (an attention layer's `attn_*_diff`, a DeltaNet layer's twin `attn_qkv_diff`, `ssm_*_diff`; twin_name()).
-Random weights: for cache, state and decoding-loop tests, not for text."""
+"""Tiny random `qwen35` GGUFs: Qwen3.5's hybrid layout (Gated DeltaNet layers, every fourth layer gated attention,
+pyorthrus.bench.shapes.Qwen35Shape) written with gguf-py as llama.cpp's converter lays it out, with the real Qwen3.5
+vocabulary of the vendored llama.cpp (models/ggml-vocab-qwen35.gguf, 151,936 tokens), optionally as a merged Orthrus
+file: every layer with its diffusion view (an attention layer's `attn_*_diff`, a DeltaNet layer's twin
+`attn_qkv_diff`, `ssm_*_diff`; formats.twin_name()). And tiny random checkpoints in the reference's Orthrus-Qwen3.5
+format. Random weights: for cache, state, conversion and decoding-loop tests, not for text."""
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from ..convert.base_gguf import copied_metadata
+from ..bench.shapes import Qwen35Shape, qwen35_tokenizer_kv
 from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
-from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
-from ..gguf_meta import FULL_ATTENTION_INTERVAL, open_reader
-from ..llama_source import plain_source_dir
-
-VOCAB_FILE = Path("models/ggml-vocab-qwen35.gguf")  # in the vendored llama.cpp tree
+from ..formats import KEY_BLOCK_SIZE, twin_name
 
 
-@dataclass(frozen=True)
-class TinyQwen35:
-    hidden: int = 64
-    layers: int = 4  # full_attention_interval 4: layers 0-2 DeltaNet, 3 attention
-    heads: int = 2
-    kv_heads: int = 1
-    head_dim: int = 64
-    ffn: int = 128
-    state: int = 16  # ssm.state_size: the DeltaNet key/value head size (CUDA's kernel takes 16/32/64/128)
-    groups: int = 2  # ssm.group_count: DeltaNet key heads
-    value_heads: int = 4  # ssm.time_step_rank: DeltaNet value heads, a multiple of groups
-    conv_kernel: int = 4
-    rope_dims: int = 16
-    rope_sections: tuple[int, int, int, int] = (3, 3, 2, 0)  # Qwen3.5's interleaved M-RoPE, summing to rope_dims/2
-
-    def is_recurrent(self, layer: int) -> bool:
-        return (layer + 1) % FULL_ATTENTION_INTERVAL["qwen35"] != 0
-
-    def tensors(self, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
-        """(GGUF name, numpy shape) of every tensor, as llama.cpp's qwen35 loader creates them."""
-        key_dim, value_dim = self.state * self.groups, self.state * self.value_heads
-        out = [("token_embd.weight", (vocab, self.hidden)), ("output_norm.weight", (self.hidden,))]
-        for i in range(self.layers):
-            b = f"blk.{i}."
-            out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,)),
-                    (b + "ffn_gate.weight", (self.ffn, self.hidden)), (b + "ffn_up.weight", (self.ffn, self.hidden)),
-                    (b + "ffn_down.weight", (self.hidden, self.ffn))]
-            if self.is_recurrent(i):
-                out += [(b + "attn_qkv.weight", (2 * key_dim + value_dim, self.hidden)),
-                        (b + "attn_gate.weight", (value_dim, self.hidden)),
-                        (b + "ssm_conv1d.weight", (2 * key_dim + value_dim, self.conv_kernel)),
-                        (b + "ssm_dt.bias", (self.value_heads,)), (b + "ssm_a", (self.value_heads,)),
-                        (b + "ssm_beta.weight", (self.value_heads, self.hidden)),
-                        (b + "ssm_alpha.weight", (self.value_heads, self.hidden)),
-                        (b + "ssm_norm.weight", (self.state,)), (b + "ssm_out.weight", (self.hidden, value_dim))]
-            else:  # gated attention: each head's q rows are followed by its gate rows
-                out += [(b + "attn_q.weight", (2 * self.heads * self.head_dim, self.hidden)),
-                        (b + "attn_k.weight", (self.kv_heads * self.head_dim, self.hidden)),
-                        (b + "attn_v.weight", (self.kv_heads * self.head_dim, self.hidden)),
-                        (b + "attn_output.weight", (self.hidden, self.heads * self.head_dim)),
-                        (b + "attn_q_norm.weight", (self.head_dim,)), (b + "attn_k_norm.weight", (self.head_dim,))]
-        return out
-
-    def twin_tensors(self, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
-        """The diffusion view's tensors: a twin of each attention projection and q/k norm and of each DeltaNet
-        layer's weights (everything of a layer but its norms and MLP)."""
-        shared = ("attn_norm.weight", "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight",
-                  "ffn_down.weight")
-        return [(twin_name(name), dims) for name, dims in self.tensors(vocab)
-                if name.startswith("blk.") and not name.endswith(shared)]
-
-    def metadata(self) -> list[tuple]:
-        U, F, A = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.ARRAY
-        a = "qwen35"
-        return [("general.name", "tiny qwen35 (random weights)", gguf.GGUFValueType.STRING, None),
-                (f"{a}.context_length", 4096, U, None), (f"{a}.embedding_length", self.hidden, U, None),
-                (f"{a}.block_count", self.layers, U, None), (f"{a}.feed_forward_length", self.ffn, U, None),
-                (f"{a}.attention.head_count", self.heads, U, None),
-                (f"{a}.attention.head_count_kv", self.kv_heads, U, None),
-                (f"{a}.attention.key_length", self.head_dim, U, None),
-                (f"{a}.attention.value_length", self.head_dim, U, None),
-                (f"{a}.attention.layer_norm_rms_epsilon", 1e-6, F, None),
-                (f"{a}.rope.dimension_count", self.rope_dims, U, None),
-                (f"{a}.rope.dimension_sections", list(self.rope_sections), A, gguf.GGUFValueType.INT32),
-                (f"{a}.rope.freq_base", 1e7, F, None),
-                (f"{a}.full_attention_interval", FULL_ATTENTION_INTERVAL["qwen35"], U, None),
-                (f"{a}.ssm.conv_kernel", self.conv_kernel, U, None), (f"{a}.ssm.state_size", self.state, U, None),
-                (f"{a}.ssm.group_count", self.groups, U, None),
-                (f"{a}.ssm.time_step_rank", self.value_heads, U, None),
-                (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)]
-
-
-@functools.cache
-def qwen35_tokenizer_kv() -> tuple[tuple, ...]:
-    """The tokenizer keys of the vendored Qwen3.5 vocabulary file, as (key, value, type, sub-type): read once per
-    process (248k tokens and merges take gguf-py seconds)."""
-    vocab = plain_source_dir() / VOCAB_FILE
-    return tuple(kv for kv in copied_metadata(open_reader(vocab)) if kv[0].startswith("tokenizer."))
-
-
-def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
+def write_tiny_qwen35(path: Path, seed: int = 0, config: Qwen35Shape = Qwen35Shape(),
                       block_size: int | None = None, twin_noise: float | None = None) -> Path:
     """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
     negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits. block_size: a
     merged Orthrus file of that trained K instead (mask token: the last id), its diffusion view random too, or with
     twin_noise each twin its AR tensor plus N(0, twin_noise) noise (drafts that AR accepts part of the time)."""
     rng = np.random.default_rng(seed)
-    tokenizer = qwen35_tokenizer_kv()
-    vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
-    tensors, metadata = config.tensors(vocab), config.metadata() + list(tokenizer)
+    tensors = config.ar_tensors()
+    metadata = config.metadata("tiny qwen35 (random weights)") + list(qwen35_tokenizer_kv(config.vocab))
     if block_size is not None:
-        tensors += config.twin_tensors(vocab)
-        U = gguf.GGUFValueType.UINT32
-        metadata += [(KEY_BLOCK_SIZE.format(arch="qwen35"), block_size, U, None), (KEY_MASK_TOKEN_ID, vocab - 1, U, None)]
+        tensors += config.twin_tensors()
+        metadata.append((KEY_BLOCK_SIZE.format(arch="qwen35"), block_size, gguf.GGUFValueType.UINT32, None))
 
     def random(name: str, dims: tuple[int, ...]) -> np.ndarray:
         if name.endswith(("ssm_a", "ssm_a_diff")):
@@ -125,7 +38,7 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
         return (rng.standard_normal(dims) * 0.1).astype(np.float16 if name == "token_embd.weight" else np.float32)
 
     data = {}
-    ar_of = {twin_name(name): name for name, _ in config.tensors(vocab)}
+    ar_of = {twin_name(name): name for name, _ in config.ar_tensors()}
     for name, dims in tensors:
         if twin_noise is not None and name in ar_of:
             ar = data[ar_of[name]]  # the AR tensors come first
@@ -143,7 +56,7 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35
     return Path(path)
 
 
-def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: TinyQwen35 = TinyQwen35(),
+def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: Qwen35Shape = Qwen35Shape(),
                                          block_size: int = 8, twin_noise: float | None = None,
                                          dtype=None, logit_scale: float = 1.0) -> Path:
     """A tiny random checkpoint in the reference's Orthrus-Qwen3.5 format (model_type "orthrus_qwen3_5"): the flat

@@ -25,6 +25,9 @@
 # 7. OUT_DIR/hybrid.log: tests/test_recurrent_rollback.py and tests/test_qwen35_orthrus.py's state test with every
 #    layer offloaded: the GPU's Gated DeltaNet snapshots restore the state before a removed block exactly (patch
 #    0021), and the state after Orthrus cycles on a hybrid qwen35 equals AR's (issue 37; tiny random files).
+# 8. OUT_DIR/shapes_hybrid.{json,md} (not a default step: ask for it in GPU_SUITE_STEPS): `pyorthrus bench --shape
+#    qwen3.5-4b --weights q4_k_m`, the hybrid's pass and cycle costs with the state snapshots a cycle needs (about
+#    11 GB of F16 made on the device first).
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
 # steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa
@@ -77,6 +80,8 @@ for fa in --no-flash-attn --flash-attn; do
     step "shapes$suffix" "$python" -m pyorthrus bench --shape smollm2-135m,qwen3-8b --weights q4_k_m \
         --prefixes 128,4096 -ngl -1 -t 4 $fa --shape-cache "$work/shapes" --out "$out/shapes$suffix"
 done
+step shapes_hybrid "$python" -m pyorthrus bench --shape qwen3.5-4b --weights q4_k_m --prefixes 128,4096 -ngl -1 -t 4 \
+    --flash-attn --shape-cache "$work/shapes" --out "$out/shapes_hybrid"
 step llama_server bash -c "\"$python\" -m pyorthrus build --server \"$work/bin\" --plain-server \"$work/bin\" && \
     \"$python\" bench/llama_server.py \"$work/bin/llama-server\" --peer \"$work/bin/llama-server-plain\" --pyorthrus \
     -ngl 99 -t 4 --n-prompts 8 --out \"$out/llama_server\""

@@ -20,6 +20,10 @@ GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": 
 # checkpoint model_type -> base: the reference's Qwen3 format ("orthrus", `base_model_type` for our Llama and Qwen2
 # checkpoints) and its Orthrus-Qwen3.5 format (a flat Qwen3.5 text config)
 CHECKPOINT_MODEL_TYPES = {"orthrus": QWEN3, "orthrus_qwen3_5": QWEN35}
+# hybrid architectures whose layers are recurrent unless every Nth is attention: the default N per arch (llama.cpp's
+# `{arch}.full_attention_interval` when a GGUF has neither that key nor `attention.recurrent_layers`; transformers'
+# `full_attention_interval` when a config has no `layer_types`)
+FULL_ATTENTION_INTERVAL = {"qwen35": 4, "qwen35moe": 4}
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 QK_NORMS = ("q_norm", "k_norm")
 # a Qwen3.5 Gated DeltaNet layer's modules (`linear_attn.<name>`), each with a `<name>_diff` twin in an Orthrus
@@ -149,10 +153,10 @@ def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
 
 def _linear_layers(hf: dict, n_layers: int, source: str) -> tuple[int, ...]:
     """A Qwen3.5 config's Gated DeltaNet layers: `layer_types`, else every layer but each
-    `full_attention_interval`-th (default 4), as transformers builds them."""
+    `full_attention_interval`-th (FULL_ATTENTION_INTERVAL by default), as transformers builds them."""
     types = hf.get("layer_types")
     if types is None:
-        interval = hf.get("full_attention_interval", 4)
+        interval = hf.get("full_attention_interval", FULL_ATTENTION_INTERVAL[QWEN35])
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise PyorthrusError(f"{source}: full_attention_interval must be a positive integer, not {interval!r}")
         return tuple(i for i in range(n_layers) if (i + 1) % interval)

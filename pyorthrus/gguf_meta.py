@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import PyorthrusError
-from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
-                      KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, RECURRENT_DIFF_TENSORS)
+from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, FULL_ATTENTION_INTERVAL, KEY_ADAPTER_BASE,
+                      KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE, KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID,
+                      RECURRENT_DIFF_TENSORS)
 
 NO_QK_NORM_ARCHS = ("llama", "qwen2")
 # the base architectures the patched llama.cpp attaches adapter files to
@@ -22,9 +23,6 @@ ADAPTER_ARCHS = ("llama", "qwen2", "qwen3", "qwen35")
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
 # per forward pass
 SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
-# hybrid architectures whose layers are recurrent unless every Nth is attention: llama.cpp's default N per arch
-# (its `{arch}.full_attention_interval`, used when the file has neither that key nor `attention.recurrent_layers`)
-FULL_ATTENTION_INTERVAL = {"qwen35": 4, "qwen35moe": 4}
 STATE_BYTES = 4  # llama.cpp keeps recurrent states in F32
 _DIFF_NAME = re.compile(r"^blk\.(\d+)\.((?:attn|ssm)_\w+_diff)(?:\.(weight|bias))?$")
 

@@ -37,6 +37,10 @@ class HybridCache:
     conv: dict[int, torch.Tensor] = field(default_factory=dict)
     state: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def copy(self) -> "HybridCache":
+        """The cache as it is now: a pass replaces its tensors and never changes one in place, so they are shared."""
+        return HybridCache(self.n_past, dict(self.keys), dict(self.values), dict(self.conv), dict(self.state))
+
 
 class Qwen35Reference:
     """Both views of an Orthrus-Qwen3.5 checkpoint: forward_ar / forward_draft as pyorthrus.reference.OrthrusModel."""

@@ -21,8 +21,7 @@ import numpy as np
 
 from ..errors import PyorthrusError
 from ..files import atomic_write
-from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
-from ..gguf_meta import FULL_ATTENTION_INTERVAL
+from ..formats import FULL_ATTENTION_INTERVAL, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
 from ..paths import default_cache_dir
 
 GIB = 1 << 30

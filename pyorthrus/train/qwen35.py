@@ -9,7 +9,6 @@ the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -45,7 +44,7 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
             if s > done:
                 logits.append(model.forward_ar(ids[done:s], cache))
                 done = s
-            caches[s] = copy.deepcopy(cache)  # the seed of the block at s
+            caches[s] = cache.copy()  # the seed of the block at s
         logits.append(model.forward_ar(ids[done:], cache))
     teacher_all = torch.cat(logits)
     losses, accepted = [], []
@@ -80,10 +79,8 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
     for d in docs:
         if max(d.ids) >= model.cfg.vocab_size:
             raise PyorthrusError(f"{cfg.data[0]}: token id {max(d.ids)} is outside the base vocabulary")
-    twins = [name for name in model.w if "_diff" in name]
-    for name in twins:
-        model.w[name].requires_grad_(True)
-    opt = torch.optim.AdamW([model.w[name] for name in twins], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    twins = [tensor.requires_grad_(True) for name, tensor in model.w.items() if "_diff" in name]
+    opt = torch.optim.AdamW(twins, lr=cfg.lr, weight_decay=cfg.weight_decay)
     tokens_per_step = sum(len(d.ids) for d in docs) / len(docs) * cfg.batch_size
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / tokens_per_step))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -103,7 +100,7 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
             step_accepted += accepted
             tokens += len(doc.ids)
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([model.w[name] for name in twins], cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(twins, cfg.grad_clip)
         opt.step()
         history.append({"step": step + 1, "loss": step_loss, "accepted": sum(step_accepted) / len(step_accepted)})
         if cfg.progress and (step + 1) % cfg.log_every == 0:

@@ -252,21 +252,33 @@ def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
     assert float(np.max(np.abs(got[1] - got[2]))) > 1e-3  # the views really differ
 
 
-def test_the_trainer_fits_the_twins_to_the_ar_view(initialised, tmp_path, capsys):
+def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     """`pyorthrus train` on an Orthrus-Qwen3.5 checkpoint as the reference initialises it (twins = AR copies), on
-    self-distilled data (AR's own greedy continuations of 4 prompts): the forward KL of the draft blocks over that
-    data falls by a quarter at least, every AR tensor stays as it was, and the trained checkpoint converts and decodes exactly as
-    AR. In-sample on purpose: a random model's continuations have nothing to generalise, so this proves the path
-    (trainer -> converter -> cycles), not a recipe."""
+    self-distilled data (AR's own greedy continuations of 2 prompts), then `convert`, then llama.cpp's cycles on the
+    same prompts: the trained twins' drafts are accepted more often than the untrained ones' (measured: 1.80 -> 3.79
+    tokens per cycle at K = 8), the forward KL of the draft blocks falls, every AR tensor stays as it was, and the
+    output is still exactly AR's. In-sample on purpose: a random model's continuations have nothing to generalise,
+    so this proves the path (trainer -> converter -> llama.cpp's cycles), not a recipe."""
     from pyorthrus.reference_qwen35 import load_checkpoint
     from pyorthrus.testing.fixtures import QWEN3_MASK_TOKEN_ID
     from pyorthrus.train.qwen35 import document_loss
 
     ckpt, merged = initialised
     rng = np.random.default_rng(5)
-    prompts = [[int(t) for t in rng.integers(0, 151000, size=6)] for _ in range(4)]
-    with Orthrus(merged, n_ctx=256) as model:
-        docs = [p + model.ar_view().generate(p, max_tokens=26).tokens for p in prompts]
+    prompts = [[int(t) for t in rng.integers(0, 151000, size=6)] for _ in range(2)]
+
+    def decode(path) -> tuple[list[list[int]], float]:
+        """AR's continuations of the prompts, and the cycles' mean tokens per cycle on them (K = 8)"""
+        with Orthrus(path, n_ctx=256) as model:
+            docs, per_cycle = [], []
+            for prompt in prompts:
+                got = model.generate(prompt, max_tokens=26, block_size=8)
+                assert got.tokens == model.ar_view().generate(prompt, max_tokens=26).tokens
+                docs.append(prompt + got.tokens)
+                per_cycle.append(got.stats.tokens_per_cycle)
+        return docs, float(np.mean(per_cycle))
+
+    docs, untrained = decode(merged)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"ids": d, "n_prompt": 6}) + "\n" for d in docs))
 
@@ -278,10 +290,9 @@ def test_the_trainer_fits_the_twins_to_the_ar_view(initialised, tmp_path, capsys
 
     out = tmp_path / "trained"
     assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "-K", "8",
-                     "--seq-len", "32", "--batch-size", "4", "--max-steps", "30", "--lr", "5e-3", "--row-weights",
+                     "--seq-len", "32", "--batch-size", "2", "--max-steps", "150", "--lr", "1e-2", "--row-weights",
                      "uniform", "--warmup-steps", "2", "--json"]) == 0
-    before, after = draft_kl(ckpt), draft_kl(out)
-    assert after < 0.75 * before, (before, after)  # measured: 79.3 -> 50.0
+    assert draft_kl(out) < 0.5 * draft_kl(ckpt)
     source, result = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(source) == set(result)
     for name, value in source.items():
@@ -289,8 +300,7 @@ def test_the_trainer_fits_the_twins_to_the_ar_view(initialised, tmp_path, capsys
     assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "--resume"]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{ckpt}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, "
                                                     "without --resume (not built yet)")
-    trained = convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32", progress=False)["merged"]
-    with Orthrus(trained, n_ctx=256) as model:
-        for prompt in prompts:
-            got = model.generate(prompt, max_tokens=26, block_size=8)
-            assert got.tokens == model.ar_view().generate(prompt, max_tokens=26).tokens
+    trained_docs, trained = decode(convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32",
+                                                      progress=False)["merged"])
+    assert trained_docs == docs
+    assert trained > untrained + 1.0, (untrained, trained)

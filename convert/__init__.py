@@ -9,7 +9,8 @@ from pathlib import Path
 import gguf
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE,
+from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE,
+                               KEY_ADAPTER_RECURRENT_DRAFT, KEY_ADAPTER_TYPE, KEY_RECURRENT_DRAFT, RECURRENT_DRAFT,
                                KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, QWEN35, twin_name)
 from pyorthrus.gguf_meta import gguf_field, open_reader
 from pyorthrus.paths import check_writable
@@ -98,6 +99,7 @@ def write_adapter(ckpt: OrthrusCheckpoint, diff_tensors: list, out: Path, force:
     if cfg.linear_layers:
         kv.append((f"{cfg.base}.attention.recurrent_layers", [i in cfg.linear_layers for i in range(cfg.num_layers)],
                    gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL))
+        kv.append(string(KEY_ADAPTER_RECURRENT_DRAFT, RECURRENT_DRAFT))
     write_output(out, force, lambda tmp: write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, diff_tensors, progress,
                                                     label=out.name))
 
@@ -109,9 +111,12 @@ def write_merged(ckpt: OrthrusCheckpoint, base_reader, diff_tensors: list, out: 
     arch = MERGED_ARCH[base_arch]
     kv = copied_metadata(base_reader, rename_arch=(base_arch, arch) if arch != base_arch else None)
     block_size_key = KEY_BLOCK_SIZE.format(arch=arch)
-    kv = [item for item in kv if item[0] not in (block_size_key, KEY_MASK_TOKEN_ID)]
+    draft_key = KEY_RECURRENT_DRAFT.format(arch=arch)
+    kv = [item for item in kv if item[0] not in (block_size_key, KEY_MASK_TOKEN_ID, draft_key)]
     kv += [uint32(block_size_key, ckpt.hf_config["block_size"]),
            uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"])]
+    if ckpt.config.linear_layers:
+        kv.append(string(draft_key, RECURRENT_DRAFT))
     tensors = planned_base_tensors(base_reader) + diff_tensors
     write_output(out, force, lambda tmp: write_gguf(tmp, arch, kv, tensors, progress,
                                                     alignment=base_alignment(base_reader), label=out.name))

@@ -40,6 +40,12 @@ ADAPTER_TYPE_ORTHRUS = "orthrus"
 KEY_MASK_TOKEN_ID = "tokenizer.ggml.mask_token_id"
 KEY_BLOCK_SIZE = "{arch}.diffusion.block_size"
 KEY_ADAPTER_BLOCK_SIZE = KEY_BLOCK_SIZE.format(arch="orthrus")
+# how a hybrid model's recurrent layers draft: the one scheme the patched llama.cpp runs (patch 0026), each layer's
+# own twin scanning the block causally from the cached state; llama.cpp refuses any other value by name (the door
+# for the "dual scan" scheme of a vLLM port, not built)
+KEY_RECURRENT_DRAFT = "{arch}.diffusion.recurrent_draft"
+KEY_ADAPTER_RECURRENT_DRAFT = KEY_RECURRENT_DRAFT.format(arch="orthrus")
+RECURRENT_DRAFT = "causal_twin"
 KEY_ADAPTER_BASE = "orthrus.base."  # + block_count, embedding_length, head_count, head_count_kv, vocab_size
 # AR attention tensor -> its diffusion-view twin, in blk.N.<name>.weight / .bias
 DIFF_TENSOR_OF = {name: f"{name}_diff" for name in ("attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",

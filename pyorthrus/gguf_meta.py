@@ -14,12 +14,12 @@ from pathlib import Path
 
 from .errors import PyorthrusError
 from .formats import (ADAPTER_TYPE_ORTHRUS, DIFF_TENSORS, FULL_ATTENTION_INTERVAL, KEY_ADAPTER_BASE,
-                      KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_TYPE, KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID,
-                      RECURRENT_DIFF_TENSORS)
+                      KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_RECURRENT_DRAFT, KEY_ADAPTER_TYPE, KEY_BLOCK_SIZE,
+                      KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT, RECURRENT_DIFF_TENSORS)
 
 NO_QK_NORM_ARCHS = ("llama", "qwen2")
 # the base architectures the patched llama.cpp attaches adapter files to
-ADAPTER_ARCHS = ("llama", "qwen2", "qwen3", "qwen35")
+ADAPTER_ARCHS = ("llama", "qwen2", "qwen3", "qwen35", "qwen35moe")
 # diff tensor types that keep the drafts' acceptance: public reports say 4-bit diff weights collapse it to ~1 token
 # per forward pass
 SAFE_DIFF_TYPES = ("F32", "F16", "BF16", "Q8_0")
@@ -110,6 +110,8 @@ def inspect_gguf(path) -> dict:
         "block_count": block_count,
         "block_size": gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)) or gguf_field(reader, KEY_ADAPTER_BLOCK_SIZE),
         "mask_token_id": gguf_field(reader, KEY_MASK_TOKEN_ID),
+        "recurrent_draft": gguf_field(reader, KEY_RECURRENT_DRAFT.format(arch=arch))
+        or gguf_field(reader, KEY_ADAPTER_RECURRENT_DRAFT),
         "tensor_count": len(reader.tensors),
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
         "diff_coverage": diff_coverage(reader, arch, block_count),

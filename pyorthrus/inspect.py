@@ -26,6 +26,10 @@ def format_report(info: dict) -> str:
         f"layers:        {info['block_count']}",
         f"block size:    {info['block_size']}",
         f"mask token:    {info['mask_token_id']}",
+    ]
+    if info["recurrent_draft"]:
+        lines.append(f"draft scheme:  {info['recurrent_draft']} (recurrent layers)")
+    lines += [
         f"tensors:       {info['tensor_count']} ("
         + ", ".join(f"{count} {name}" for name, count in info["tensor_types"].items()) + ")",
         f"diff tensors:  {cov['diff_tensors']} in {cov['layers_with_diff']} layers, "
@@ -39,7 +43,7 @@ def format_report(info: dict) -> str:
         rec, state = info["recurrent"], info["recurrent"]["state_bytes_per_sequence"]
         lines.append(f"recurrent:     {rec['recurrent_layers']} of {info['block_count']} layers; their state takes "
                      f"{_human(state)} per sequence, and as much again per rollback snapshot (an Orthrus cycle of "
-                     f"block size K needs K: K = 16 adds {_human(16 * state)})")
+                     f"block size K needs K: K = 16 adds {_human(16 * state)}; -k bounds it)")
     if info["base"]:
         lines.append("for base:      " + ", ".join(f"{k}={v}" for k, v in info["base"].items()))
     if info["low_precision_diff_tensors"]:

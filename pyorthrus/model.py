@@ -88,6 +88,8 @@ class Orthrus:
 
     block_size: K (2 ... trained K; default trained K), or "auto": per round, the K with the best expected tokens
     per second from the measured pass costs and the acceptance seen so far, or a plain AR step when that is faster.
+    On a model with recurrent layers (Qwen3.5/3.6) a fixed K also bounds the memory: the context keeps K state
+    snapshots of those layers (each as large as their whole state), and generate() may then ask for K or less.
     tree: tree verify, nodes per verify pass besides the root. Each cycle verifies the `tree` best continuations of
     the draft (best-first over its per-position probabilities) in one AR pass of tree + 1 tokens and commits the
     longest path the AR model agrees with: more tokens per pass than the argmax chain, output unchanged. With a
@@ -149,11 +151,17 @@ class Orthrus:
             repack = self.strict and repack_is_strict(weight_types(model_file) or REPACKED_TYPES)
             if not self.strict:
                 non_strict_load()
-            # recurrent layers give a draft block back through per-token state snapshots (patch 0021)
+            # recurrent layers give a draft block back through per-token state snapshots (patch 0021), K of them
+            # for the trained K, or for a smaller fixed block size asked for here: each costs the whole recurrent
+            # state, so the block size bounds that memory
             snapshots = state_snapshots_needed(model_file, adapter_path) if mode == "orthrus" else 0
+            if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool) and \
+                    2 <= block_size < snapshots:
+                snapshots = int(block_size)
             # such a model runs chain cycles only (issue 37): fused passes, tree verify and the "auto" profile
             # decode more than a block, which its state snapshots cannot take back
             self.recurrent = snapshots > 0
+            self.state_snapshots = snapshots
             with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors), \
                     overridden(context={"n_rs_seq": snapshots} if snapshots else None):
                 llama_kwargs["n_threads_batch"] = llama_kwargs.get("n_threads_batch") or n_threads
@@ -215,6 +223,10 @@ class Orthrus:
             raise OptionError("block_size" if block_size == AUTO else "fused", block_size if block_size == AUTO
                               else True, "not on a model with recurrent layers yet: give a fixed block size, "
                               "unfused")
+        if self.recurrent and block_size > self.state_snapshots:
+            raise OptionError("block_size", block_size, f"this model was opened with block size "
+                              f"{self.state_snapshots}, so its recurrent layers keep {self.state_snapshots} state "
+                              f"snapshots: open it with block size {block_size} or more")
         needed = (2 if fused else 1) * largest
         n_ctx = self.pass_settings["n_ctx"] or self.llm.n_ctx()  # as asked: llama.cpp may pad it, not n_batch
         if needed > n_ctx:

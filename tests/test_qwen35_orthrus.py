@@ -71,6 +71,13 @@ def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
         for options in (dict(fused=True), dict(block_size="auto"), dict(tree=8)):
             with pytest.raises(PyorthrusError, match="recurrent layers"):
                 orthrus.generate(PROMPTS[0], max_tokens=8, **options)
+    # a smaller fixed K bounds the snapshots' memory: K of them, and no larger block later
+    with Orthrus(merged, n_ctx=512, block_size=4) as bounded:
+        assert llama_cpp.llama_n_rs_seq(bounded.ctx) == 4
+        assert bounded.generate(PROMPTS[0], max_tokens=8).stats.n_cycles > 0
+        with pytest.raises(PyorthrusError, match="opened with block size 4, so its recurrent layers keep 4 state "
+                                                 "snapshots: open it with block size 8 or more"):
+            bounded.generate(PROMPTS[0], max_tokens=8, block_size=8)
     # an instance asked for "auto" (`pyorthrus serve`'s default) decodes at the trained K, and says so
     with pytest.warns(UserWarning, match="'auto' is not available on a model with recurrent layers"), \
             Orthrus(merged, n_ctx=512, block_size="auto") as orthrus:

@@ -71,9 +71,10 @@ class Shape:
 
 @dataclass(frozen=True)
 class Qwen35Shape:
-    """A Qwen3.5 / Qwen3.6 shape (llama.cpp arch `qwen35`): Gated DeltaNet layers, every fourth a gated attention
-    layer, laid out as llama.cpp's converter writes it; the defaults are the tests' tiny model. Its merged Orthrus
-    file has a twin of each attention projection and q/k norm and of each DeltaNet layer's weights."""
+    """A Qwen3.5 / Qwen3.6 shape (llama.cpp arch `qwen35`, with experts `qwen35moe`): Gated DeltaNet layers, every
+    fourth a gated attention layer, laid out as llama.cpp's converter writes it; the defaults are the tests' tiny
+    model. Its merged Orthrus file has a twin of each attention projection and q/k norm and of each DeltaNet layer's
+    weights; the feed-forward part (dense, or routed experts plus a gated shared expert) stays shared."""
 
     hidden: int = 64
     layers: int = 4  # full_attention_interval 4: layers 0-2 DeltaNet, 3 attention
@@ -90,10 +91,31 @@ class Qwen35Shape:
     vocab: int = 151936  # the vendored Qwen3.5 vocabulary file's tokens (the published models pad to 248,320)
     tied: bool = True
     rope_theta: float = 1e7
-    arch = gguf_arch = "qwen35"
+    experts: int = 0  # qwen35moe: routed experts per layer (0: a dense feed-forward of `ffn`)
+    experts_used: int = 0
+    expert_ffn: int = 0  # each routed expert's feed-forward size
+    shared_ffn: int = 0  # the shared expert's
+
+    @property
+    def arch(self) -> str:
+        return "qwen35moe" if self.experts else "qwen35"
+
+    gguf_arch = arch
 
     def is_recurrent(self, layer: int) -> bool:
-        return (layer + 1) % FULL_ATTENTION_INTERVAL["qwen35"] != 0
+        return (layer + 1) % FULL_ATTENTION_INTERVAL[self.arch] != 0
+
+    def ffn_tensors(self, b: str) -> list[tuple[str, tuple[int, ...]]]:
+        """A layer's feed-forward tensors (b: its "blk.N." prefix), shared by both views."""
+        if not self.experts:
+            return [(b + "ffn_gate.weight", (self.ffn, self.hidden)), (b + "ffn_up.weight", (self.ffn, self.hidden)),
+                    (b + "ffn_down.weight", (self.hidden, self.ffn))]
+        n, e, sh = self.experts, self.expert_ffn, self.shared_ffn
+        return [(b + "ffn_gate_inp.weight", (n, self.hidden)),
+                (b + "ffn_gate_exps.weight", (n, e, self.hidden)), (b + "ffn_up_exps.weight", (n, e, self.hidden)),
+                (b + "ffn_down_exps.weight", (n, self.hidden, e)), (b + "ffn_gate_inp_shexp.weight", (self.hidden,)),
+                (b + "ffn_gate_shexp.weight", (sh, self.hidden)), (b + "ffn_up_shexp.weight", (sh, self.hidden)),
+                (b + "ffn_down_shexp.weight", (self.hidden, sh))]
 
     def ar_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """(GGUF name, numpy shape) of every tensor of the plain model, as llama.cpp's qwen35 loader creates them."""
@@ -103,9 +125,8 @@ class Qwen35Shape:
             out.append(("output.weight", (self.vocab, self.hidden)))
         for i in range(self.layers):
             b = f"blk.{i}."
-            out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,)),
-                    (b + "ffn_gate.weight", (self.ffn, self.hidden)), (b + "ffn_up.weight", (self.ffn, self.hidden)),
-                    (b + "ffn_down.weight", (self.hidden, self.ffn))]
+            out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,))]
+            out += self.ffn_tensors(b)
             if self.is_recurrent(i):
                 out += [(b + "attn_qkv.weight", (2 * key_dim + value_dim, self.hidden)),
                         (b + "attn_gate.weight", (value_dim, self.hidden)),
@@ -124,10 +145,9 @@ class Qwen35Shape:
 
     def twin_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """The diffusion view's tensors: every layer tensor but the norms and the MLP, twinned (formats.twin_name)."""
-        shared = ("attn_norm.weight", "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight",
-                  "ffn_down.weight")
+        shared = ("attn_norm.weight", "post_attention_norm.weight")
         return [(twin_name(name), dims) for name, dims in self.ar_tensors()
-                if name.startswith("blk.") and not name.endswith(shared)]
+                if name.startswith("blk.") and not name.endswith(shared) and ".ffn_" not in name]
 
     def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every tensor of the merged file, twins included."""
@@ -152,11 +172,14 @@ class Qwen35Shape:
                 (f"{a}.rope.dimension_count", self.rope_dims, U, None),
                 (f"{a}.rope.dimension_sections", list(self.rope_sections), A, gguf.GGUFValueType.INT32),
                 (f"{a}.rope.freq_base", self.rope_theta, F, None),
-                (f"{a}.full_attention_interval", FULL_ATTENTION_INTERVAL["qwen35"], U, None),
+                (f"{a}.full_attention_interval", FULL_ATTENTION_INTERVAL[a], U, None),
                 (f"{a}.ssm.conv_kernel", self.conv_kernel, U, None), (f"{a}.ssm.state_size", self.state, U, None),
                 (f"{a}.ssm.group_count", self.groups, U, None),
                 (f"{a}.ssm.time_step_rank", self.value_heads, U, None),
-                (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)]
+                (f"{a}.ssm.inner_size", self.state * self.value_heads, U, None)] + \
+            ([(f"{a}.expert_count", self.experts, U, None), (f"{a}.expert_used_count", self.experts_used, U, None),
+              (f"{a}.expert_feed_forward_length", self.expert_ffn, U, None),
+              (f"{a}.expert_shared_feed_forward_length", self.shared_ffn, U, None)] if self.experts else [])
 
 
 # Published configs (config.json of each model); the "tiny-" ones are for tests.
@@ -172,6 +195,7 @@ SHAPES = {
     "qwen3.5-4b": Qwen35Shape(2560, 32, 16, 4, 256, 9216, 128, 16, 32, 4, 64, (11, 11, 10, 0), 248320, True),
     "qwen3.6-27b": Qwen35Shape(5120, 64, 24, 4, 256, 17408, 128, 16, 48, 4, 64, (11, 11, 10, 0), 248320, False),
     "tiny-qwen35": Qwen35Shape(),
+    "tiny-qwen35moe": Qwen35Shape(experts=4, experts_used=2, expert_ffn=32, shared_ffn=64),
 }
 BLOCK_SIZE = 32  # the trained K of the published checkpoints
 QWEN3_BOS, QWEN3_EOS, QWEN3_MASK = 151643, 151645, 151669

@@ -13,22 +13,28 @@ import gguf
 import numpy as np
 
 from ..bench.shapes import Qwen35Shape, qwen35_tokenizer_kv
-from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
-from ..formats import KEY_BLOCK_SIZE, twin_name
+from ..convert.gguf_out import PlannedTensor, string, uint32, write_gguf, write_output
+from ..formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_RECURRENT_DRAFT,
+                       KEY_ADAPTER_TYPE, KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT,
+                       RECURRENT_DRAFT, twin_name)
+from ..gguf_meta import gguf_field, open_reader
 
 
 def write_tiny_qwen35(path: Path, seed: int = 0, config: Qwen35Shape = Qwen35Shape(),
-                      block_size: int | None = None, twin_noise: float | None = None) -> Path:
+                      block_size: int | None = None, twin_noise: float | None = None,
+                      recurrent_draft: str = RECURRENT_DRAFT) -> Path:
     """A tiny random qwen35 GGUF at path (F32, the embedding F16). Norms are near one, `ssm_a` (-exp(A_log))
     negative, matrices N(0, 0.1): enough for the recurrent state to change every token's logits. block_size: a
     merged Orthrus file of that trained K instead (mask token: the last id), its diffusion view random too, or with
-    twin_noise each twin its AR tensor plus N(0, twin_noise) noise (drafts that AR accepts part of the time)."""
+    twin_noise each twin its AR tensor plus N(0, twin_noise) noise (drafts that AR accepts part of the time), its
+    recurrent layers' draft scheme named recurrent_draft (llama.cpp runs formats.RECURRENT_DRAFT only)."""
     rng = np.random.default_rng(seed)
     tensors = config.ar_tensors()
-    metadata = config.metadata("tiny qwen35 (random weights)") + list(qwen35_tokenizer_kv(config.vocab))
+    metadata = config.metadata(f"tiny {config.arch} (random weights)") + list(qwen35_tokenizer_kv(config.vocab))
     if block_size is not None:
         tensors += config.twin_tensors()
-        metadata.append((KEY_BLOCK_SIZE.format(arch="qwen35"), block_size, gguf.GGUFValueType.UINT32, None))
+        metadata += [(KEY_BLOCK_SIZE.format(arch=config.arch), block_size, gguf.GGUFValueType.UINT32, None),
+                     (KEY_RECURRENT_DRAFT.format(arch=config.arch), recurrent_draft, gguf.GGUFValueType.STRING, None)]
 
     def random(name: str, dims: tuple[int, ...]) -> np.ndarray:
         if name.endswith(("ssm_a", "ssm_a_diff")):
@@ -52,7 +58,30 @@ def write_tiny_qwen35(path: Path, seed: int = 0, config: Qwen35Shape = Qwen35Sha
     for name, dims in tensors:
         qtype = gguf.GGMLQuantizationType.F16 if data[name].dtype == np.float16 else gguf.GGMLQuantizationType.F32
         planned.append(PlannedTensor(name, dims, qtype, data[name].nbytes, lambda array=data[name]: array))
-    write_output(path, True, lambda tmp: write_gguf(tmp, "qwen35", metadata, planned, progress=False))
+    write_output(path, True, lambda tmp: write_gguf(tmp, config.arch, metadata, planned, progress=False))
+    return Path(path)
+
+
+def write_tiny_qwen35_adapter(merged: Path, path: Path, recurrent_draft: str = RECURRENT_DRAFT) -> Path:
+    """The adapter file of a tiny merged file (write_tiny_qwen35 with a block size): its twins, byte for byte, and
+    the keys `pyorthrus convert --adapter-out` writes. It fits the base write_tiny_qwen35 makes from the same seed
+    and config without a block size (the AR tensors are drawn first)."""
+    from ..convert.base_gguf import planned_base_tensors
+
+    reader = open_reader(merged)
+    arch = gguf_field(reader, "general.architecture")
+    key = lambda name: gguf_field(reader, name)  # noqa: E731
+    kv = [string(KEY_GENERAL_TYPE, "adapter"), string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
+          uint32(KEY_ADAPTER_BLOCK_SIZE, key(KEY_BLOCK_SIZE.format(arch=arch))),
+          uint32(KEY_MASK_TOKEN_ID, key(KEY_MASK_TOKEN_ID)),
+          uint32(KEY_ADAPTER_BASE + "block_count", key(f"{arch}.block_count")),
+          uint32(KEY_ADAPTER_BASE + "embedding_length", key(f"{arch}.embedding_length")),
+          uint32(KEY_ADAPTER_BASE + "head_count", key(f"{arch}.attention.head_count")),
+          uint32(KEY_ADAPTER_BASE + "head_count_kv", key(f"{arch}.attention.head_count_kv")),
+          uint32(KEY_ADAPTER_BASE + "vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)),
+          string(KEY_ADAPTER_RECURRENT_DRAFT, recurrent_draft)]
+    twins = [t for t in planned_base_tensors(reader) if "_diff" in t.name]
+    write_output(path, True, lambda tmp: write_gguf(tmp, arch, kv, twins, progress=False))
     return Path(path)
 
 

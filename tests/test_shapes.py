@@ -19,9 +19,10 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("shapes")
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-llama3", "tiny-qwen35"])
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-llama3", "tiny-qwen35", "tiny-qwen35moe"])
 def test_tiny_shape_loads_decodes_and_matches_ar(cache, name):
-    """Qwen3 (the real Qwen3 tokenizer) and Llama 3 (SmolLM2's tokenizer padded to 128,256 tokens) shapes."""
+    """Qwen3 (the real Qwen3 tokenizer), Llama 3 (SmolLM2's tokenizer padded to 128,256 tokens) and Qwen3.5 (dense
+    and MoE, the real Qwen3.5 vocabulary) shapes."""
     path = shapes.make_shape_gguf(name, "q8_0", cache, threads=2, progress=False)
     assert path.is_file() and not list(cache.glob("*.tmp"))
     assert shapes.make_shape_gguf(name, "q8_0", cache) == path  # cached: made once

@@ -158,9 +158,11 @@ class Orthrus:
             if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool) and \
                     2 <= block_size < snapshots:
                 snapshots = int(block_size)
-            # such a model runs chain cycles only (issue 37): fused passes, tree verify and the "auto" profile
-            # decode more than a block, which its state snapshots cannot take back
+            # such a model runs chain cycles only (issue 37): fused passes and tree verify decode more than a
+            # block, which its state snapshots cannot take back ("auto" weighs chains and AR steps only)
             self.recurrent = snapshots > 0
+            if self.recurrent and fused is None:
+                self.fused = False
             self.state_snapshots = snapshots
             with strict_model_loads(repack) if self.strict else contextlib.nullcontext(), load_errors_kept(errors), \
                     overridden(context={"n_rs_seq": snapshots} if snapshots else None):
@@ -190,10 +192,6 @@ class Orthrus:
         self.trained_block_size = trained_k
         self.engine = DecodeEngine(self.llm, trained_k)
         try:
-            if block_size == AUTO and self.recurrent:
-                warnings.warn(f"{model_path}: block size 'auto' is not available on a model with recurrent layers "
-                              f"yet: decoding at the trained K = {trained_k}", stacklevel=2)
-                block_size = trained_k
             self.block_size = self.check_block_size(trained_k if block_size is None else block_size)
             self.tree = self.check_tree(tree, self.block_size, fused)
         except PyorthrusError:
@@ -219,11 +217,10 @@ class Orthrus:
             return block_size
         if fused is None:
             fused = self.fused or (self.fused is None and block_size == AUTO)
-        if self.recurrent and (block_size == AUTO or fused):
-            raise OptionError("block_size" if block_size == AUTO else "fused", block_size if block_size == AUTO
-                              else True, "not on a model with recurrent layers yet: give a fixed block size, "
-                              "unfused")
-        if self.recurrent and block_size > self.state_snapshots:
+        if self.recurrent and fused:
+            raise OptionError("fused", True, "not on a model with recurrent layers yet: a fused pass decodes two "
+                              "blocks, and their state snapshots take one back")
+        if self.recurrent and block_size != AUTO and block_size > self.state_snapshots:
             raise OptionError("block_size", block_size, f"this model was opened with block size "
                               f"{self.state_snapshots}, so its recurrent layers keep {self.state_snapshots} state "
                               f"snapshots: open it with block size {block_size} or more")
@@ -275,6 +272,8 @@ class Orthrus:
         """The tree budgets block_size "auto" weighs (see the class's tree), those that fit one batch."""
         from .auto import AUTO_TREES
 
+        if self.recurrent:  # tree verify needs a plain KV cache
+            return ()
         budgets = AUTO_TREES if self.tree is None else (self.tree,) if self.tree else ()
         return tuple(b for b in budgets if b + 1 <= self.llm.n_batch)
 

@@ -4,6 +4,8 @@ through the twins and takes it back through the recurrent layers' state snapshot
 rejected tokens: greedy output must be AR's token for token, and the state after the cycles AR's bit for bit."""
 from __future__ import annotations
 
+import itertools
+
 import llama_cpp
 import numpy as np
 import pytest
@@ -68,7 +70,7 @@ def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
         model.close()
     with Orthrus(merged, n_ctx=512) as orthrus:
         assert llama_cpp.llama_n_rs_seq(orthrus.ctx) == TRAINED_K  # pyorthrus keeps a block's worth of snapshots
-        for options in (dict(fused=True), dict(block_size="auto"), dict(tree=8)):
+        for options in (dict(fused=True), dict(tree=8)):
             with pytest.raises(PyorthrusError, match="recurrent layers"):
                 orthrus.generate(PROMPTS[0], max_tokens=8, **options)
     # a smaller fixed K bounds the snapshots' memory: K of them, and no larger block later
@@ -78,10 +80,44 @@ def test_what_a_hybrid_cycle_cannot_do_is_refused(merged):
         with pytest.raises(PyorthrusError, match="opened with block size 4, so its recurrent layers keep 4 state "
                                                  "snapshots: open it with block size 8 or more"):
             bounded.generate(PROMPTS[0], max_tokens=8, block_size=8)
-    # an instance asked for "auto" (`pyorthrus serve`'s default) decodes at the trained K, and says so
-    with pytest.warns(UserWarning, match="'auto' is not available on a model with recurrent layers"), \
-            Orthrus(merged, n_ctx=512, block_size="auto") as orthrus:
-        assert orthrus.block_size == TRAINED_K
+
+
+class _ChainChoices:
+    """Stands in for the auto controller: a fixed, repeating sequence of AR steps (1) and chain cycles at several K
+    (no fused passes, no trees: what "auto" weighs on a model with recurrent layers)."""
+    next_fused, next_tree = False, 0
+
+    def __init__(self, choices):
+        self._choices = itertools.cycle(choices)
+
+    def choose(self, limit: int) -> int:
+        return min(next(self._choices), max(2, limit))
+
+    def observe_cycle(self, *args, **kwargs) -> None:
+        pass
+
+    def observe_step(self, seconds) -> None:
+        pass
+
+    def cost_note(self) -> str:
+        return "scripted choices"
+
+
+def test_auto_block_size_on_a_hybrid_model(merged):
+    """block_size "auto" (`pyorthrus serve`'s default) measures the pass costs through the state snapshots and
+    weighs chain cycles and AR steps only (no fused passes or trees there); AR steps interleaved with cycles at
+    K = 2, 4, 8 leave the state exactly as AR steps would: greedy output is AR's."""
+    with Orthrus(merged, n_ctx=512, block_size="auto", reprofile=True) as model:
+        assert model.fused is False and model.auto_trees() == ()
+        assert llama_cpp.llama_n_rs_seq(model.ctx) == TRAINED_K
+        got = model.generate(PROMPTS[0], max_tokens=24)
+        assert got.tokens == model.ar_view().generate(PROMPTS[0], max_tokens=24).tokens
+        assert model.auto_controller is not None
+        model.auto_controller = _ChainChoices([1, 4, 1, 8, 2, 1, 1, 8])
+        for prompt in PROMPTS:
+            got = model.generate(prompt, max_tokens=40)
+            assert got.tokens == model.ar_view().generate(prompt, max_tokens=40).tokens, prompt
+            assert got.stats.n_ar_steps > 0 and got.stats.n_cycles > 0, got.stats
 
 
 def test_sampling_is_lossless_chi_square(tmp_path):

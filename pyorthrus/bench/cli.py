@@ -65,7 +65,7 @@ def _kv_cache(llm) -> dict:
 
 
 # the modes bench runs when --block-sizes is not given, less those the model cannot run (K above its trained K;
-# fused, tree and auto modes on a model with recurrent layers)
+# fused and tree modes on a model with recurrent layers)
 DEFAULT_MODES = "4,8,16,4f,8f,16f,auto"
 
 

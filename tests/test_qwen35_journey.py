@@ -176,6 +176,8 @@ def test_an_adapter_file_beside_the_users_base(trained, adapter, user_bases, cap
     merged = trained[1]
     info = inspect_gguf(adapter)
     assert (info["type"], info["architecture"], info["block_size"]) == ("adapter", "qwen35", 8)
+    # the draft scheme llama.cpp checks (patch 0026), in the adapter and in the merged file
+    assert info["recurrent_draft"] == inspect_gguf(merged)["recurrent_draft"] == "causal_twin"
     assert info["diff_coverage"]["complete_layers"] == CONFIG.layers and not info["diff_coverage"]["missing"]
     capsys.readouterr()
     assert cli.main(["inspect", str(user_bases["q8_0"]), str(adapter)]) == 0

@@ -1,5 +1,5 @@
-"""Orthrus on a hybrid base (issue 37, patch 0023): a tiny random merged `qwen35` (three Gated DeltaNet layers and a
-gated attention layer, each with its diffusion view, the real Qwen3.5 vocabulary). A cycle decodes its draft block
+"""Orthrus on a hybrid base (issue 37, patches 0023 and 0025): a tiny random merged `qwen35` and `qwen35moe` (three
+Gated DeltaNet layers and a gated attention layer, each with its diffusion view, the real Qwen3.5 vocabulary). A cycle decodes its draft block
 through the twins and takes it back through the recurrent layers' state snapshots, then verifies and takes back the
 rejected tokens: greedy output must be AR's token for token, and the state after the cycles AR's bit for bit."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pyorthrus import Orthrus, PyorthrusError
+from pyorthrus.bench.shapes import SHAPES
 from pyorthrus.check.stats import goodness_of_fit
 from pyorthrus.sampling import sampling_distribution
 from pyorthrus.testing.harness import Context, Model, greedy_ar, orthrus_generate
@@ -20,12 +21,13 @@ TRAINED_K = 8
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
 
 
-@pytest.fixture(scope="module")
-def merged(tmp_path_factory):
-    # twins equal to their AR layers: drafts differ from AR only through the block's bidirectional attention, so
-    # cycles accept some drafts and reject others (about 1.9 tokens per cycle)
-    return write_tiny_qwen35(tmp_path_factory.mktemp("qwen35") / "tiny-qwen35-orthrus.gguf", block_size=TRAINED_K,
-                             twin_noise=0.0)
+@pytest.fixture(scope="module", params=["tiny-qwen35", "tiny-qwen35moe"])
+def merged(request, tmp_path_factory):
+    """The dense model, and the MoE one (patch 0025: 4 routed experts, 2 used, and a gated shared expert after each
+    layer, shared by both views). Twins equal to their AR layers: drafts differ from AR only through the block's
+    bidirectional attention, so cycles accept some drafts and reject others (about 1.8 tokens per cycle)."""
+    return write_tiny_qwen35(tmp_path_factory.mktemp(request.param) / f"{request.param}-orthrus.gguf",
+                             config=SHAPES[request.param], block_size=TRAINED_K, twin_noise=0.0)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])

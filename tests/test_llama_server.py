@@ -188,6 +188,38 @@ def test_greedy_on_the_qwen3_user_files_equals_the_server_without_speculation(se
         spec.close()
 
 
+@pytest.mark.parametrize("shape", ["tiny-qwen35", "tiny-qwen35moe"])
+def test_greedy_on_a_hybrid_model_equals_the_server_without_speculation(server_binary, shape, tmp_path):
+    """Qwen3.5/3.6 (patch 0027): a tiny random merged qwen35 / qwen35moe whose drafter takes its block back from the
+    Gated DeltaNet layers through state snapshots (n_rs_seq = --spec-draft-n-max + 1). Greedy completions equal the
+    same server's without speculation, with drafts made and accepted, one request at a time and two slots at once.
+    Before the patch every request failed with HTTP 500 (the block could not be removed)."""
+    from pyorthrus.bench.shapes import SHAPES
+    from pyorthrus.testing.qwen35 import write_tiny_qwen35
+
+    model = write_tiny_qwen35(tmp_path / f"{shape}.gguf", config=SHAPES[shape], block_size=8, twin_noise=0.0)
+    prompts = ("The capital of France is", "def add(a, b):", "1, 2, 3, 4,", "Once upon a time")
+    plain = Server(server_binary, model=model)
+    spec = Server(server_binary, "--spec-type", "orthrus", "--spec-draft-n-max", "3", model=model, parallel=2)
+    try:
+        def complete(server, prompt):
+            body = {"prompt": prompt, "n_predict": 32, "temperature": 0, "return_tokens": True}
+            reply = httpx.post(f"{server.url}/completion", json=body, timeout=120)
+            assert reply.status_code == 200, reply.text[:300]
+            return reply.json()
+
+        want = [complete(plain, prompt)["tokens"] for prompt in prompts]
+        one_by_one = [complete(spec, prompt) for prompt in prompts]
+        assert [got["tokens"] for got in one_by_one] == want
+        assert sum(got["timings"].get("draft_n_accepted", 0) for got in one_by_one) > 0
+        with ThreadPoolExecutor(2) as pool:
+            at_once = list(pool.map(lambda prompt: complete(spec, prompt)["tokens"], prompts))
+        assert at_once == want
+    finally:
+        plain.close()
+        spec.close()
+
+
 def test_four_slots_at_once_each_give_their_solo_answer(plain, server_binary):
     solo = [plain.chat(text, temperature=0)[0] for text in PROMPTS]
     server = Server(server_binary, *ORTHRUS, parallel=4)

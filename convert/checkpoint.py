@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import (ATTENTION_PROJECTIONS, CHECKPOINT_MODEL_TYPES, DELTANET_MODULES, DELTANET_PARAMETERS,
-                               QK_NORMS, QWEN35, OrthrusConfig, config_from_hf)
+from pyorthrus.formats import CHECKPOINT_MODEL_TYPES, QWEN35, OrthrusConfig, config_from_hf, hf_ar_name, qwen35_twin_names
 
 # HF suffix of each diff tensor -> GGUF tensor name (without "blk.N." and ".weight"/".bias").
 DIFF_PROJECTIONS = {"q_proj_diff": "attn_q_diff", "k_proj_diff": "attn_k_diff", "v_proj_diff": "attn_v_diff",
@@ -164,24 +163,16 @@ class OrthrusCheckpoint:
         Gated DeltaNet layer's modules and parameters, each with the shape and dtype of its AR tensor. Their GGUF
         names are llama.cpp's converter's (it converts them as the base, hf_base.convert_base_to_gguf)."""
         cfg = self.config
-        expected = []
-        for layer in range(cfg.num_layers):
-            if layer in cfg.linear_layers:
-                prefix = f"model.layers.{layer}.linear_attn."
-                expected += [prefix + m + "_diff.weight" for m in DELTANET_MODULES]
-                expected += [prefix + p + "_diff" for p in DELTANET_PARAMETERS]
-            else:
-                prefix = f"model.layers.{layer}.self_attn."
-                expected += [prefix + m + "_diff.weight" for m in ATTENTION_PROJECTIONS + QK_NORMS]
+        expected = qwen35_twin_names(cfg)
         twins = []
         for name in expected:
-            entry, ar = self.entries.get(name), self.entries.get(ar_name(name))
+            entry, ar = self.entries.get(name), self.entries.get(hf_ar_name(name))
             if entry is None:
                 raise PyorthrusError(f"{self.dir}: missing diff tensor {name} (layer {name.split('.')[2]})")
             if entry.dtype not in FLOAT_DTYPES:
                 raise PyorthrusError(f"{entry.shard}: {name} has dtype {entry.dtype}, expected F32, F16 or BF16")
             if ar is None:
-                raise PyorthrusError(f"{self.dir}: {name} has no base tensor {ar_name(name)}")
+                raise PyorthrusError(f"{self.dir}: {name} has no base tensor {hf_ar_name(name)}")
             if ar.shape != entry.shape:
                 raise PyorthrusError(f"{entry.shard}: {name} has shape {list(entry.shape)}, its base tensor "
                                      f"{list(ar.shape)}")
@@ -223,13 +214,6 @@ class OrthrusCheckpoint:
             raise PyorthrusError(f"{self.entries[name].shard}: unexpected diff tensor {name} "
                                  f"({len(found)} unexpected in all; the config has {cfg.num_layers} layers)")
         return diff_tensors
-
-
-def ar_name(diff_name: str) -> str:
-    """The HF name of a diff tensor's AR twin: ...q_proj_diff.weight -> ...q_proj.weight, ...A_log_diff ->
-    ...A_log."""
-    stem, _, suffix = diff_name.rpartition(".")
-    return f"{stem.removesuffix('_diff')}.{suffix}" if suffix in ("weight", "bias") else diff_name.removesuffix("_diff")
 
 
 def _permute_heads(cfg: OrthrusConfig, module: str) -> int:

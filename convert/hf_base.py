@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import QWEN35
+from pyorthrus.formats import QWEN35, hf_ar_name
 from pyorthrus.llama_source import patched_source_dir
 
-from .checkpoint import OrthrusCheckpoint, ar_name
+from .checkpoint import OrthrusCheckpoint
 
 HF_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
                     "qwen35": "Qwen3_5ForCausalLM"}
@@ -60,7 +60,7 @@ def write_base_view(ckpt: OrthrusCheckpoint, view: Path, twins: bool = False) ->
     weight_map = {}
     for shard in ckpt.shard_paths():
         if twins:  # view name -> checkpoint name
-            names = {ar_name(d.hf.name): d.hf.name for d in ckpt.diff_tensors if d.hf.shard == shard}
+            names = {hf_ar_name(d.hf.name): d.hf.name for d in ckpt.diff_tensors if d.hf.shard == shard}
         else:
             names = {e.name: e.name for e in ckpt.entries.values() if e.shard == shard and "_diff" not in e.name}
         if names:

@@ -56,6 +56,27 @@ RECURRENT_DIFF_TENSORS = ("attn_qkv_diff", "attn_gate_diff", "ssm_conv1d_diff", 
                           "ssm_beta_diff", "ssm_alpha_diff", "ssm_norm_diff", "ssm_out_diff")
 
 
+def qwen35_twin_names(cfg: "OrthrusConfig") -> list[str]:
+    """The HF names of an Orthrus-Qwen3.5 checkpoint's twins: each Gated DeltaNet layer's modules and parameters,
+    each attention layer's q/k/v/o projections and q/k norms."""
+    names = []
+    for layer in range(cfg.num_layers):
+        if layer in cfg.linear_layers:
+            prefix = f"model.layers.{layer}.linear_attn."
+            names += [prefix + m + "_diff.weight" for m in DELTANET_MODULES]
+            names += [prefix + p + "_diff" for p in DELTANET_PARAMETERS]
+        else:
+            prefix = f"model.layers.{layer}.self_attn."
+            names += [prefix + m + "_diff.weight" for m in ATTENTION_PROJECTIONS + QK_NORMS]
+    return names
+
+
+def hf_ar_name(diff_name: str) -> str:
+    """The HF name of a twin's AR tensor: ...q_proj_diff.weight -> ...q_proj.weight, ...A_log_diff -> ...A_log."""
+    stem, _, suffix = diff_name.rpartition(".")
+    return f"{stem.removesuffix('_diff')}.{suffix}" if suffix in ("weight", "bias") else diff_name.removesuffix("_diff")
+
+
 def twin_name(name: str) -> str:
     """The GGUF name of a tensor's diffusion-view twin: blk.N.X.weight -> blk.N.X_diff.weight, blk.N.ssm_a ->
     blk.N.ssm_a_diff."""

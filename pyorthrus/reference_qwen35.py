@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PyorthrusError
-from .formats import CHECKPOINT_MODEL_TYPES, QWEN35, config_from_hf
+from .formats import CHECKPOINT_MODEL_TYPES, QWEN35, config_from_hf, hf_ar_name, qwen35_twin_names
+
+
+# transformers' Qwen3.5 checkpoints: multimodal (the text model's config under text_config, its tensors under
+# model.language_model.) or text-only
+QWEN35_BASE_MODEL_TYPES = ("qwen3_5", "qwen3_5_text")
 
 
 @dataclass
@@ -173,3 +178,31 @@ def load_checkpoint(path) -> Qwen35Reference:
         raise PyorthrusError(f"{path / 'config.json'}: not an Orthrus-Qwen3.5 checkpoint "
                              f"(model_type {hf_config.get('model_type')!r})")
     return Qwen35Reference(hf_config, read_hf_tensors(path), str(path / "config.json"))
+
+
+def orthrus_from_base(path, block_size: int, mask_token_id: int) -> Qwen35Reference:
+    """An Orthrus-Qwen3.5 model made from a plain Qwen3.5 checkpoint directory as the reference initialises one:
+    the text model's config, flat, with model_type "orthrus_qwen3_5", block_size and mask_token_id; its tensors
+    under the text model's names (the vision tower and the MTP head left out: neither view uses them); each twin a
+    copy of its AR tensor."""
+    import json
+
+    from .reference import read_hf_tensors
+
+    path = Path(path)
+    hf = json.loads((path / "config.json").read_text())
+    text = hf.get("text_config", hf) if hf.get("model_type") == "qwen3_5" else hf
+    flat = {**text, "model_type": "orthrus_qwen3_5", "architectures": ["OrthrusQwen3_5ForCausalLM"],
+            "tie_word_embeddings": text.get("tie_word_embeddings", hf.get("tie_word_embeddings", False)),
+            "block_size": int(block_size), "mask_token_id": int(mask_token_id)}
+    tensors = {}
+    for name, tensor in read_hf_tensors(path).items():
+        name = name.replace("model.language_model.", "model.", 1)
+        if name.startswith(("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")):
+            tensors[name] = tensor
+    model = Qwen35Reference(flat, tensors, str(path / "config.json"))
+    for twin in qwen35_twin_names(model.cfg):
+        if hf_ar_name(twin) not in model.w:
+            raise PyorthrusError(f"{path}: no tensor {hf_ar_name(twin)} (layer {twin.split('.')[2]}) for its twin")
+        model.w[twin] = model.w[hf_ar_name(twin)].clone()
+    return model

@@ -300,9 +300,85 @@ def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     for name, value in source.items():
         assert torch.equal(result[name], value.float()) != ("_diff" in name), name
     assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "--resume"]) == 1
-    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, "
+    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: a Qwen3.5 base trains on the CPU, "
                                                     "without --resume (not built yet)")
     trained_docs, trained = decode(convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32",
                                                       progress=False)["merged"])
     assert trained_docs == docs
     assert trained > untrained + 1.0, (untrained, trained)
+
+
+@pytest.fixture(scope="module")
+def plain_base(tmp_path_factory):
+    """A plain Qwen3.5 as transformers saves it (Qwen3_5ForCausalLM, text-only layout), tiny and random, with the
+    Qwen3 tokenizer files; and the model itself, F32."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    from pyorthrus.testing.fixtures import copy_tokenizer
+
+    torch.manual_seed(3)
+    config = Qwen3_5TextConfig(vocab_size=151936, hidden_size=CONFIG.hidden, intermediate_size=CONFIG.ffn,
+                               num_hidden_layers=CONFIG.layers, num_attention_heads=CONFIG.heads,
+                               num_key_value_heads=CONFIG.kv_heads, head_dim=CONFIG.head_dim,
+                               linear_conv_kernel_dim=CONFIG.conv_kernel, linear_key_head_dim=CONFIG.state,
+                               linear_value_head_dim=CONFIG.state, linear_num_key_heads=CONFIG.groups,
+                               linear_num_value_heads=CONFIG.value_heads, tie_word_embeddings=True,
+                               rope_parameters={"rope_type": "default", "rope_theta": 1e7,
+                                                "partial_rotary_factor": CONFIG.rope_dims / CONFIG.head_dim})
+    model = Qwen3_5ForCausalLM(config).float().eval()
+    with torch.no_grad():  # away from the init (zero norm offsets, ...): every tensor matters
+        for name, p in model.named_parameters():
+            p.normal_(0, 1.0 if "embed" in name else 0.1)
+            if name.endswith("linear_attn.norm.weight"):  # the DeltaNet output norm scales by w, not (1 + w)
+                p.add_(1.0)
+    out = tmp_path_factory.mktemp("qwen35-plain") / "Qwen3.5-tiny"
+    model.save_pretrained(out)
+    copy_tokenizer(out)
+    return out, model
+
+
+def test_a_plain_qwen35_trains_into_a_checkpoint_convert_takes(plain_base, tmp_path):
+    """`pyorthrus train --base` on a plain Qwen3.5 (not an Orthrus checkpoint): the twins start as copies of its AR
+    weights, as the reference initialises them, and the result is a checkpoint in the reference's format (mask: the
+    first id past the tokenizer's, as the reference picks Qwen3's) that converts and decodes exactly as AR. On the
+    way, the PyTorch reference's AR view equals transformers' own Qwen3.5 (its chunked delta rule against the
+    reference's per-token one: within 1e-4 of the logits' scale), and the multimodal layout (text_config,
+    model.language_model.*, a vision tower and an MTP head) gives the same model as the text-only one."""
+    from pyorthrus.formats import qwen35_twin_names
+    from pyorthrus.reference_qwen35 import orthrus_from_base
+
+    base, hf_model = plain_base
+    ids = [9707, 11, 1879, 0, 2, 3, 45, 1000, 77, 5, 6, 7, 8, 151000]
+    ref = orthrus_from_base(base, 8, 151669)
+    with torch.no_grad():
+        want, got = hf_model(torch.tensor([ids])).logits[0], ref.forward_ar(ids, ref.new_cache())
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())  # measured: 2e-5
+
+    multimodal = tmp_path / "Qwen3.5-tiny-vl"
+    multimodal.mkdir()
+    text_config = json.loads((base / "config.json").read_text())
+    (multimodal / "config.json").write_text(json.dumps({"model_type": "qwen3_5", "text_config": text_config,
+                                                        "vision_config": {"depth": 1}}))
+    tensors = {name.replace("model.", "model.language_model.", 1): t
+               for name, t in load_file(str(base / "model.safetensors")).items()}
+    save_file({**tensors, "model.visual.patch_embed.proj.weight": torch.zeros(4, 4),
+               "mtp.fc.weight": torch.zeros(4, 4)}, str(multimodal / "model.safetensors"))
+    assert set(orthrus_from_base(multimodal, 8, 151669).w) == set(ref.w)
+
+    rng = np.random.default_rng(7)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"ids": [int(t) for t in rng.integers(0, 151000, size=24)]}) + "\n"
+                            for _ in range(2)))
+    out = tmp_path / "trained"
+    assert cli.main(["train", "--base", str(base), "--data", str(data), "--out", str(out), "-K", "8", "--seq-len",
+                     "24", "--batch-size", "2", "--max-steps", "3", "--json"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model_type"], config["block_size"], config["mask_token_id"]) == ("orthrus_qwen3_5", 8, 151669)
+    source, result = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(result[name], value) for name, value in source.items())
+    assert set(result) - set(source) == set(qwen35_twin_names(ref.cfg))  # 6 per attention layer, 9 per DeltaNet
+    merged = convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32", progress=False)["merged"]
+    with Orthrus(merged, n_ctx=256) as model:
+        for prompt in PROMPTS:
+            got = model.generate(prompt, max_tokens=24, block_size=8)
+            assert got.tokens == model.ar_view().generate(prompt, max_tokens=24).tokens and got.stats.n_cycles > 0

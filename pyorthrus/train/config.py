@@ -23,8 +23,10 @@ def _opt(default, help: str, **flag):
 @dataclass
 class TrainConfig:
     base: str = field(metadata=dict(help="base model: a GGUF file (any quantization; dequantized to float) or an HF "
-                                         "directory; or an Orthrus-Qwen3.5 checkpoint (model_type orthrus_qwen3_5), "
-                                         "whose twins then train on the CPU into a checkpoint of the same format",
+                                         "directory; or a Qwen3.5 HF directory, an Orthrus-Qwen3.5 checkpoint "
+                                         "(model_type orthrus_qwen3_5) or a plain Qwen3.5 (twins start as copies of "
+                                         "its AR weights), whose twins then train on the CPU into a checkpoint in "
+                                         "the reference's format",
                                     metavar="BASE"))
     data: list[str] = field(metadata=dict(help="training data: .jsonl ({\"ids\": [...]} or {\"text\": ...}, optional "
                                                "\"n_prompt\") or plain text files", nargs="+", metavar="FILE"))

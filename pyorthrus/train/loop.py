@@ -281,10 +281,10 @@ def optimizer_step(model: OrthrusModel, opt, batch, lr: float, cfg: TrainConfig,
 
 def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     """Train; returns a summary. With `resume`, continue from `cfg.out/trainer_state.pt`."""
-    from .qwen35 import is_qwen35_checkpoint, train_qwen35
+    from .qwen35 import qwen35_model_type, train_qwen35
 
     check_config(cfg)
-    if is_qwen35_checkpoint(cfg.base):
+    if qwen35_model_type(cfg.base):
         return train_qwen35(cfg, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

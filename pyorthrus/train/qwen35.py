@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..errors import PyorthrusError
 from ..files import atomic_write
-from ..reference_qwen35 import Qwen35Reference, load_checkpoint
+from ..reference_qwen35 import QWEN35_BASE_MODEL_TYPES, Qwen35Reference, load_checkpoint, orthrus_from_base
 from . import data as data_mod
 from .config import TrainConfig, lr_at
 from .model import forward_kl, reach
@@ -29,9 +29,24 @@ UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "-
                "schedule_minutes": "--schedule-minutes", "keep_every": "--keep-every"}
 
 
-def is_qwen35_checkpoint(base) -> bool:
+def qwen35_model_type(base) -> str | None:
+    """The model_type of a Qwen3.5 HF directory this trainer takes: "orthrus_qwen3_5" (the reference's checkpoint,
+    twins included) or a plain Qwen3.5's (QWEN35_BASE_MODEL_TYPES); None for anything else."""
     config = Path(base) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "orthrus_qwen3_5"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return model_type if model_type in ("orthrus_qwen3_5", *QWEN35_BASE_MODEL_TYPES) else None
+
+
+def default_mask_token(base, vocab_size: int) -> int:
+    """The mask of a plain Qwen3.5 base, picked as the reference picks Qwen3's: the first id past the tokenizer's
+    tokens, an embedding row that no text produces."""
+    from .loop import base_vocab
+
+    n = len(base_vocab(base))
+    if not 0 < n < vocab_size:
+        raise PyorthrusError(f"{base}: no embedding row past the tokenizer's {n} tokens (vocab_size {vocab_size}) to "
+                             "serve as the mask: pass --mask-token-id")
+    return n
 
 
 def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], block_size: int, mask_id: int,
@@ -63,16 +78,24 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
 
 
 def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train the twins of the checkpoint cfg.base; write the trained checkpoint to cfg.out. Returns a summary."""
+    """Train the twins of cfg.base, an Orthrus-Qwen3.5 checkpoint or a plain Qwen3.5 (whose twins start as copies
+    of its AR weights, as the reference initialises them); write the trained checkpoint to cfg.out in the
+    reference's format. Returns a summary."""
     unsupported = [flag for key, flag in UNSUPPORTED.items() if (resume if key == "resume" else getattr(cfg, key))]
     if unsupported or cfg.device != "cpu":
-        raise PyorthrusError(f"{cfg.base}: an Orthrus-Qwen3.5 checkpoint trains on the CPU, without "
+        raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains on the CPU, without "
                              + ", ".join(unsupported or ["--device"]) + " (not built yet)")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = load_checkpoint(cfg.base)
-    mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
+    if qwen35_model_type(cfg.base) == "orthrus_qwen3_5":
+        model = load_checkpoint(cfg.base)
+        mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
+    else:
+        config = json.loads((Path(cfg.base) / "config.json").read_text())
+        vocab_size = config.get("text_config", config).get("vocab_size", 0)
+        mask_id = default_mask_token(cfg.base, vocab_size) if cfg.mask_token_id is None else cfg.mask_token_id
+        model = orthrus_from_base(cfg.base, cfg.block_size, mask_id)
     docs = data_mod.split_long(data_mod.read_documents(cfg.data, cfg.base), cfg.seq_len)
     if not docs:
         raise PyorthrusError(f"{cfg.data[0]}: no training documents")

@@ -24,7 +24,8 @@
 #    plain llama.cpp's llama-server (`--plain-server`, the peer) and pyorthrus's AR and auto.
 # 7. OUT_DIR/hybrid.log: tests/test_recurrent_rollback.py and tests/test_qwen35_orthrus.py's state test with every
 #    layer offloaded: the GPU's Gated DeltaNet snapshots restore the state before a removed block exactly (patch
-#    0021), and the state after Orthrus cycles on a hybrid qwen35 equals AR's (issue 37; tiny random files).
+#    0021), and the state after Orthrus cycles on a hybrid qwen35 and qwen35moe equals AR's (issue 37; tiny
+#    random files).
 # 8. OUT_DIR/shapes_hybrid.{json,md} (not a default step: ask for it in GPU_SUITE_STEPS): `pyorthrus bench --shape
 #    qwen3.5-4b --weights q4_k_m`, the hybrid's pass and cycle costs with the state snapshots a cycle needs (about
 #    11 GB of F16 made on the device first).

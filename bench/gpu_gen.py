@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyorthrus.files import atomic_write  # noqa: E402
 from pyorthrus.gguf_meta import gguf_field, open_reader  # noqa: E402
 from pyorthrus.reference import load_gguf  # noqa: E402
-from pyorthrus.train.loop import base_vocab  # noqa: E402
+from pyorthrus.train.data import base_vocab  # noqa: E402
 from pyorthrus.train.model import attend, head, qkv, rope_tables  # noqa: E402
 
 EOS_NAMES = ("<|im_end|>", "<|endoftext|>")

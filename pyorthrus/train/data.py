@@ -178,3 +178,23 @@ def eval_batches(docs: list[Document], block_size: int, mask_id: int, seq_len: i
     for i in range(0, len(seqs), batch_size):
         group = [[(d.ids, block_starts(d, block_size, 0) or [d.lo]) for d in seq] for seq in seqs[i:i + batch_size]]
         yield pack_batch(group, block_size, mask_id, seq_len)
+
+
+def base_vocab(base) -> list[str]:
+    """The token texts by id of a base (GGUF, or HF directory with tokenizer.json; else none): the trainers'
+    default_mask_token and bench/gpu_gen.py look tokens up by text in it."""
+    base = Path(base)
+    if base.suffix == ".gguf":
+        from ..gguf_meta import gguf_field, open_reader
+
+        return list(gguf_field(open_reader(base), "tokenizer.ggml.tokens", []) or [])
+    tok = base / "tokenizer.json"
+    if tok.is_file():
+        spec = json.loads(tok.read_text())
+        vocab = dict(spec.get("model", {}).get("vocab", {}))
+        vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+        out = [""] * (max(vocab.values()) + 1 if vocab else 0)
+        for text, i in vocab.items():
+            out[i] = text
+        return out
+    return []

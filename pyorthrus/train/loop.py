@@ -66,31 +66,11 @@ def default_mask_token(base, model: OrthrusModel) -> int:
     """The base's own mask_token_id if it has one, else a reserved special token the chat text never produces."""
     if model.cfg.mask_token_id is not None:
         return int(model.cfg.mask_token_id)
-    vocab = base_vocab(base)
+    vocab = data_mod.base_vocab(base)
     for cand in MASK_TOKEN_CANDIDATES:
         if cand in vocab:
             return vocab.index(cand)
     raise PyorthrusError(f"{base}: no mask token found ({', '.join(MASK_TOKEN_CANDIDATES)}); pass --mask-token-id")
-
-
-def base_vocab(base) -> list[str]:
-    """The token texts by id of a base (GGUF, or HF directory with tokenizer.json; else none): default_mask_token
-    and bench/gpu_gen.py look tokens up by text in it."""
-    base = Path(base)
-    if base.suffix == ".gguf":
-        from ..gguf_meta import gguf_field, open_reader
-
-        return list(gguf_field(open_reader(base), "tokenizer.ggml.tokens", []) or [])
-    tok = base / "tokenizer.json"
-    if tok.is_file():
-        spec = json.loads(tok.read_text())
-        vocab = dict(spec.get("model", {}).get("vocab", {}))
-        vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
-        out = [""] * (max(vocab.values()) + 1 if vocab else 0)
-        for text, i in vocab.items():
-            out[i] = text
-        return out
-    return []
 
 
 def checkpoint_config(model: OrthrusModel, base, block_size: int, mask_id: int) -> dict:

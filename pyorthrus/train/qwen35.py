@@ -40,9 +40,7 @@ def qwen35_model_type(base) -> str | None:
 def default_mask_token(base, vocab_size: int) -> int:
     """The mask of a plain Qwen3.5 base, picked as the reference picks Qwen3's: the first id past the tokenizer's
     tokens, an embedding row that no text produces."""
-    from .loop import base_vocab
-
-    n = len(base_vocab(base))
+    n = len(data_mod.base_vocab(base))
     if not 0 < n < vocab_size:
         raise PyorthrusError(f"{base}: no embedding row past the tokenizer's {n} tokens (vocab_size {vocab_size}) to "
                              "serve as the mask: pass --mask-token-id")

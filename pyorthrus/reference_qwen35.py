@@ -180,21 +180,29 @@ def load_checkpoint(path) -> Qwen35Reference:
     return Qwen35Reference(hf_config, read_hf_tensors(path), str(path / "config.json"))
 
 
+def base_text_config(path) -> dict:
+    """The text model's config of a plain Qwen3.5 checkpoint directory: config.json itself (text-only), or its
+    text_config (multimodal), tie_word_embeddings taken from the top level where the text config has none."""
+    import json
+
+    hf = json.loads((Path(path) / "config.json").read_text())
+    if hf.get("model_type") != "qwen3_5":
+        return hf
+    text = hf.get("text_config", hf)
+    return {**text, "tie_word_embeddings": text.get("tie_word_embeddings", hf.get("tie_word_embeddings", False))}
+
+
 def orthrus_from_base(path, block_size: int, mask_token_id: int) -> Qwen35Reference:
     """An Orthrus-Qwen3.5 model made from a plain Qwen3.5 checkpoint directory as the reference initialises one:
     the text model's config, flat, with model_type "orthrus_qwen3_5", block_size and mask_token_id; its tensors
     under the text model's names (the vision tower and the MTP head left out: neither view uses them); each twin a
     copy of its AR tensor."""
-    import json
-
     from .reference import read_hf_tensors
 
     path = Path(path)
-    hf = json.loads((path / "config.json").read_text())
-    text = hf.get("text_config", hf) if hf.get("model_type") == "qwen3_5" else hf
-    flat = {**text, "model_type": "orthrus_qwen3_5", "architectures": ["OrthrusQwen3_5ForCausalLM"],
-            "tie_word_embeddings": text.get("tie_word_embeddings", hf.get("tie_word_embeddings", False)),
-            "block_size": int(block_size), "mask_token_id": int(mask_token_id)}
+    flat = {**base_text_config(path), "model_type": "orthrus_qwen3_5",
+            "architectures": ["OrthrusQwen3_5ForCausalLM"], "block_size": int(block_size),
+            "mask_token_id": int(mask_token_id)}
     tensors = {}
     for name, tensor in read_hf_tensors(path).items():
         name = name.replace("model.language_model.", "model.", 1)

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from ..errors import PyorthrusError
 from ..files import atomic_write
-from ..reference_qwen35 import QWEN35_BASE_MODEL_TYPES, Qwen35Reference, load_checkpoint, orthrus_from_base
+from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, load_checkpoint,
+                               orthrus_from_base)
 from . import data as data_mod
 from .config import TrainConfig, lr_at
 from .model import forward_kl, reach
@@ -90,8 +91,7 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
         model = load_checkpoint(cfg.base)
         mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
     else:
-        config = json.loads((Path(cfg.base) / "config.json").read_text())
-        vocab_size = config.get("text_config", config).get("vocab_size", 0)
+        vocab_size = base_text_config(cfg.base).get("vocab_size", 0)
         mask_id = default_mask_token(cfg.base, vocab_size) if cfg.mask_token_id is None else cfg.mask_token_id
         model = orthrus_from_base(cfg.base, cfg.block_size, mask_id)
     docs = data_mod.split_long(data_mod.read_documents(cfg.data, cfg.base), cfg.seq_len)

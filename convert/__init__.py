@@ -80,28 +80,33 @@ def converted_twins(ckpt: OrthrusCheckpoint, twins_reader) -> list:
     return planned
 
 
+def adapter_kv(name: str, arch: str, block_size: int, mask_token_id: int, base: dict[str, int],
+               recurrent_layers: list[bool] | None = None) -> list[tuple]:
+    """An Orthrus adapter file's keys, what llama_adapter_orthrus_init checks the diff tensors against: the block
+    size, the mask token and `base`, the shape of the base it was trained for (block_count, embedding_length,
+    head_count, head_count_kv, vocab_size); for a hybrid base its recurrent layers (for `inspect`) and the draft
+    scheme of their twins."""
+    kv = [string(KEY_GENERAL_TYPE, "adapter"), string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
+          string("general.name", name), uint32(KEY_ADAPTER_BLOCK_SIZE, block_size),
+          uint32(KEY_MASK_TOKEN_ID, mask_token_id)]
+    kv += [uint32(KEY_ADAPTER_BASE + key, base[key])
+           for key in ("block_count", "embedding_length", "head_count", "head_count_kv", "vocab_size")]
+    if recurrent_layers:
+        kv += [(f"{arch}.attention.recurrent_layers", recurrent_layers, gguf.GGUFValueType.ARRAY,
+                gguf.GGUFValueType.BOOL), string(KEY_ADAPTER_RECURRENT_DRAFT, RECURRENT_DRAFT)]
+    return kv
+
+
 def write_adapter(ckpt: OrthrusCheckpoint, diff_tensors: list, out: Path, force: bool, progress: bool) -> None:
-    """The (planned) diff tensors and what the loader checks them against: the block size, the mask token and the
-    shape of the base (a hybrid base's recurrent layers too, for `inspect`)."""
+    """The (planned) diff tensors and what the loader checks them against (adapter_kv)."""
     cfg = ckpt.config
-    kv = [
-        string(KEY_GENERAL_TYPE, "adapter"),
-        string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
-        string("general.name", f"Orthrus adapter ({ckpt.dir.name})"),
-        uint32(KEY_ADAPTER_BLOCK_SIZE, ckpt.hf_config["block_size"]),
-        uint32(KEY_MASK_TOKEN_ID, ckpt.hf_config["mask_token_id"]),
-        uint32(KEY_ADAPTER_BASE + "block_count", cfg.num_layers),
-        uint32(KEY_ADAPTER_BASE + "embedding_length", cfg.hidden_size),
-        uint32(KEY_ADAPTER_BASE + "head_count", cfg.num_heads),
-        uint32(KEY_ADAPTER_BASE + "head_count_kv", cfg.num_kv_heads),
-        uint32(KEY_ADAPTER_BASE + "vocab_size", cfg.vocab_size),
-    ]
-    if cfg.linear_layers:
-        kv.append((f"{cfg.base}.attention.recurrent_layers", [i in cfg.linear_layers for i in range(cfg.num_layers)],
-                   gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL))
-        kv.append(string(KEY_ADAPTER_RECURRENT_DRAFT, RECURRENT_DRAFT))
-    write_output(out, force, lambda tmp: write_gguf(tmp, ADAPTER_ARCH[cfg.base], kv, diff_tensors, progress,
-                                                    label=out.name))
+    base = {"block_count": cfg.num_layers, "embedding_length": cfg.hidden_size, "head_count": cfg.num_heads,
+            "head_count_kv": cfg.num_kv_heads, "vocab_size": cfg.vocab_size}
+    arch = ADAPTER_ARCH[cfg.base]
+    kv = adapter_kv(f"Orthrus adapter ({ckpt.dir.name})", arch, ckpt.hf_config["block_size"],
+                    ckpt.hf_config["mask_token_id"], base,
+                    [i in cfg.linear_layers for i in range(cfg.num_layers)] if cfg.linear_layers else None)
+    write_output(out, force, lambda tmp: write_gguf(tmp, arch, kv, diff_tensors, progress, label=out.name))
 
 
 def write_merged(ckpt: OrthrusCheckpoint, base_reader, diff_tensors: list, out: Path, force: bool,

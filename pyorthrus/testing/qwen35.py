@@ -13,11 +13,10 @@ import gguf
 import numpy as np
 
 from ..bench.shapes import Qwen35Shape, qwen35_tokenizer_kv
-from ..convert.gguf_out import PlannedTensor, string, uint32, write_gguf, write_output
-from ..formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE, KEY_ADAPTER_RECURRENT_DRAFT,
-                       KEY_ADAPTER_TYPE, KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT,
+from ..convert.gguf_out import PlannedTensor, string, write_gguf, write_output
+from ..formats import (KEY_ADAPTER_RECURRENT_DRAFT, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT,
                        RECURRENT_DRAFT, twin_name)
-from ..gguf_meta import gguf_field, open_reader
+from ..gguf_meta import gguf_field, open_reader, recurrent_layers
 
 
 def write_tiny_qwen35(path: Path, seed: int = 0, config: Qwen35Shape = Qwen35Shape(),
@@ -66,20 +65,19 @@ def write_tiny_qwen35_adapter(merged: Path, path: Path, recurrent_draft: str = R
     """The adapter file of a tiny merged file (write_tiny_qwen35 with a block size): its twins, byte for byte, and
     the keys `pyorthrus convert --adapter-out` writes. It fits the base write_tiny_qwen35 makes from the same seed
     and config without a block size (the AR tensors are drawn first)."""
+    from ..convert import adapter_kv
     from ..convert.base_gguf import planned_base_tensors
 
     reader = open_reader(merged)
     arch = gguf_field(reader, "general.architecture")
-    key = lambda name: gguf_field(reader, name)  # noqa: E731
-    kv = [string(KEY_GENERAL_TYPE, "adapter"), string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
-          uint32(KEY_ADAPTER_BLOCK_SIZE, key(KEY_BLOCK_SIZE.format(arch=arch))),
-          uint32(KEY_MASK_TOKEN_ID, key(KEY_MASK_TOKEN_ID)),
-          uint32(KEY_ADAPTER_BASE + "block_count", key(f"{arch}.block_count")),
-          uint32(KEY_ADAPTER_BASE + "embedding_length", key(f"{arch}.embedding_length")),
-          uint32(KEY_ADAPTER_BASE + "head_count", key(f"{arch}.attention.head_count")),
-          uint32(KEY_ADAPTER_BASE + "head_count_kv", key(f"{arch}.attention.head_count_kv")),
-          uint32(KEY_ADAPTER_BASE + "vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)),
-          string(KEY_ADAPTER_RECURRENT_DRAFT, recurrent_draft)]
+    key = lambda name: gguf_field(reader, f"{arch}.{name}")  # noqa: E731
+    base = {"block_count": key("block_count"), "embedding_length": key("embedding_length"),
+            "head_count": key("attention.head_count"), "head_count_kv": key("attention.head_count_kv"),
+            "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data)}
+    recurrent = set(recurrent_layers(reader, arch, base["block_count"]))
+    kv = adapter_kv(f"tiny {arch} Orthrus adapter", arch, gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)),
+                    gguf_field(reader, KEY_MASK_TOKEN_ID), base, [i in recurrent for i in range(base["block_count"])])
+    kv = [string(item[0], recurrent_draft) if item[0] == KEY_ADAPTER_RECURRENT_DRAFT else item for item in kv]
     twins = [t for t in planned_base_tensors(reader) if "_diff" in t.name]
     write_output(path, True, lambda tmp: write_gguf(tmp, arch, kv, twins, progress=False))
     return Path(path)

@@ -27,6 +27,18 @@ from ..paths import default_cache_dir
 GIB = 1 << 30
 
 
+def _io_tensors(shape) -> list[tuple[str, tuple[int, ...]]]:
+    """A shape's embedding, output norm and (untied) output matrix, as llama.cpp names them."""
+    out = [("token_embd.weight", (shape.vocab, shape.hidden)), ("output_norm.weight", (shape.hidden,))]
+    if not shape.tied:
+        out.append(("output.weight", (shape.vocab, shape.hidden)))
+    return out
+
+
+def _n_params(tensors: list[tuple[str, tuple[int, ...]]]) -> int:
+    return sum(int(np.prod(shape)) for _, shape in tensors)
+
+
 @dataclass(frozen=True)
 class Shape:
     arch: str  # "qwen3" (written as the community merged format, arch "orthrus") or "llama"
@@ -47,9 +59,7 @@ class Shape:
     def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """(GGUF name, numpy shape) of every tensor of the merged file, diff tensors included."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        out = [("token_embd.weight", (self.vocab, self.hidden)), ("output_norm.weight", (self.hidden,))]
-        if not self.tied:
-            out.append(("output.weight", (self.vocab, self.hidden)))
+        out = _io_tensors(self)
         for i in range(self.layers):
             b = f"blk.{i}."
             out += [(b + "attn_norm.weight", (self.hidden,)), (b + "ffn_norm.weight", (self.hidden,)),
@@ -66,7 +76,7 @@ class Shape:
 
     @property
     def n_params(self) -> int:
-        return sum(int(np.prod(shape)) for _, shape in self.tensors())
+        return _n_params(self.tensors())
 
 
 @dataclass(frozen=True)
@@ -120,9 +130,7 @@ class Qwen35Shape:
     def ar_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """(GGUF name, numpy shape) of every tensor of the plain model, as llama.cpp's qwen35 loader creates them."""
         key_dim, value_dim = self.state * self.groups, self.state * self.value_heads
-        out = [("token_embd.weight", (self.vocab, self.hidden)), ("output_norm.weight", (self.hidden,))]
-        if not self.tied:
-            out.append(("output.weight", (self.vocab, self.hidden)))
+        out = _io_tensors(self)
         for i in range(self.layers):
             b = f"blk.{i}."
             out += [(b + "attn_norm.weight", (self.hidden,)), (b + "post_attention_norm.weight", (self.hidden,))]
@@ -155,7 +163,7 @@ class Qwen35Shape:
 
     @property
     def n_params(self) -> int:
-        return sum(int(np.prod(shape)) for _, shape in self.tensors())
+        return _n_params(self.tensors())
 
     def metadata(self, name: str) -> list[tuple]:
         """The model's own keys (tokenizer, block size and mask token apart)."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -11,7 +10,7 @@ import gguf
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE,
                                KEY_ADAPTER_RECURRENT_DRAFT, KEY_ADAPTER_TYPE, KEY_RECURRENT_DRAFT, RECURRENT_DRAFT,
-                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, QWEN35, twin_name)
+                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
 from pyorthrus.gguf_meta import gguf_field, open_reader
 from pyorthrus.paths import check_writable
 
@@ -52,11 +51,7 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
     first_out = Path(merged_out if merged_out is not None else adapter_out)
     work_dir = Path(tempfile.mkdtemp(prefix=f".{first_out.name}.", dir=first_out.parent))
     try:
-        if ckpt.config.base == QWEN35:
-            twins = convert_base_to_gguf(ckpt, outtype, work_dir, twins=True, progress=progress)
-            diff_tensors = converted_twins(ckpt, open_reader(twins))
-        else:
-            diff_tensors = plan_diff_tensors(ckpt, outtype)
+        diff_tensors = plan_diff_tensors(ckpt, outtype)
         if adapter_out is not None:
             write_adapter(ckpt, diff_tensors, Path(adapter_out), force, progress)
             summary["adapter"] = str(adapter_out)
@@ -68,16 +63,6 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
-
-
-def converted_twins(ckpt: OrthrusCheckpoint, twins_reader) -> list:
-    """The twins llama.cpp's converter wrote under their AR names (convert_base_to_gguf(twins=True)), renamed to
-    the diff names the patched qwen35 graph loads (formats.twin_name)."""
-    planned = [replace(t, name=twin_name(t.name)) for t in planned_base_tensors(twins_reader)]
-    if len(planned) != len(ckpt.diff_tensors) or not all(t.name.startswith("blk.") for t in planned):
-        raise PyorthrusError(f"{ckpt.dir}: llama.cpp's converter made {len(planned)} tensors of the "
-                             f"{len(ckpt.diff_tensors)} twins: " + ", ".join(t.name for t in planned[:4]))
-    return planned
 
 
 def adapter_kv(name: str, arch: str, block_size: int, mask_token_id: int, base: dict[str, int],

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import CHECKPOINT_MODEL_TYPES, QWEN35, OrthrusConfig, config_from_hf, hf_ar_name, qwen35_twin_names
+from pyorthrus.formats import (CHECKPOINT_MODEL_TYPES, QWEN35, OrthrusConfig, config_from_hf, hf_ar_name,
+                               qwen35_twin_names, twin_name)
+from pyorthrus.qwen35_layout import gguf_name, mixer_shapes
 
 # HF suffix of each diff tensor -> GGUF tensor name (without "blk.N." and ".weight"/".bias").
 DIFF_PROJECTIONS = {"q_proj_diff": "attn_q_diff", "k_proj_diff": "attn_k_diff", "v_proj_diff": "attn_v_diff",
@@ -40,9 +42,10 @@ class DiffTensor:
     """One diff tensor to convert: where it lives and what it becomes."""
 
     hf: TensorEntry
-    gguf_name: str | None  # None: llama.cpp's converter names it (a qwen35 twin)
+    gguf_name: str
     layer: int
     permute_heads: int  # llama.cpp Q/K row permutation head count, 0 for none
+    shape: tuple[int, ...]  # in the GGUF (numpy order): hf.shape but for a qwen35 conv kernel's axis of 1
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
@@ -105,9 +108,6 @@ class OrthrusCheckpoint:
             raise PyorthrusError(f"{config_path}: block_size {self.config.block_size} must be at least 2")
         self.entries = self._index()
         self.diff_only = all("_diff" in name for name in self.entries)
-        if self.config.base == QWEN35 and self.diff_only:
-            raise PyorthrusError(f"{self.dir}: holds only diff tensors; an Orthrus-Qwen3.5 checkpoint must hold its "
-                                 "base weights too (as the reference saves it)")
         self.diff_tensors = self._validate_twins() if self.config.base == QWEN35 else self._validate_diff_tensors()
 
     # -- index -------------------------------------------------------------------------------------------------
@@ -160,23 +160,29 @@ class OrthrusCheckpoint:
 
     def _validate_twins(self) -> list[DiffTensor]:
         """An Orthrus-Qwen3.5 checkpoint's twins: each attention layer's q/k/v/o projections and q/k norms, each
-        Gated DeltaNet layer's modules and parameters, each with the shape and dtype of its AR tensor. Their GGUF
-        names are llama.cpp's converter's (it converts them as the base, hf_base.convert_base_to_gguf)."""
+        Gated DeltaNet layer's modules and parameters, each with the shape the config gives its AR tensor (and,
+        where the checkpoint holds the AR tensors as the reference saves them, that tensor's). A diff-only
+        checkpoint (`pyorthrus train` on a Qwen3.5 GGUF) holds the twins alone."""
         cfg = self.config
+        shapes = mixer_shapes(self.hf_config)
         expected = qwen35_twin_names(cfg)
         twins = []
         for name in expected:
-            entry, ar = self.entries.get(name), self.entries.get(hf_ar_name(name))
+            entry, ar_name = self.entries.get(name), hf_ar_name(name)
             if entry is None:
                 raise PyorthrusError(f"{self.dir}: missing diff tensor {name} (layer {name.split('.')[2]})")
             if entry.dtype not in FLOAT_DTYPES:
                 raise PyorthrusError(f"{entry.shard}: {name} has dtype {entry.dtype}, expected F32, F16 or BF16")
-            if ar is None:
-                raise PyorthrusError(f"{self.dir}: {name} has no base tensor {hf_ar_name(name)}")
-            if ar.shape != entry.shape:
-                raise PyorthrusError(f"{entry.shard}: {name} has shape {list(entry.shape)}, its base tensor "
-                                     f"{list(ar.shape)}")
-            twins.append(DiffTensor(entry, None, int(name.split(".")[2]), 0))
+            ar = self.entries.get(ar_name)
+            if ar is None and not self.diff_only:
+                raise PyorthrusError(f"{self.dir}: {name} has no base tensor {ar_name}")
+            want = shapes[ar_name.split(".", 3)[3]]
+            for what, shape in (("config's", want), ("base tensor's", None if ar is None else ar.shape)):
+                if shape is not None and entry.shape != shape:
+                    raise PyorthrusError(f"{entry.shard}: {name} has shape {list(entry.shape)}, the {what} "
+                                         f"{list(shape)}")
+            shape = entry.shape if len(entry.shape) != 3 else (entry.shape[0], entry.shape[2])
+            twins.append(DiffTensor(entry, twin_name(gguf_name(ar_name)), int(name.split(".")[2]), 0, shape))
         unexpected = sorted({name for name in self.entries if "_diff" in name} - set(expected))
         if unexpected:
             raise PyorthrusError(f"{self.entries[unexpected[0]].shard}: unexpected diff tensor {unexpected[0]} "
@@ -208,7 +214,7 @@ class OrthrusCheckpoint:
                 module, kind = suffix.rsplit(".", 1)
                 gguf_base = DIFF_PROJECTIONS.get(module) or DIFF_NORMS[module]
                 diff_tensors.append(DiffTensor(entry, f"blk.{layer}.{gguf_base}.{kind}", layer,
-                                               _permute_heads(cfg, module)))
+                                               _permute_heads(cfg, module), entry.shape))
         if found:
             name = sorted(found)[0]
             raise PyorthrusError(f"{self.entries[name].shard}: unexpected diff tensor {name} "

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.files import atomic_write
-from pyorthrus.formats import permute_qk_rows
+from pyorthrus.formats import QWEN35, hf_ar_name, permute_qk_rows
+from pyorthrus.qwen35_layout import to_gguf
 from pyorthrus.paths import check_writable
 
 from .checkpoint import DiffTensor, OrthrusCheckpoint
@@ -39,10 +40,11 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> i
 
 
 def diff_tensor_type(diff: DiffTensor, outtype: str) -> gguf.GGMLQuantizationType:
-    """1-D tensors (norms, biases) stay F32 as llama.cpp's converter keeps them; Q8_0 needs rows of 32s."""
+    """1-D tensors (norms, biases, ssm_a) and conv kernels stay F32 as llama.cpp's converter keeps them; Q8_0 needs
+    rows of 32s."""
     qtype = OUTTYPES[outtype]
-    shape = diff.hf.shape
-    if len(shape) == 1:
+    shape = diff.shape
+    if len(shape) == 1 or diff.gguf_name.endswith(".ssm_conv1d_diff.weight"):
         return gguf.GGMLQuantizationType.F32
     if qtype == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
         return gguf.GGMLQuantizationType.F16
@@ -54,16 +56,20 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def encode_diff_tensor(ckpt: OrthrusCheckpoint, diff: DiffTensor, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Source tensor -> GGUF data: Llama Q/K row permutation, then the target type. BF16 -> BF16 copies the bits;
-    other casts round to nearest even (numpy, and gguf-py for f32 -> bf16), as torch does."""
+    """Source tensor -> GGUF data: llama.cpp's layout (Llama Q/K row permutation; a qwen35 twin its AR tensor's
+    transforms, pyorthrus.qwen35_layout), then the target type. BF16 -> BF16 copies the bits where the values are
+    untouched; other casts round to nearest even (numpy, and gguf-py for f32 -> bf16), as torch does."""
     stored = ckpt.tensor(diff.hf.name)
     if diff.permute_heads:
         stored = permute_qk_rows(stored, diff.permute_heads)
     is_bf16 = diff.hf.dtype == "BF16"
     value = bf16_bits_to_f32(stored) if is_bf16 else stored.astype(np.float32)
+    if ckpt.config.base == QWEN35:
+        value = to_gguf(hf_ar_name(diff.hf.name), value, ckpt.hf_config)[1]
     if not np.isfinite(value).all():  # checked while streaming: a failure here must leave no output behind
-        raise PyorthrusError(f"{diff.hf.shard}: tensor {diff.hf.name} contains NaN or infinite values")
-    if qtype == gguf.GGMLQuantizationType.BF16 and is_bf16:
+        raise PyorthrusError(f"{diff.hf.shard}: tensor {diff.hf.name} contains NaN or infinite values"
+                             + (" (in llama.cpp's layout)" if ckpt.config.base == QWEN35 else ""))
+    if qtype == gguf.GGMLQuantizationType.BF16 and is_bf16 and ckpt.config.base != QWEN35:
         return np.ascontiguousarray(stored)
     if qtype == gguf.GGMLQuantizationType.F32:
         return value
@@ -76,7 +82,7 @@ def plan_diff_tensors(ckpt: OrthrusCheckpoint, outtype: str) -> list[PlannedTens
     planned = []
     for diff in ckpt.diff_tensors:
         qtype = diff_tensor_type(diff, outtype)
-        planned.append(PlannedTensor(diff.gguf_name, diff.hf.shape, qtype, tensor_nbytes(diff.hf.shape, qtype),
+        planned.append(PlannedTensor(diff.gguf_name, diff.shape, qtype, tensor_nbytes(diff.shape, qtype),
                                      lambda diff=diff, qtype=qtype: encode_diff_tensor(ckpt, diff, qtype)))
     return planned
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import QWEN35, hf_ar_name
+from pyorthrus.formats import QWEN35
 from pyorthrus.llama_source import patched_source_dir
 
 from .checkpoint import OrthrusCheckpoint
@@ -38,10 +38,8 @@ def tokenizer_config_as_mapping(config: dict) -> dict:
     return fixed
 
 
-def write_base_view(ckpt: OrthrusCheckpoint, view: Path, twins: bool = False) -> None:
+def write_base_view(ckpt: OrthrusCheckpoint, view: Path) -> None:
     """A plain base checkpoint in `view`: no diff tensors, no Orthrus config keys; user files are not touched.
-    twins: the diff tensors instead, each under its AR name (a qwen35 checkpoint's twins then go through exactly
-    the transforms llama.cpp's converter gives the base: V-head order, -exp(A_log), norm offsets).
     Shards are rewritten one at a time with safetensors' own writer (torch: the vendored converter needs it too)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -59,22 +57,17 @@ def write_base_view(ckpt: OrthrusCheckpoint, view: Path, twins: bool = False) ->
             shutil.copyfile(item, view / item.name)
     weight_map = {}
     for shard in ckpt.shard_paths():
-        if twins:  # view name -> checkpoint name
-            names = {hf_ar_name(d.hf.name): d.hf.name for d in ckpt.diff_tensors if d.hf.shard == shard}
-        else:
-            names = {e.name: e.name for e in ckpt.entries.values() if e.shard == shard and "_diff" not in e.name}
+        names = [e.name for e in ckpt.entries.values() if e.shard == shard and "_diff" not in e.name]
         if names:
             with safe_open(str(shard), framework="pt") as fh:
-                save_file({name: fh.get_tensor(source) for name, source in names.items()}, str(view / shard.name),
+                save_file({name: fh.get_tensor(name) for name in names}, str(view / shard.name),
                           metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(names, shard.name))
     (view / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, twins: bool = False,
-                         progress: bool = False) -> Path:
-    """Run the vendored converter on the base part of `ckpt` (twins: on its diff tensors as if they were the base,
-    see write_base_view); return the GGUF written inside `work_dir`. progress: say so first on stderr (it prints
+def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, progress: bool = False) -> Path:
+    """Run the vendored converter on the base part of `ckpt`; return the GGUF written inside `work_dir`. progress: say so first on stderr (it prints
     nothing of its own here and takes minutes on a large model)."""
     if importlib.util.find_spec("torch") is None:
         raise PyorthrusError("a merged file without --base runs llama.cpp's convert_hf_to_gguf.py, which needs "
@@ -82,13 +75,12 @@ def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, 
     script = patched_source_dir() / "convert_hf_to_gguf.py"  # unpacked once into the build cache
     if not script.is_file():
         raise PyorthrusError(f"{script}: llama.cpp converter not found; run `pyorthrus build` first or pass --base")
-    what = "twins" if twins else "base"
     if progress:
-        print(f"running llama.cpp's convert_hf_to_gguf.py on the {what} weights of {ckpt.dir} ({outtype})",
+        print(f"running llama.cpp's convert_hf_to_gguf.py on the base weights of {ckpt.dir} ({outtype})",
               file=sys.stderr, flush=True)
-    view = Path(tempfile.mkdtemp(prefix=f"{what}-view-", dir=work_dir))
-    write_base_view(ckpt, view, twins)
-    out = work_dir / f"{what}.gguf"
+    view = Path(tempfile.mkdtemp(prefix="base-view-", dir=work_dir))
+    write_base_view(ckpt, view)
+    out = work_dir / "base.gguf"
     cmd = [sys.executable, str(script), str(view), "--outfile", str(out), "--outtype", outtype]
     if ckpt.config.base == QWEN35:
         cmd.append("--no-mtp")  # the reference keeps Qwen3.5's MTP key in the config but saves no MTP weights

@@ -156,6 +156,12 @@ def config_from_hf(hf: dict, source: str = "config.json") -> OrthrusConfig:
     if head_dim == 0:
         raise PyorthrusError(f"{source}: num_attention_heads {heads} exceeds hidden_size {hidden}")
     linear_layers = _linear_layers(hf, count("num_hidden_layers"), source) if base == QWEN35 else ()
+    if base == QWEN35:  # the DeltaNet sizes (pyorthrus.qwen35_layout reads them)
+        for key in ("conv_kernel_dim", "key_head_dim", "value_head_dim", "num_key_heads", "num_value_heads"):
+            count(f"linear_{key}")
+        if hf["linear_num_value_heads"] % hf["linear_num_key_heads"]:
+            raise PyorthrusError(f"{source}: linear_num_value_heads {hf['linear_num_value_heads']} is not a multiple "
+                                 f"of linear_num_key_heads {hf['linear_num_key_heads']}")
     mask = hf.get("mask_token_id")
     if mask is not None and (isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < vocab):
         raise PyorthrusError(f"{source}: mask_token_id must be a token id below vocab_size {vocab}, not {mask!r}")

@@ -314,8 +314,9 @@ def gguf_tensor_f32(tensor) -> np.ndarray:
 def config_from_gguf(reader, source: str) -> OrthrusConfig:
     arch = gguf_field(reader, "general.architecture")
     base = GGUF_ARCH_TO_BASE.get(arch)
-    if base is None:
-        raise PyorthrusError(f"{source}: unsupported architecture {arch!r}")
+    if base is None or base == QWEN35:
+        raise PyorthrusError(f"{source}: unsupported architecture {arch!r}"
+                             + (" (its reference is pyorthrus.reference_qwen35)" if base == QWEN35 else ""))
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise PyorthrusError(f"{source}: no token_embd.weight; not a model file")

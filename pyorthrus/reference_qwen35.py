@@ -23,7 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PyorthrusError
-from .formats import CHECKPOINT_MODEL_TYPES, QWEN35, config_from_hf, hf_ar_name, qwen35_twin_names
+from .formats import (CHECKPOINT_MODEL_TYPES, KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, QWEN35,
+                      config_from_hf, hf_ar_name, qwen35_twin_names, twin_name)
+from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
+from .qwen35_layout import from_gguf, gguf_name, hf_name
 
 
 # transformers' Qwen3.5 checkpoints: multimodal (the text model's config under text_config, its tensors under
@@ -213,4 +216,84 @@ def orthrus_from_base(path, block_size: int, mask_token_id: int) -> Qwen35Refere
         if hf_ar_name(twin) not in model.w:
             raise PyorthrusError(f"{path}: no tensor {hf_ar_name(twin)} (layer {twin.split('.')[2]}) for its twin")
         model.w[twin] = model.w[hf_ar_name(twin)].clone()
+    return model
+
+
+def gguf_text_config(reader, source: str) -> dict:
+    """The flat text config (transformers' keys, model_type "orthrus_qwen3_5") of a `qwen35` GGUF, read from the
+    keys llama.cpp's converter wrote; block_size and mask_token_id are the file's where it has them."""
+    arch = gguf_field(reader, "general.architecture")
+    if arch != "qwen35":
+        raise PyorthrusError(f"{source}: architecture {arch!r}, expected 'qwen35'"
+                             + (" (the PyTorch reference has no routed experts)" if arch == "qwen35moe" else ""))
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise PyorthrusError(f"{source}: no token_embd.weight; not a model file")
+
+    def key(name: str, default=None):
+        value = gguf_field(reader, f"{arch}.{name}", default)
+        if value is None:
+            raise PyorthrusError(f"{source}: no {arch}.{name}")
+        return value
+
+    n_layers, heads, head_dim = key("block_count"), key("attention.head_count"), key("attention.key_length")
+    recurrent = gguf_field(reader, f"{arch}.attention.recurrent_layers")
+    if recurrent is None:
+        interval = key("full_attention_interval")
+        recurrent = [(i + 1) % interval != 0 for i in range(n_layers)]
+    value_heads = key("ssm.time_step_rank")
+    config = {
+        "model_type": "orthrus_qwen3_5", "architectures": ["OrthrusQwen3_5ForCausalLM"],
+        "vocab_size": int(tensors["token_embd.weight"].shape[1]), "hidden_size": key("embedding_length"),
+        "intermediate_size": key("feed_forward_length"), "num_hidden_layers": n_layers,
+        "num_attention_heads": heads, "num_key_value_heads": key("attention.head_count_kv"), "head_dim": head_dim,
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "rope_parameters": {"rope_type": "default", "rope_theta": key("rope.freq_base"),
+                            "partial_rotary_factor": key("rope.dimension_count") / head_dim},
+        "layer_types": ["linear_attention" if r else "full_attention" for r in recurrent],
+        "linear_conv_kernel_dim": key("ssm.conv_kernel"), "linear_key_head_dim": key("ssm.state_size"),
+        "linear_num_key_heads": key("ssm.group_count"), "linear_num_value_heads": value_heads,
+        "linear_value_head_dim": key("ssm.inner_size") // value_heads}
+    for hf_key, gguf_key in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
+                             ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("mask_token_id", KEY_MASK_TOKEN_ID),
+                             ("block_size", KEY_BLOCK_SIZE.format(arch=arch))):
+        if gguf_field(reader, gguf_key) is not None:
+            config[hf_key] = int(gguf_field(reader, gguf_key))
+    return config
+
+
+def load_gguf(path, adapter=None) -> Qwen35Reference:
+    """Both views of a `qwen35` GGUF (any quantization, dequantized to float32), with an Orthrus adapter file's
+    twins if one is given: each tensor brought back to transformers' layout (qwen35_layout.from_gguf). Twins the
+    files do not hold start as copies of their AR tensors, as the reference initialises them; the MTP head's
+    tensors are left out (neither view uses them)."""
+    from .reference import gguf_tensor_f32
+
+    reader = open_reader(path)
+    hf = gguf_text_config(reader, str(path))
+    readers = [reader]
+    if adapter is not None:
+        readers.append(open_reader(adapter))
+        mismatch = fit_error(adapter_fit(reader, readers[1]))
+        if mismatch:
+            raise PyorthrusError(mismatch)
+        for hf_key, gguf_key in (("mask_token_id", KEY_MASK_TOKEN_ID), ("block_size", KEY_ADAPTER_BLOCK_SIZE)):
+            if gguf_field(readers[1], gguf_key) is not None:
+                hf[hf_key] = int(gguf_field(readers[1], gguf_key))
+    tensors = {}
+    for source in readers:
+        for tensor in source.tensors:
+            ar_name = hf_ar_name(tensor.name)
+            if ar_name.startswith("blk.") and int(ar_name.split(".")[1]) >= hf["num_hidden_layers"]:
+                continue  # the MTP head
+            if hf_name(ar_name) is None:
+                raise PyorthrusError(f"{source.data.filename}: unexpected tensor {tensor.name}")
+            name, value = from_gguf(ar_name, gguf_tensor_f32(tensor), hf)
+            tensors[twin_name(name) if ar_name != tensor.name else name] = torch.from_numpy(value)
+    model = Qwen35Reference(hf, tensors, str(path))
+    for twin in qwen35_twin_names(model.cfg):
+        if hf_ar_name(twin) not in model.w:
+            raise PyorthrusError(f"{path}: no tensor {gguf_name(hf_ar_name(twin))} for layer {twin.split('.')[2]}")
+        model.w.setdefault(twin, model.w[hf_ar_name(twin)].clone())
     return model

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/check/train/convert/testing packages).
 RUNTIME = {f"pyorthrus.{name}" for name in (
     "_lib", "assets", "auto", "completions", "engine", "errors", "files", "formats", "gguf_meta", "llama_source",
-    "llama_defaults", "model", "options", "pass_costs", "paths", "profiles", "prompts", "reference",
+    "llama_defaults", "model", "options", "pass_costs", "paths", "profiles", "prompts", "qwen35_layout", "reference",
     "reference_qwen35", "sampling", "stats", "streaming", "strict")} \
     | {"pyorthrus"}
 

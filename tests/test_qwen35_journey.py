@@ -124,11 +124,17 @@ def test_converted_qwen35_decodes_as_ar(trained, weight_type, tmp_path):
                     assert got.stats.n_cycles > 0
 
 
-def test_pyorthrus_check_is_green_on_the_converted_file(trained, capsys):
+@pytest.mark.parametrize("reference", ["gguf", "checkpoint"])
+def test_pyorthrus_check_is_green_on_the_converted_file(trained, reference, capsys):
+    """`check --reference` too: llama.cpp's AR against the Qwen3.5 reference, read from the file itself
+    (dequantized) or from the checkpoint it was converted from."""
+    source = [] if reference == "gguf" else [str(trained[0])]
     assert cli.main(["check", "-m", str(trained[1]), "-k", "4", "--limit", "2", "-n", "16", "-c", "256", "-t", "2",
-                     "--json"]) == 0
+                     "--reference", *source, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["passed"] and report["summary"]["exact_match_rate"] == 1.0
+    summary = report["reference"]["summary"]
+    assert summary["top1_agreement"] == 1.0 and summary["max_abs_logit_diff"] < 1e-3, summary
 
 
 def test_what_the_qwen35_converter_refuses(trained, tmp_path):
@@ -142,13 +148,18 @@ def test_what_the_qwen35_converter_refuses(trained, tmp_path):
     with pytest.raises(PyorthrusError, match=f"{broken}: missing diff tensor {missing} \\(layer 1\\)"):
         convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
     save_file({k: v for k, v in tensors.items() if "_diff" in k}, str(broken / "model.safetensors"))
-    with pytest.raises(PyorthrusError, match="must hold its base weights too"):
+    with pytest.raises(PyorthrusError, match="diff-only checkpoint; a merged file needs --base BASE.gguf"):
         convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
+    wrong = "model.layers.0.linear_attn.in_proj_z_diff.weight"
+    save_file({k: v[:-1] if k == wrong else v for k, v in tensors.items() if "_diff" in k},
+              str(broken / "model.safetensors"))
+    with pytest.raises(PyorthrusError, match=f"{wrong} has shape \\[63, 64\\], the config's \\[64, 64\\]"):
+        convert_checkpoint(broken, adapter_out=tmp_path / "a.gguf")
     config = json.loads((ckpt / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "layer_types": config["layer_types"][:2]}))
     with pytest.raises(PyorthrusError, match="layer_types must list"):
         convert_checkpoint(broken, merged_out=tmp_path / "m.gguf")
-    assert not (tmp_path / "m.gguf").exists()
+    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "a.gguf").exists()
 
 
 def test_twins_merged_into_the_users_quantized_base(trained, user_bases, tmp_path):
@@ -209,6 +220,79 @@ def test_an_adapter_missing_a_twin_is_refused(adapter, user_bases, tmp_path):
     with pytest.raises(PyorthrusError, match=f"{broken} on {user_bases['f32']}: adapter tensor "
                                              "'blk.1.ssm_a_diff' is missing"):
         Orthrus(user_bases["f32"], broken, n_ctx=256)
+
+
+def test_the_reference_reads_qwen35_gguf_files(trained, adapter, user_bases):
+    """reference_qwen35.load_gguf brings llama.cpp's tensors back to transformers' layout (qwen35_layout.from_gguf,
+    the inverse of the transforms convert writes): the merged F32 file, and the user's F32 base with the adapter,
+    give the checkpoint's own model, both views (within 1e-5 of the logits' scale; measured 0); the base alone gets
+    twins that copy its AR tensors, as the reference initialises them."""
+    from pyorthrus.formats import hf_ar_name, qwen35_twin_names
+    from pyorthrus.reference_qwen35 import load_checkpoint, load_gguf
+
+    ckpt, merged = trained
+    ids = [9707, 11, 1879, 0, 2, 3, 45, 1000, 77, 5, 6]
+
+    def views(model) -> list[torch.Tensor]:
+        cache = model.new_cache()
+        with torch.no_grad():
+            return [model.forward_ar(ids[:-1], cache), model.forward_draft([ids[-1]] + [151669] * 7, cache)]
+
+    want = views(load_checkpoint(ckpt))
+    for model in (load_gguf(merged), load_gguf(user_bases["f32"], adapter)):
+        for got, w in zip(views(model), want):
+            assert float((got - w).abs().max()) <= 1e-5 * float(w.abs().max())
+    base_only = load_gguf(user_bases["f32"])
+    for twin in qwen35_twin_names(base_only.cfg):
+        assert torch.equal(base_only.w[twin], base_only.w[hf_ar_name(twin)]), twin
+
+
+def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_path, capsys):
+    """`pyorthrus train --base` on the Qwen3.5 GGUF a user has (Q8_0 here, dequantized to float32): the twins start
+    as copies of its AR tensors, the mask is the id an HF base with the same tokenizer gets (the first of the
+    padding tokens llama.cpp's converter appends), and the output holds the twins alone, in the reference's
+    layout. `convert --adapter-out` makes it an adapter for that GGUF (pyorthrus.qwen35_layout: no llama.cpp
+    converter, no tokenizer files needed) and `--merged-out --base` a merged file; both decode exactly as AR, with
+    cycles. A qwen35moe GGUF is refused by name: the PyTorch reference has no routed experts."""
+    from pyorthrus.formats import qwen35_twin_names
+    from pyorthrus.reference_qwen35 import load_gguf
+    from pyorthrus.testing.qwen35 import write_tiny_qwen35
+    from pyorthrus.bench.shapes import SHAPES
+    from pyorthrus.train.qwen35 import default_mask_token
+
+    base = user_bases["q8_0"]
+    data = tmp_path / "train.txt"
+    data.write_text("The capital of France is Paris. The capital of Italy is Rome, and the capital of Spain is "
+                    "Madrid.\n\ndef fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n")
+    out = tmp_path / "trained"
+    assert cli.main(["train", "--base", str(base), "--data", str(data), "--out", str(out), "-K", "4", "--seq-len",
+                     "32", "--batch-size", "2", "--max-steps", "3", "--json"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["mask_token_id"] == default_mask_token(trained[0], 151936) == 151669
+    assert (config["block_size"], config["orthrus_base_model"]) == (4, str(base.resolve()))
+    twins = load_file(str(out / "model.safetensors"))
+    start = load_gguf(base)
+    assert set(twins) == set(qwen35_twin_names(start.cfg))
+    assert not all(torch.equal(value, start.w[name]) for name, value in twins.items())  # they trained
+
+    adapter, merged = tmp_path / "adapter.gguf", tmp_path / "merged.gguf"
+    assert cli.main(["convert", str(out), "--adapter-out", str(adapter), "--outtype", "q8_0"]) == 0
+    assert cli.main(["convert", str(out), "--merged-out", str(merged), "--base", str(base)]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(base), str(adapter)]) == 0
+    assert "the adapter fits this base" in capsys.readouterr().out
+    with Orthrus(base, adapter, n_ctx=256) as on_base, Orthrus(merged, n_ctx=256) as on_merged:
+        for prompt in PROMPTS:
+            want = on_base.ar_view().generate(prompt, max_tokens=24).tokens
+            for model in (on_base, on_merged):
+                got = model.generate(prompt, max_tokens=24, block_size=4)
+                assert got.tokens == want and got.stats.n_cycles > 0, prompt
+
+    moe = write_tiny_qwen35(tmp_path / "moe.gguf", config=SHAPES["tiny-qwen35moe"])
+    assert cli.main(["train", "--base", str(moe), "--data", str(data), "--out", str(tmp_path / "moe-out")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{moe}: architecture 'qwen35moe', expected 'qwen35' (the "
+                                                    "PyTorch reference has no routed experts)")
+    assert not (tmp_path / "moe-out").exists()
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])

@@ -23,10 +23,10 @@ def _opt(default, help: str, **flag):
 @dataclass
 class TrainConfig:
     base: str = field(metadata=dict(help="base model: a GGUF file (any quantization; dequantized to float) or an HF "
-                                         "directory; or a Qwen3.5 HF directory, an Orthrus-Qwen3.5 checkpoint "
-                                         "(model_type orthrus_qwen3_5) or a plain Qwen3.5 (twins start as copies of "
-                                         "its AR weights), whose twins then train on the CPU into a checkpoint in "
-                                         "the reference's format",
+                                         "directory. Qwen3.5 bases (a qwen35 GGUF, an Orthrus-Qwen3.5 checkpoint of "
+                                         "model_type orthrus_qwen3_5, or a plain Qwen3.5, whose twins start as "
+                                         "copies of its AR weights) train on the CPU into a checkpoint in the "
+                                         "reference's format: the twins alone from a GGUF",
                                     metavar="BASE"))
     data: list[str] = field(metadata=dict(help="training data: .jsonl ({\"ids\": [...]} or {\"text\": ...}, optional "
                                                "\"n_prompt\") or plain text files", nargs="+", metavar="FILE"))

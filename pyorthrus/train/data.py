@@ -35,6 +35,9 @@ def _tokenizer_for(base):
     if base.suffix == ".gguf":
         import llama_cpp
 
+        from ..model import quiet_llama_warnings
+
+        quiet_llama_warnings()  # a vocab-only qwen35 context warns that it has no training context
         llm = llama_cpp.Llama(str(base), vocab_only=True, verbose=False)
         return lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)
     from transformers import AutoTokenizer

@@ -4,8 +4,10 @@ bases, on the PyTorch reference of both views (pyorthrus.reference_qwen35), one 
 
 Per document: one no-grad AR pass keeps the cache (keys, conv windows, states) at each block start s and the AR
 logits of every row; then each block [x_s, MASK...] runs through the twins from the cache at s, and its row i learns
-AR's row s+i (the token s+i+1). The output is a full checkpoint in the reference's format (the AR weights unchanged,
-the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into a merged file.
+AR's row s+i (the token s+i+1). From an HF base the output is a full checkpoint in the reference's format (the AR
+weights unchanged, the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into a merged file;
+from a Qwen3.5 GGUF (any quantization, dequantized) it holds the twins alone, which `pyorthrus convert OUT
+--adapter-out A.gguf` turns into an adapter file for that GGUF.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from torch.nn import functional as F
 
 from ..errors import PyorthrusError
 from ..files import atomic_write
+from ..gguf_meta import gguf_field, open_reader
 from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, load_checkpoint,
-                               orthrus_from_base)
+                               load_gguf, orthrus_from_base)
 from . import data as data_mod
 from .config import TrainConfig, lr_at
 from .model import forward_kl, reach
@@ -30,18 +33,35 @@ UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "-
                "schedule_minutes": "--schedule-minutes", "keep_every": "--keep-every"}
 
 
+GGUF_ARCHS = ("qwen35", "qwen35moe")  # a Qwen3.5 GGUF's general.architecture
+
+
 def qwen35_model_type(base) -> str | None:
-    """The model_type of a Qwen3.5 HF directory this trainer takes: "orthrus_qwen3_5" (the reference's checkpoint,
-    twins included) or a plain Qwen3.5's (QWEN35_BASE_MODEL_TYPES); None for anything else."""
-    config = Path(base) / "config.json"
+    """What kind of Qwen3.5 base this trainer takes `base` for: an HF directory's model_type ("orthrus_qwen3_5",
+    the reference's checkpoint with its twins, or a plain Qwen3.5's, QWEN35_BASE_MODEL_TYPES) or a GGUF's
+    architecture (GGUF_ARCHS; train_qwen35 refuses qwen35moe by name); None for anything else."""
+    base = Path(base)
+    if base.suffix == ".gguf":
+        arch = gguf_field(open_reader(base), "general.architecture") if base.is_file() else None
+        return arch if arch in GGUF_ARCHS else None
+    config = base / "config.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     return model_type if model_type in ("orthrus_qwen3_5", *QWEN35_BASE_MODEL_TYPES) else None
 
 
 def default_mask_token(base, vocab_size: int) -> int:
     """The mask of a plain Qwen3.5 base, picked as the reference picks Qwen3's: the first id past the tokenizer's
-    tokens, an embedding row that no text produces."""
-    n = len(data_mod.base_vocab(base))
+    tokens, an embedding row that no text produces. In a GGUF that is the first of the padding tokens llama.cpp's
+    converter appends up to the embedding's rows (type UNUSED), so an HF base and its GGUF pick the same id."""
+    if Path(base).suffix == ".gguf":
+        import gguf
+
+        types = list(gguf_field(open_reader(base), "tokenizer.ggml.token_type", []) or [])
+        n = len(types)
+        while n and types[n - 1] == gguf.TokenType.UNUSED:
+            n -= 1
+    else:
+        n = len(data_mod.base_vocab(base))
     if not 0 < n < vocab_size:
         raise PyorthrusError(f"{base}: no embedding row past the tokenizer's {n} tokens (vocab_size {vocab_size}) to "
                              "serve as the mask: pass --mask-token-id")
@@ -87,7 +107,12 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if qwen35_model_type(cfg.base) == "orthrus_qwen3_5":
+    kind = qwen35_model_type(cfg.base)
+    if kind in GGUF_ARCHS:
+        model = load_gguf(cfg.base)  # its twins, if it is a merged file, else copies of the AR weights
+        mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else model.cfg.mask_token_id \
+            if model.cfg.mask_token_id is not None else default_mask_token(cfg.base, model.cfg.vocab_size)
+    elif kind == "orthrus_qwen3_5":
         model = load_checkpoint(cfg.base)
         mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
     else:
@@ -134,15 +159,19 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def save_checkpoint(out: Path, source: Path, model: Qwen35Reference, block_size: int, mask_id: int) -> None:
-    """A full checkpoint in the reference's format: the source's config (with the trained block size and mask) and
-    tokenizer files, every AR tensor as loaded and the trained twins, float32."""
+    """A checkpoint in the reference's format, float32: the source's config (with the trained block size and mask)
+    and the trained twins; from an HF source also its tokenizer files and every AR tensor as loaded (a full
+    checkpoint), from a GGUF the twins alone and the GGUF's path as orthrus_base_model (its weights stay there)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
+    from_gguf = source.suffix == ".gguf"
+    for item in [] if from_gguf else source.iterdir():
         if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
             shutil.copyfile(item, out / item.name)
-    tensors = {name: t.detach().contiguous() for name, t in model.w.items()}
+    tensors = {name: t.detach().contiguous() for name, t in model.w.items() if "_diff" in name or not from_gguf}
     atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     config = {**model.hf, "block_size": int(block_size), "mask_token_id": int(mask_id), "dtype": "float32"}
+    if from_gguf:
+        config["orthrus_base_model"] = str(source.resolve())
     atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))

@@ -29,10 +29,13 @@
 # 8. OUT_DIR/shapes_hybrid.{json,md} (not a default step: ask for it in GPU_SUITE_STEPS): `pyorthrus bench --shape
 #    qwen3.5-4b --weights q4_k_m`, the hybrid's pass and cycle costs with the state snapshots a cycle needs (about
 #    11 GB of F16 made on the device first).
+# 9. OUT_DIR/hybrid_train.{log,json}: bench/qwen35_train.py, the Qwen3.5 trainer on CUDA against the CPU (same
+#    losses, seconds per step, the CUDA-trained twins decoded as AR), on a tiny shape and on a 4B-wide one of 8
+#    layers (issue 37: the trainer is float32 and has not run on a GPU before).
 # Each step has a time limit (GPU_SUITE_MINUTES, default 3 per step; fidelity.json keeps what finished) and the
 # suite goes on past a failing step; the exit status is that of the first failing step. GPU_SUITE_STEPS picks
 # steps (default: "batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa
-# llama_server hybrid"; for the speed
+# llama_server hybrid hybrid_train"; for the speed
 # checks alone: GPU_SUITE_STEPS="shapes shapes_fa bench bench_fa").
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [PROMPTS]}
@@ -44,7 +47,7 @@ mkdir -p "$out"
 work=$(mktemp -d)  # quantized models and the identity adapter: large, kept out of OUT_DIR
 trap 'rm -rf "$work"' EXIT
 status=0
-steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa llama_server hybrid} "
+steps=" ${GPU_SUITE_STEPS:-batch_variance reference_tests fidelity fidelity_tree bench bench_fa shapes shapes_fa llama_server hybrid hybrid_train} "
 step() {  # step NAME COMMAND...: run with the time limit, log to OUT_DIR/NAME.log, remember the first failure
     local name=$1 rc
     shift
@@ -66,6 +69,9 @@ step reference_tests env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -
     tests/test_llama_orthrus_reference.py
 step hybrid env PYORTHRUS_TEST_N_GPU_LAYERS=-1 "$python" -m pytest -q -p no:cacheprovider \
     tests/test_recurrent_rollback.py tests/test_qwen35_orthrus.py -k "removing or beyond or state_after"
+step hybrid_train bash -c "\"$python\" bench/qwen35_train.py --device cuda --steps 10 --json \"$out/hybrid_train.json\" && \
+    \"$python\" bench/qwen35_train.py --device cuda --shape qwen3.5-4b --layers 8 --steps 5 --cpu-steps 2 --seq-len 512 \
+    --json \"$out/hybrid_train_4b8l.json\""
 step fidelity "$python" bench/fidelity.py --config fast -ngl -1 --threads 4 --prompts "$prompts" --tokens 128 \
     --quants Q4_1,F16,Q8_0 --ks 4,8,16,32 --fa off,on --adapter pyorthrus/data/smollm2-135m-orthrus-k16.q8_0.gguf \
     --work "$work" --json "$out/fidelity.json"

@@ -1,7 +1,7 @@
 """PyTorch reference of both views of an Orthrus-Qwen3.5 checkpoint (issue 37), read from the reference's HF layout.
 
 Written from the formulas of transformers' Qwen3.5 text model and of the reference's Orthrus-Qwen3.5 (docs/design.md,
-"Hybrid models"), in float32, one token at a time where the model is recurrent, for agreement tests with llama.cpp:
+"Hybrid models"), in float32, for agreement tests with llama.cpp and for the trainer:
 
 - every norm but the DeltaNet output norm scales by (1 + w); the DeltaNet output norm is w * rmsnorm(core) * silu(z);
 - a gated attention layer: q_proj gives each head's query followed by its gate; q/k norms, partial rotary embedding
@@ -9,7 +9,8 @@ Written from the formulas of transformers' Qwen3.5 text model and of the referen
   times sigmoid(gate), o_proj;
 - a Gated DeltaNet layer: in_proj_qkv through a causal depthwise conv (kernel K, over the last K-1 inputs and the new
   ones) and SiLU; q, k l2-normalised, q scaled by dk^-0.5, key heads repeated to value heads (grouped); per token the
-  state decays by exp(g), g = -exp(A_log) * softplus(a + dt_bias), and takes the delta rule with beta = sigmoid(b).
+  state decays by exp(g), g = -exp(A_log) * softplus(a + dt_bias), and takes the delta rule with beta = sigmoid(b)
+  (gated_delta_rule: computed a chunk of tokens at a time).
 
 The draft view runs the `_diff` twins over a block [x, MASK...]: attention twins see the cached AR keys and the
 whole block; DeltaNet twins run causally from the cached conv window and state. It changes no cache.
@@ -51,7 +52,8 @@ class HybridCache:
 
 
 class Qwen35Reference:
-    """Both views of an Orthrus-Qwen3.5 checkpoint: forward_ar / forward_draft as pyorthrus.reference.OrthrusModel."""
+    """Both views of an Orthrus-Qwen3.5 checkpoint: forward_ar / forward_draft as pyorthrus.reference.OrthrusModel,
+    and forward_drafts, the draft view over many blocks at once (the trainer's)."""
 
     def __init__(self, hf_config: dict, tensors: dict[str, torch.Tensor], source: str = "config.json"):
         self.cfg = config_from_hf(hf_config, source)
@@ -64,109 +66,159 @@ class Qwen35Reference:
         theta = rope.get("rope_theta", 1e7)
         self.inv_freq = 1.0 / theta ** (torch.arange(0, self.rotary_dim, 2, dtype=torch.float32) / self.rotary_dim)
 
+    def to(self, device) -> "Qwen35Reference":
+        """Move the weights to `device` (caches follow the weights)."""
+        self.w = {name: t.to(device) for name, t in self.w.items()}
+        self.inv_freq = self.inv_freq.to(device)
+        return self
+
     def new_cache(self) -> HybridCache:
         return HybridCache()
 
     def forward_ar(self, token_ids, cache: HybridCache) -> torch.Tensor:
         """Causal pass over token_ids after the cache; updates it. Returns logits [T, vocab]."""
-        return self._forward(token_ids, cache, diffusion=False)
+        return self._forward(self._ids(token_ids)[None], [cache], diffusion=False)[0]
 
     def forward_draft(self, token_ids, cache: HybridCache) -> torch.Tensor:
         """The diffusion view over a block after the cache (which it leaves untouched). Returns logits [K, vocab]."""
-        return self._forward(token_ids, cache, diffusion=True)
+        return self._forward(self._ids(token_ids)[None], [cache], diffusion=True)[0]
+
+    def forward_drafts(self, blocks, caches: list[HybridCache]) -> torch.Tensor:
+        """The diffusion view over B blocks of K tokens at once, block b after caches[b] (each left untouched), as
+        B forward_draft calls compute them. Returns logits [B, K, vocab]."""
+        return self._forward(self._ids(blocks).reshape(len(caches), -1), caches, diffusion=True)
 
     # -- the model ---------------------------------------------------------------------------------------------
+
+    def _ids(self, token_ids) -> torch.Tensor:
+        return torch.as_tensor(token_ids, dtype=torch.long, device=self.inv_freq.device)
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Qwen3.5's RMSNorm: x / rms(x) * (1 + w)."""
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps) * (1.0 + self.w[name])
 
-    def _forward(self, token_ids, cache: HybridCache, diffusion: bool) -> torch.Tensor:
-        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
-        x = self.w["model.embed_tokens.weight"][ids]
-        positions = torch.arange(cache.n_past, cache.n_past + ids.numel())
+    def _forward(self, ids: torch.Tensor, caches: list[HybridCache], diffusion: bool) -> torch.Tensor:
+        """ids [B, n], row b after caches[b]; the AR view takes one row (it writes its cache)."""
+        if not diffusion and len(caches) != 1:
+            raise ValueError("the AR view runs one sequence at a time")
+        x = self.w["model.embed_tokens.weight"][ids]  # [B, n, hidden]
+        past = torch.tensor([c.n_past for c in caches], device=ids.device)
+        positions = past[:, None] + torch.arange(ids.shape[1], device=ids.device)
         for i in range(self.cfg.num_layers):
             p = f"model.layers.{i}."
             h = self._norm(x, p + "input_layernorm.weight")
             if i in self.cfg.linear_layers:
-                x = x + self._deltanet(h, p + "linear_attn.", cache, i, diffusion)
+                x = x + self._deltanet(h, p + "linear_attn.", caches, i, diffusion)
             else:
-                x = x + self._attention(h, p + "self_attn.", cache, i, positions, diffusion)
+                x = x + self._attention(h, p + "self_attn.", caches, i, positions, diffusion)
             h = self._norm(x, p + "post_attention_layernorm.weight")
             gate, up = (F.linear(h, self.w[p + f"mlp.{m}_proj.weight"]) for m in ("gate", "up"))
             x = x + F.linear(F.silu(gate) * up, self.w[p + "mlp.down_proj.weight"])
         if not diffusion:
-            cache.n_past += ids.numel()
+            caches[0].n_past += ids.shape[1]
         x = self._norm(x, "model.norm.weight")
         head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
         return F.linear(x, head)
 
-    def _attention(self, h, p: str, cache: HybridCache, layer: int, positions, diffusion: bool) -> torch.Tensor:
-        cfg, n, twin = self.cfg, h.shape[0], "_diff" if diffusion else ""
+    def _attention(self, h, p: str, caches: list[HybridCache], layer: int, positions, diffusion: bool):
+        cfg, (b, n), twin = self.cfg, h.shape[:2], "_diff" if diffusion else ""
         w = lambda name: self.w[f"{p}{name}{twin}.weight"]  # noqa: E731
-        q, gate = F.linear(h, w("q_proj")).view(n, cfg.num_heads, 2 * cfg.head_dim).chunk(2, dim=-1)
-        k = F.linear(h, w("k_proj")).view(n, cfg.num_kv_heads, cfg.head_dim)
-        v = F.linear(h, w("v_proj")).view(n, cfg.num_kv_heads, cfg.head_dim)
+        q, gate = F.linear(h, w("q_proj")).view(b, n, cfg.num_heads, 2 * cfg.head_dim).chunk(2, dim=-1)
+        k = F.linear(h, w("k_proj")).view(b, n, cfg.num_kv_heads, cfg.head_dim)
+        v = F.linear(h, w("v_proj")).view(b, n, cfg.num_kv_heads, cfg.head_dim)
         q = self._rms(q) * (1.0 + w("q_norm"))
         k = self._rms(k) * (1.0 + w("k_norm"))
         q, k = self._rotate(q, positions), self._rotate(k, positions)
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, n, head_dim]
-        keys = torch.cat((cache.keys[layer], k), dim=1) if layer in cache.keys else k
-        values = torch.cat((cache.values[layer], v), dim=1) if layer in cache.values else v
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, n, head_dim]
+        # each row's cached keys, padded to the longest; `cached` marks the real ones
+        lengths = [c.keys[layer].shape[1] if layer in c.keys else 0 for c in caches]
+        longest = max(lengths)
+        pad = lambda t, size: F.pad(t, (0, 0, 0, longest - size))  # noqa: E731
+        prefix_k = torch.stack([pad(c.keys[layer], m) if m else k.new_zeros(k.shape[1], longest, k.shape[3])
+                                for c, m in zip(caches, lengths)])
+        prefix_v = torch.stack([pad(c.values[layer], m) if m else v.new_zeros(v.shape[1], longest, v.shape[3])
+                                for c, m in zip(caches, lengths)])
+        keys, values = torch.cat((prefix_k, k), dim=2), torch.cat((prefix_v, v), dim=2)
         if not diffusion:
-            cache.keys[layer], cache.values[layer] = keys, values
-        start = keys.shape[1] - n
-        allowed = torch.ones(n, keys.shape[1], dtype=torch.bool)
+            caches[0].keys[layer], caches[0].values[layer] = keys[0], values[0]
+        cached = torch.arange(longest, device=h.device)[None, :] < torch.tensor(lengths, device=h.device)[:, None]
+        block = torch.ones(n, n, dtype=torch.bool, device=h.device)
         if not diffusion:  # the draft block sees itself whole
-            allowed[:, start:] = torch.ones(n, n, dtype=torch.bool).tril()
+            block = block.tril()
+        allowed = torch.cat((cached[:, None, :].expand(b, n, longest), block.expand(b, n, n)), dim=-1)
         group = cfg.num_heads // cfg.num_kv_heads
-        keys, values = keys.repeat_interleave(group, dim=0), values.repeat_interleave(group, dim=0)
-        scores = (q @ keys.transpose(1, 2)) * cfg.head_dim**-0.5
-        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        out = (probs @ values).transpose(0, 1).reshape(n, -1) * torch.sigmoid(gate.reshape(n, -1))
+        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        scores = (q @ keys.transpose(-1, -2)) * cfg.head_dim**-0.5
+        probs = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+        out = (probs @ values).transpose(1, 2).reshape(b, n, -1) * torch.sigmoid(gate.reshape(b, n, -1))
         return F.linear(out, w("o_proj"))
 
     def _rms(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
 
     def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotary embedding of the first rotary_dim dims of each head (halves rotated, as in HF)."""
-        angles = positions[:, None].float() * self.inv_freq[None, :]
-        angles = torch.cat((angles, angles), -1)[:, None]  # [n, 1 (heads), rotary_dim]
+        """Rotary embedding of the first rotary_dim dims of each head (halves rotated, as in HF); x [b, n, heads,
+        head_dim], positions [b, n]."""
+        angles = positions[..., None].float() * self.inv_freq
+        angles = torch.cat((angles, angles), -1)[:, :, None]  # [b, n, 1 (heads), rotary_dim]
         cos, sin = angles.cos(), angles.sin()
         rot, keep = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
         half = self.rotary_dim // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
         return torch.cat((rot * cos + rotated * sin, keep), dim=-1)
 
-    def _deltanet(self, h, p: str, cache: HybridCache, layer: int, diffusion: bool) -> torch.Tensor:
-        hf, n, twin = self.hf, h.shape[0], "_diff" if diffusion else ""
+    def _deltanet(self, h, p: str, caches: list[HybridCache], layer: int, diffusion: bool) -> torch.Tensor:
+        hf, (b, n), twin = self.hf, h.shape[:2], "_diff" if diffusion else ""
         w = lambda name, suffix=".weight": self.w[f"{p}{name}{twin}{suffix}"]  # noqa: E731
         n_k, n_v = hf["linear_num_key_heads"], hf["linear_num_value_heads"]
         dk, dv, kernel = hf["linear_key_head_dim"], hf["linear_value_head_dim"], hf["linear_conv_kernel_dim"]
-        mixed = F.linear(h, w("in_proj_qkv"))  # [n, channels]
-        window = cache.conv.get(layer, torch.zeros(kernel - 1, mixed.shape[1]))
-        inputs = torch.cat((window, mixed), dim=0)
-        conv = w("conv1d").reshape(mixed.shape[1], kernel)  # [channels, K]
-        mixed = F.silu(torch.stack([(inputs[t:t + kernel] * conv.T).sum(0) for t in range(n)]))
+        mixed = F.linear(h, w("in_proj_qkv"))  # [b, n, channels]
+        empty = mixed.new_zeros(kernel - 1, mixed.shape[-1])
+        inputs = torch.cat((torch.stack([c.conv.get(layer, empty) for c in caches]), mixed), dim=1)
+        conv = w("conv1d").reshape(mixed.shape[-1], kernel)  # [channels, K]: causal, depthwise
+        mixed = F.silu(sum(inputs[:, j:j + n] * conv[:, j] for j in range(kernel)))
         q, k, v = mixed.split((n_k * dk, n_k * dk, n_v * dv), dim=-1)
-        q, k, v = q.reshape(n, n_k, dk), k.reshape(n, n_k, dk), v.reshape(n, n_v, dv)
+        q, k, v = q.reshape(b, n, n_k, dk), k.reshape(b, n, n_k, dk), v.reshape(b, n, n_v, dv)
         q, k = (F.normalize(t, dim=-1, eps=1e-6) for t in (q, k))
-        q, k = q.repeat_interleave(n_v // n_k, dim=1) * dk**-0.5, k.repeat_interleave(n_v // n_k, dim=1)
-        beta = torch.sigmoid(F.linear(h, w("in_proj_b")))  # [n, value heads]
+        q, k = q.repeat_interleave(n_v // n_k, dim=2) * dk**-0.5, k.repeat_interleave(n_v // n_k, dim=2)
+        beta = torch.sigmoid(F.linear(h, w("in_proj_b")))  # [b, n, value heads]
         g = -torch.exp(w("A_log", "")) * F.softplus(F.linear(h, w("in_proj_a")) + w("dt_bias", ""))
-        state = cache.state.get(layer, torch.zeros(n_v, dk, dv))
-        core = []
-        for t in range(n):
-            state = state * torch.exp(g[t])[:, None, None]
-            delta = (v[t] - (state * k[t][:, :, None]).sum(1)) * beta[t][:, None]
-            state = state + k[t][:, :, None] * delta[:, None, :]
-            core.append((state * q[t][:, :, None]).sum(1))
+        start = mixed.new_zeros(n_v, dk, dv)
+        state = torch.stack([c.state.get(layer, start) for c in caches])  # [b, value heads, dk, dv]
+        heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, n, heads, ...] -> [b, heads, n, ...]
+        core, state = gated_delta_rule(heads_first(q), heads_first(k), heads_first(v), heads_first(g),
+                                       heads_first(beta), state)
         if not diffusion:
-            cache.conv[layer], cache.state[layer] = inputs[-(kernel - 1):], state
-        z = F.linear(h, w("in_proj_z")).reshape(n, n_v, dv)
-        core = self._rms(torch.stack(core)) * w("norm") * F.silu(z)
-        return F.linear(core.reshape(n, n_v * dv), w("out_proj"))
+            caches[0].conv[layer], caches[0].state[layer] = inputs[0, -(kernel - 1):], state[0]
+        z = F.linear(h, w("in_proj_z")).reshape(b, n, n_v, dv)
+        core = self._rms(heads_first(core)) * w("norm") * F.silu(z)
+        return F.linear(core.reshape(b, n, n_v * dv), w("out_proj"))
+
+
+def gated_delta_rule(q, k, v, g, beta, state, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated delta rule over n tokens from `state`, a chunk of tokens at a time; per token t (per head)
+        S <- exp(g_t) S;  u_t = beta_t (v_t - S^T k_t);  S <- S + k_t u_t^T;  o_t = S^T q_t.
+    Within a chunk, with G the cumulative sum of g and D[t, i] = exp(G_t - G_i) for i <= t, the u_t solve one unit
+    lower-triangular system, (I + A) U = beta (V - exp(G) K S0) with A[t, i] = beta_t D[t, i] k_t.k_i for i < t;
+    then O = exp(G) Q S0 + (Q K^T * D) U and S = exp(G_L) S0 + (K * exp(G_L - G))^T U. The same arithmetic as the
+    per-token loop up to float32 rounding (1e-7 on unit-scale values), with no Python loop over tokens.
+    q, k [..., n, dk]; v [..., n, dv]; g, beta [..., n]; state [..., dk, dv]. Returns o [..., n, dv] and the state."""
+    outputs = []
+    for begin in range(0, q.shape[-2], chunk):
+        qc, kc, vc = (t[..., begin:begin + chunk, :] for t in (q, k, v))
+        gc, bc = g[..., begin:begin + chunk], beta[..., begin:begin + chunk]
+        size = qc.shape[-2]
+        cum = gc.cumsum(-1)
+        causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+        decay = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf")))
+        a = (bc[..., :, None] * (kc @ kc.transpose(-1, -2)) * decay).tril(-1)
+        rhs = bc[..., None] * (vc - torch.exp(cum)[..., None] * (kc @ state))
+        u = torch.linalg.solve_triangular(a + torch.eye(size, device=q.device), rhs, upper=False,
+                                          unitriangular=True)
+        outputs.append(torch.exp(cum)[..., None] * (qc @ state) + ((qc @ kc.transpose(-1, -2)) * decay) @ u)
+        last = cum[..., -1:]
+        state = torch.exp(last)[..., None] * state + (kc * torch.exp(last - cum)[..., None]).transpose(-1, -2) @ u
+    return torch.cat(outputs, dim=-2), state
 
 
 def load_checkpoint(path) -> Qwen35Reference:

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pyorthrus import Orthrus, PyorthrusError, cli
@@ -247,6 +248,42 @@ def test_the_reference_reads_qwen35_gguf_files(trained, adapter, user_bases):
         assert torch.equal(base_only.w[twin], base_only.w[hf_ar_name(twin)]), twin
 
 
+def test_the_chunked_delta_rule_is_the_recurrence(trained):
+    """reference_qwen35.gated_delta_rule (a chunk of tokens per triangular solve) against the recurrence written
+    token by token, across chunk boundaries and from a non-zero state; and forward_drafts (many blocks at once, each
+    from its own cache) against one forward_draft per block."""
+    from pyorthrus.reference_qwen35 import gated_delta_rule, load_checkpoint
+
+    gen = torch.Generator().manual_seed(0)
+    heads, n, dk, dv = 3, 13, 8, 5
+    q, k = (F.normalize(torch.randn(2, heads, n, dk, generator=gen), dim=-1) for _ in range(2))
+    v, state = torch.randn(2, heads, n, dv, generator=gen), torch.randn(2, heads, dk, dv, generator=gen)
+    g = -F.softplus(torch.randn(2, heads, n, generator=gen))
+    beta = torch.sigmoid(torch.randn(2, heads, n, generator=gen))
+    s, want = state, []
+    for t in range(n):
+        s = s * torch.exp(g[..., t])[..., None, None]
+        u = beta[..., t, None] * (v[..., t, :] - (k[..., t, :, None] * s).sum(-2))
+        s = s + k[..., t, :, None] * u[..., None, :]
+        want.append((q[..., t, :, None] * s).sum(-2))
+    for chunk in (4, 64):
+        out, final = gated_delta_rule(q, k, v, g, beta, state, chunk=chunk)
+        assert float((out - torch.stack(want, -2)).abs().max()) < 1e-5 and float((final - s).abs().max()) < 1e-5
+
+    model = load_checkpoint(trained[0])
+    ids = [9707, 11, 1879, 0, 2, 3, 45, 1000, 77, 5, 6, 7, 8, 9]
+    caches, cache = [model.new_cache()], model.new_cache()
+    for begin, end in ((0, 5), (5, 13)):
+        model.forward_ar(ids[begin:end], cache)
+        caches.append(cache.copy())
+    blocks = [[ids[c.n_past]] + [151669] * 7 for c in caches]
+    with torch.no_grad():
+        together = model.forward_drafts(blocks, caches)
+        for block, c, got in zip(blocks, caches, together):
+            alone = model.forward_draft(block, c)
+            assert float((got - alone).abs().max()) <= 1e-5 * float(alone.abs().max())
+
+
 def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_path, capsys):
     """`pyorthrus train --base` on the Qwen3.5 GGUF a user has (Q8_0 here, dequantized to float32): the twins start
     as copies of its AR tensors, the mask is the id an HF base with the same tokenizer gets (the first of the
@@ -384,7 +421,7 @@ def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     for name, value in source.items():
         assert torch.equal(result[name], value.float()) != ("_diff" in name), name
     assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "--resume"]) == 1
-    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: a Qwen3.5 base trains on the CPU, "
+    assert capsys.readouterr().err.strip().endswith(f"{ckpt}: a Qwen3.5 base trains in float32, "
                                                     "without --resume (not built yet)")
     trained_docs, trained = decode(convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32",
                                                       progress=False)["merged"])

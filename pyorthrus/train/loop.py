@@ -28,7 +28,7 @@ from ..files import atomic_write
 from ..reference import OrthrusModel, load_gguf, load_hf, read_hf_tensors
 from . import data as data_mod
 from .config import PRECISIONS, ROW_WEIGHTS, TrainConfig, lr_at
-from .model import diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
+from .model import check_device, diff_state_dict, load_diff_state_dict, trainable_parameters, training_step_loss
 
 MASK_TOKEN_CANDIDATES = ("<empty_output>", "<|mask|>", "<mask>", "<|MASK|>", "[MASK]")
 
@@ -146,16 +146,6 @@ def _autocast(device: str, precision: str):
     return torch.autocast(device_type=kind, dtype=torch.bfloat16), "bf16"
 
 
-def _check_device(device: str) -> None:
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise PyorthrusError("--device cuda: no CUDA device is available to this torch build")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise PyorthrusError("--device mps: Apple MPS is not available")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise PyorthrusError(f"--device {device}: expected cpu, cuda or mps")
-
-
 @torch.no_grad()
 def evaluate(model: OrthrusModel, docs, cfg: TrainConfig, mask_id: int, autocast=None) -> dict:
     """Held-out loss and mean accepted drafts per block (blocks at fixed offset 0). The loss is the plain mean KL
@@ -179,7 +169,7 @@ def _fresh(autocast):
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings that cannot train, each with one line naming the flag."""
-    _check_device(cfg.device)
+    check_device(cfg.device)
     if cfg.block_size < 2:
         raise PyorthrusError(f"block size {cfg.block_size} must be at least 2")
     if not (0.0 <= cfg.min_lr_ratio <= 1.0 and cfg.weight_decay >= 0.0 and cfg.grad_clip >= 0.0 and cfg.lr >= 0.0):

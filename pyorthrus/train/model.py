@@ -20,7 +20,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import PyorthrusError
 from ..reference import OrthrusModel
+
+
+def check_device(device: str) -> None:
+    """Refuse a --device this machine's torch cannot use, in one line."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PyorthrusError("--device cuda: no CUDA device is available to this torch build")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise PyorthrusError("--device mps: Apple MPS is not available")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise PyorthrusError(f"--device {device}: expected cpu, cuda or mps")
 
 
 def trainable_parameters(model: OrthrusModel) -> list[nn.Parameter]:

@@ -27,7 +27,7 @@ from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_t
                                load_gguf, orthrus_from_base)
 from . import data as data_mod
 from .config import TrainConfig, lr_at
-from .model import forward_kl, reach
+from .model import check_device, forward_kl, reach
 
 UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "--eval-data",
                "schedule_minutes": "--schedule-minutes", "keep_every": "--keep-every"}
@@ -70,7 +70,8 @@ def default_mask_token(base, vocab_size: int) -> int:
 
 def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], block_size: int, mask_id: int,
                   row_weights: str) -> tuple[torch.Tensor, list[int]]:
-    """The mean forward KL of a document's blocks (starting at `starts`) and each block's greedy accepted drafts."""
+    """The mean forward KL of a document's blocks (starting at `starts`) and each block's greedy accepted drafts.
+    One no-grad AR pass keeps the cache at each block start; then every block runs through the twins at once."""
     caches, logits, done = {}, [], 0
     with torch.no_grad():
         cache = model.new_cache()
@@ -81,11 +82,12 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
             caches[s] = cache.copy()  # the seed of the block at s
         logits.append(model.forward_ar(ids[done:], cache))
     teacher_all = torch.cat(logits)
+    students = model.forward_drafts([[ids[s]] + [mask_id] * (block_size - 1) for s in starts],
+                                    [caches[s] for s in starts])
     losses, accepted = [], []
-    for s in starts:
+    for s, student in zip(starts, students):
         rows = min(block_size - 1, len(ids) - 1 - s)
-        student = model.forward_draft([ids[s]] + [mask_id] * (block_size - 1), caches[s])[:rows]
-        teacher = teacher_all[s:s + rows]
+        student, teacher = student[:rows], teacher_all[s:s + rows]
         weights = None
         if row_weights == "acceptance":
             with torch.no_grad():
@@ -101,9 +103,12 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
     of its AR weights, as the reference initialises them); write the trained checkpoint to cfg.out in the
     reference's format. Returns a summary."""
     unsupported = [flag for key, flag in UNSUPPORTED.items() if (resume if key == "resume" else getattr(cfg, key))]
-    if unsupported or cfg.device != "cpu":
-        raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains on the CPU, without "
-                             + ", ".join(unsupported or ["--device"]) + " (not built yet)")
+    if cfg.precision == "bf16":
+        unsupported.append("--precision bf16")
+    if unsupported:
+        raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without " + ", ".join(unsupported)
+                             + " (not built yet)")
+    check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -119,6 +124,7 @@ def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
         vocab_size = base_text_config(cfg.base).get("vocab_size", 0)
         mask_id = default_mask_token(cfg.base, vocab_size) if cfg.mask_token_id is None else cfg.mask_token_id
         model = orthrus_from_base(cfg.base, cfg.block_size, mask_id)
+    model.to(cfg.device)
     docs = data_mod.split_long(data_mod.read_documents(cfg.data, cfg.base), cfg.seq_len)
     if not docs:
         raise PyorthrusError(f"{cfg.data[0]}: no training documents")
@@ -169,7 +175,7 @@ def save_checkpoint(out: Path, source: Path, model: Qwen35Reference, block_size:
     for item in [] if from_gguf else source.iterdir():
         if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
             shutil.copyfile(item, out / item.name)
-    tensors = {name: t.detach().contiguous() for name, t in model.w.items() if "_diff" in name or not from_gguf}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.w.items() if "_diff" in name or not from_gguf}
     atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     config = {**model.hf, "block_size": int(block_size), "mask_token_id": int(mask_id), "dtype": "float32"}
     if from_gguf:

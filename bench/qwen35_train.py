@@ -32,7 +32,7 @@ from pyorthrus.train.loop import train
 def train_on(ckpt: Path, data: Path, out: Path, device: str, steps: int, args) -> dict:
     cfg = TrainConfig(base=str(ckpt), data=[str(data)], out=str(out), block_size=args.block_size,
                       seq_len=args.seq_len, batch_size=args.batch_size, max_steps=steps, lr=1e-3, warmup_steps=1,
-                      device=device, progress=False)
+                      log_every=1, device=device, progress=False)
     summary = train(cfg)
     summary["s_per_step"] = summary["wall_s"] / summary["steps"]  # the steps alone, loading left out
     return summary

@@ -420,13 +420,44 @@ def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     assert set(source) == set(result)
     for name, value in source.items():
         assert torch.equal(result[name], value.float()) != ("_diff" in name), name
-    assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(out), "--resume"]) == 1
+    assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(tmp_path / "again"),
+                     "--init-from", str(out)]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{ckpt}: a Qwen3.5 base trains in float32, "
-                                                    "without --resume (not built yet)")
+                                                    "without --init-from (not built yet)")
     trained_docs, trained = decode(convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32",
                                                       progress=False)["merged"])
     assert trained_docs == docs
     assert trained > untrained + 1.0, (untrained, trained)
+
+
+def test_a_qwen35_run_resumes_exactly_and_evaluates(user_bases, tmp_path):
+    """The Qwen3.5 trainer runs in train.loop's loop like the other bases: a run stopped at step 2 (Ctrl-C) and
+    resumed ends with the twins of an uninterrupted one, bit for bit; --eval-data logs held-out acceptance."""
+    from pyorthrus.train.config import TrainConfig
+    from pyorthrus.train.loop import train
+
+    rng = np.random.default_rng(11)
+    data, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    for path in (data, held_out):
+        path.write_text("".join(json.dumps({"ids": rng.integers(0, 151000, size=40).tolist()}) + "\n"
+                                for _ in range(3)))
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(base=str(user_bases["q8_0"]), data=[str(data)], out=str(tmp_path / out), block_size=4,
+                           seq_len=40, batch_size=2, max_steps=4, log_every=1, eval_data=[str(held_out)],
+                           eval_every=2, progress=False)
+
+    def interrupt(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    straight = train(config("straight"))
+    assert [r["step"] for r in straight["history"] if "eval_accepted" in r] == [0, 2, 4]
+    assert train(config("resumed"), on_log=interrupt)["stopped"] == "interrupted"
+    resumed = train(config("resumed"), resume=True)
+    assert (resumed["steps"], resumed["tokens"]) == (straight["steps"], straight["tokens"])
+    a, b = (load_file(str(tmp_path / out / "model.safetensors")) for out in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Orthrus trainer: forward-KL self-distillation of the diffusion attention weights over a frozen base.
 
-`pyorthrus train` (cli.py) -> loop.train(TrainConfig) -> model.py (packed AR + diffusion forward) on data.py batches.
+`pyorthrus train` (cli.py) -> loop.train(TrainConfig) -> loop.run_job with a job per kind of base: loop.PackedJob
+(model.py's packed AR + diffusion forward on data.py batches) or qwen35.DocumentJob (Qwen3.5, one document at a time
+on pyorthrus.reference_qwen35).
 """
 __all__ = ["TrainConfig", "train"]
 

@@ -110,12 +110,6 @@ def save_weights(out: Path, model: OrthrusModel, config: dict) -> dict[str, torc
     return tensors
 
 
-def save_checkpoint(out: Path, model: OrthrusModel, config: dict, state: dict) -> None:
-    tensors = save_weights(out, model, config)
-    full = {**state, "diff": tensors}
-    atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
-
-
 def _cpu_has_fast_bf16() -> bool:
     """AMX / AVX512-BF16 CPUs (oneDNN): bf16 matmuls are several times faster than fp32 (measured 5.7x here)."""
     try:
@@ -249,61 +243,117 @@ def optimizer_step(model: OrthrusModel, opt, batch, lr: float, cfg: TrainConfig,
     return loss.item(), acc.float().mean().item()
 
 
+class PackedJob:
+    """Training for Qwen3 / Qwen2 / Llama bases: packed sequences of several documents, one training forward per
+    batch (model.py). What run_job needs of a job: model-free steps, held-out evaluation, the weights to save."""
+
+    def __init__(self, cfg: TrainConfig, state: dict | None):
+        self.cfg = cfg
+        self.model, self.mask_id, self.init_info = initial_model(cfg, state)
+        self.model.to(cfg.device)
+        docs = data_mod.read_documents(cfg.data, cfg.base)
+        for d in docs:
+            if max(d.ids) >= self.model.cfg.vocab_size:
+                raise PyorthrusError(f"{cfg.data[0]}: token id {max(d.ids)} is outside the base vocabulary")
+        sequences = data_mod.pack_sequences(docs, cfg.seq_len, cfg.seed)
+        self.batches = data_mod.Batches(sequences, cfg.batch_size, cfg.block_size, self.mask_id, cfg.seq_len,
+                                        cfg.seed)
+        self.eval_docs = data_mod.read_documents(cfg.eval_data, cfg.base) if cfg.eval_data else None
+        self.tokens_per_step = self.batches.tokens_per_epoch / len(sequences) * cfg.batch_size
+        self.data_tokens = self.batches.tokens_per_epoch
+        self.opt, self.autocast, self.precision = optimizer_and_precision(self.model, cfg)
+        self.config = checkpoint_config(self.model, cfg.base, cfg.block_size, self.mask_id)
+        # On an accelerator the next step's batch is packed on the CPU while this one runs (batches are a pure
+        # function of the step, so the order of work does not change them).
+        self.prefetch = ThreadPoolExecutor(1) if torch.device(cfg.device).type != "cpu" else None
+        self.pending = None  # (step, future)
+
+    def _batch(self, step: int):
+        if self.prefetch is None:
+            return self.batches.batch(step)
+        if self.pending is None or self.pending[0] != step:
+            self.pending = (step, self.prefetch.submit(self.batches.batch, step))
+        batch = self.pending[1].result()
+        self.pending = (step + 1, self.prefetch.submit(self.batches.batch, step + 1))
+        return batch
+
+    def step(self, step: int, lr: float) -> tuple[float, float, int]:
+        """One optimizer step: (loss, mean accepted drafts per block, real tokens)."""
+        batch = self._batch(step).to(self.cfg.device)
+        loss, accepted = optimizer_step(self.model, self.opt, batch, lr, self.cfg, self.autocast)
+        return loss, accepted, batch.n_tokens
+
+    def evaluate(self) -> dict:
+        return evaluate(self.model, self.eval_docs, self.cfg, self.mask_id, self.autocast)
+
+    def epoch_of(self, step: int) -> float:
+        return self.batches.epoch_of(step)
+
+    def save_weights(self, out: Path, config: dict) -> dict[str, torch.Tensor]:
+        return save_weights(out, self.model, config)
+
+    def load_diff(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_diff_state_dict(self.model, tensors)
+
+    def close(self) -> None:
+        if self.prefetch:
+            self.prefetch.shutdown(cancel_futures=True)
+
+
 def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     """Train; returns a summary. With `resume`, continue from `cfg.out/trainer_state.pt`."""
-    from .qwen35 import qwen35_model_type, train_qwen35
+    from .qwen35 import DocumentJob, qwen35_model_type
 
     check_config(cfg)
-    if qwen35_model_type(cfg.base):
-        return train_qwen35(cfg, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
     state = saved_state(cfg, resume)
-    model, mask_id, init_info = initial_model(cfg, state)
-    model.to(cfg.device)
-    docs = data_mod.read_documents(cfg.data, cfg.base)
-    for d in docs:
-        if max(d.ids) >= model.cfg.vocab_size:
-            raise PyorthrusError(f"{cfg.data[0]}: token id {max(d.ids)} is outside the base vocabulary")
-    sequences = data_mod.pack_sequences(docs, cfg.seq_len, cfg.seed)
-    batches = data_mod.Batches(sequences, cfg.batch_size, cfg.block_size, mask_id, cfg.seq_len, cfg.seed)
-    eval_docs = data_mod.read_documents(cfg.eval_data, cfg.base) if cfg.eval_data else None
-    tokens_per_step = batches.tokens_per_epoch / len(sequences) * cfg.batch_size
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / tokens_per_step))
+    job = DocumentJob(cfg, state) if qwen35_model_type(cfg.base) else PackedJob(cfg, state)
+    try:
+        return run_job(job, cfg, state, on_log)
+    finally:
+        job.close()
+
+
+def run_job(job, cfg: TrainConfig, state: dict | None, on_log=None) -> dict:
+    """The training loop around a job (PackedJob, qwen35.DocumentJob): the learning-rate schedule, logging and the
+    progress bar, held-out evaluation, checkpoints (every --save-every steps, at the end, on --max-minutes, SIGTERM
+    or Ctrl-C) and resuming from one."""
+    out = Path(cfg.out)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / job.tokens_per_step))
     schedule_s = cfg.schedule_minutes * 60 if cfg.schedule_minutes else None
     if schedule_s is not None:
         total_steps = cfg.max_steps or 10**9  # the wall-time budget ends the run
-    opt, autocast, precision = optimizer_and_precision(model, cfg)
 
     step, tokens, history, wall = 0, 0, [], 0.0
     ema_loss = ema_acc = None
     if state is not None:
-        load_diff_state_dict(model, state["diff"])
-        opt.load_state_dict(state["optimizer"])
+        job.load_diff(state["diff"])
+        job.opt.load_state_dict(state["optimizer"])
         step, tokens, history, wall = state["step"], state["tokens"], state["history"], state["wall_s"]
         ema_loss, ema_acc = state["ema_loss"], state["ema_acc"]
         total_steps = state["total_steps"]
-        if state.get("data_tokens") not in (None, batches.tokens_per_epoch):
+        if state.get("data_tokens") not in (None, job.data_tokens):
             import sys
 
             print(f"warning: the training data changed since the saved step ({state['data_tokens']} -> "
-                  f"{batches.tokens_per_epoch} tokens); batches after the resume differ from an uninterrupted run",
+                  f"{job.data_tokens} tokens); batches after the resume differ from an uninterrupted run",
                   file=sys.stderr)
-    hf_config = checkpoint_config(model, cfg.base, cfg.block_size, mask_id)
+    hf_config = job.config
     hf_config["orthrus_training"] = {"data": [str(p) for p in cfg.data], "seq_len": cfg.seq_len,
                                      "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-                                     "precision": precision, "row_weights": cfg.row_weights}
-    if init_info:
-        hf_config["orthrus_training"]["init"] = init_info
+                                     "precision": job.precision, "row_weights": cfg.row_weights}
+    if job.init_info:
+        hf_config["orthrus_training"]["init"] = job.init_info
 
     def snapshot():
         hf_config["orthrus_training"].update(steps=step, tokens=tokens)
-        save_checkpoint(out, model, hf_config, {
-            "step": step, "tokens": tokens, "total_steps": total_steps, "optimizer": opt.state_dict(),
-            "history": history, "wall_s": wall, "ema_loss": ema_loss, "ema_acc": ema_acc,
-            "config": asdict(cfg), "mask_token_id": mask_id, "init_info": init_info,
-            "data_tokens": batches.tokens_per_epoch})
+        tensors = job.save_weights(out, hf_config)
+        full = {"step": step, "tokens": tokens, "total_steps": total_steps, "optimizer": job.opt.state_dict(),
+                "history": history, "wall_s": wall, "ema_loss": ema_loss, "ema_acc": ema_acc,
+                "config": asdict(cfg), "mask_token_id": job.mask_id, "init_info": job.init_info,
+                "data_tokens": job.data_tokens, "diff": tensors}
+        atomic_write(out / "trainer_state.pt", lambda p: torch.save(full, str(p)))
 
     stop = {"flag": False}
     old_handler = None
@@ -321,14 +371,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     wall_at_start, tokens_at_start = wall, tokens
     window_tokens, window_t = 0, time.time()
     summary_reason = "done"
-    # On an accelerator the next step's batch is packed on the CPU while this one runs (batches are a pure
-    # function of the step, so the order of work does not change them).
-    prefetch = ThreadPoolExecutor(1) if torch.device(cfg.device).type != "cpu" else None
-    pending = prefetch.submit(batches.batch, step) if prefetch else None
     try:
-        if eval_docs and step == 0:
-            ev = evaluate(model, eval_docs, cfg, mask_id, autocast)
-            history.append({"step": 0, "tokens": 0, **ev})
+        if job.eval_docs and step == 0:
+            history.append({"step": 0, "tokens": 0, **job.evaluate()})
             _append_log(log_path, history[-1])
         while step < total_steps:
             if stop["flag"]:
@@ -338,22 +383,15 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 summary_reason = "time limit"
                 break
             if schedule_s is not None and wall >= schedule_s:
-                if eval_docs and step % cfg.eval_every:  # the curve's last point: where the run ended
-                    history.append({"step": step, "tokens": tokens,
-                                    **evaluate(model, eval_docs, cfg, mask_id, autocast)})
+                if job.eval_docs and step % cfg.eval_every:  # the curve's last point: where the run ended
+                    history.append({"step": step, "tokens": tokens, **job.evaluate()})
                     _append_log(log_path, history[-1])
                 break
-            if prefetch:
-                batch = pending.result().to(cfg.device)
-                pending = prefetch.submit(batches.batch, step + 1)
-            else:
-                batch = batches.batch(step).to(cfg.device)
             time_fraction = None if schedule_s is None else wall / schedule_s
-            loss_v, acc_v = optimizer_step(model, opt, batch, lr_at(step, cfg, total_steps, time_fraction), cfg,
-                                           autocast)
+            loss_v, acc_v, n_tokens = job.step(step, lr_at(step, cfg, total_steps, time_fraction))
             step += 1
-            tokens += batch.n_tokens
-            window_tokens += batch.n_tokens
+            tokens += n_tokens
+            window_tokens += n_tokens
             ema_loss = loss_v if ema_loss is None else 0.9 * ema_loss + 0.1 * loss_v
             ema_acc = acc_v if ema_acc is None else 0.9 * ema_acc + 0.1 * acc_v
             wall = wall_at_start + time.time() - t_start
@@ -362,10 +400,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 tok_s = window_tokens / max(1e-9, now - window_t)
                 window_tokens, window_t = 0, now
                 rec = {"step": step, "tokens": tokens, "loss": loss_v, "ema_loss": ema_loss, "accepted": acc_v,
-                       "ema_accepted": ema_acc, "lr": opt.param_groups[0]["lr"], "tok_s": tok_s,
-                       "wall_s": wall, "epoch": batches.epoch_of(step)}
-                if eval_docs and (step % cfg.eval_every == 0 or step == total_steps):
-                    rec.update(evaluate(model, eval_docs, cfg, mask_id, autocast))
+                       "ema_accepted": ema_acc, "lr": job.opt.param_groups[0]["lr"], "tok_s": tok_s,
+                       "wall_s": wall, "epoch": job.epoch_of(step)}
+                if job.eval_docs and (step % cfg.eval_every == 0 or step == total_steps):
+                    rec.update(job.evaluate())
                 history.append(rec)
                 _append_log(log_path, rec)
                 if on_log:
@@ -379,14 +417,12 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
                 snapshot()
             if cfg.keep_every and step % cfg.keep_every == 0:
                 hf_config["orthrus_training"].update(steps=step, tokens=tokens)
-                save_weights(out / f"step{step:06d}", model, hf_config)
+                job.save_weights(out / f"step{step:06d}", hf_config)
         snapshot()
     except KeyboardInterrupt:
         summary_reason = "interrupted"
         snapshot()
     finally:
-        if prefetch:
-            prefetch.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
         if old_handler is not None:
@@ -395,7 +431,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     if schedule_s is not None and not cfg.max_steps:
         total_steps = step
     return {"out": str(out), "steps": step, "total_steps": total_steps, "tokens": tokens, "wall_s": wall,
-            "loss": ema_loss, "accepted": ema_acc, "mask_token_id": mask_id, "precision": precision,
+            "loss": ema_loss, "accepted": ema_acc, "mask_token_id": job.mask_id, "precision": job.precision,
             "stopped": summary_reason, "history": history}
 
 

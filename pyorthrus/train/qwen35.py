@@ -1,10 +1,11 @@
 """`pyorthrus train` on an Orthrus-Qwen3.5 checkpoint (issue 37): the twins of its attention and Gated DeltaNet layers
 learn the AR view's next-token distributions over draft blocks (forward KL, self-distillation), as for the other
-bases, on the PyTorch reference of both views (pyorthrus.reference_qwen35), one document at a time.
+bases, on the PyTorch reference of both views (pyorthrus.reference_qwen35), one document at a time, in train.loop's
+loop (checkpoints, --resume, --max-minutes, --eval-data as for the other bases).
 
 Per document: one no-grad AR pass keeps the cache (keys, conv windows, states) at each block start s and the AR
-logits of every row; then each block [x_s, MASK...] runs through the twins from the cache at s, and its row i learns
-AR's row s+i (the token s+i+1). From an HF base the output is a full checkpoint in the reference's format (the AR
+logits of every row; then the blocks [x_s, MASK...] run through the twins together, each from the cache at its s,
+and row i of a block learns AR's row s+i (the token s+i+1). From an HF base the output is a full checkpoint in the reference's format (the AR
 weights unchanged, the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into a merged file;
 from a Qwen3.5 GGUF (any quantization, dequantized) it holds the twins alone, which `pyorthrus convert OUT
 --adapter-out A.gguf` turns into an adapter file for that GGUF.
@@ -12,9 +13,7 @@ from a Qwen3.5 GGUF (any quantization, dequantized) it holds the twins alone, wh
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -26,12 +25,8 @@ from ..gguf_meta import gguf_field, open_reader
 from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, load_checkpoint,
                                load_gguf, orthrus_from_base)
 from . import data as data_mod
-from .config import TrainConfig, lr_at
-from .model import check_device, forward_kl, reach
-
-UNSUPPORTED = {"resume": "--resume", "init_from": "--init-from", "eval_data": "--eval-data",
-               "schedule_minutes": "--schedule-minutes", "keep_every": "--keep-every"}
-
+from .config import TrainConfig
+from .model import forward_kl, reach
 
 GGUF_ARCHS = ("qwen35", "qwen35moe")  # a Qwen3.5 GGUF's general.architecture
 
@@ -98,86 +93,116 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
     return torch.stack(losses).mean(), accepted
 
 
-def train_qwen35(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train the twins of cfg.base, an Orthrus-Qwen3.5 checkpoint or a plain Qwen3.5 (whose twins start as copies
-    of its AR weights, as the reference initialises them); write the trained checkpoint to cfg.out in the
-    reference's format. Returns a summary."""
-    unsupported = [flag for key, flag in UNSUPPORTED.items() if (resume if key == "resume" else getattr(cfg, key))]
-    if cfg.precision == "bf16":
-        unsupported.append("--precision bf16")
-    if unsupported:
-        raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without " + ", ".join(unsupported)
-                             + " (not built yet)")
-    check_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    kind = qwen35_model_type(cfg.base)
-    if kind in GGUF_ARCHS:
-        model = load_gguf(cfg.base)  # its twins, if it is a merged file, else copies of the AR weights
-        mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else model.cfg.mask_token_id \
-            if model.cfg.mask_token_id is not None else default_mask_token(cfg.base, model.cfg.vocab_size)
-    elif kind == "orthrus_qwen3_5":
-        model = load_checkpoint(cfg.base)
-        mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
-    else:
-        vocab_size = base_text_config(cfg.base).get("vocab_size", 0)
-        mask_id = default_mask_token(cfg.base, vocab_size) if cfg.mask_token_id is None else cfg.mask_token_id
-        model = orthrus_from_base(cfg.base, cfg.block_size, mask_id)
-    model.to(cfg.device)
-    docs = data_mod.split_long(data_mod.read_documents(cfg.data, cfg.base), cfg.seq_len)
-    if not docs:
-        raise PyorthrusError(f"{cfg.data[0]}: no training documents")
-    for d in docs:
-        if max(d.ids) >= model.cfg.vocab_size:
-            raise PyorthrusError(f"{cfg.data[0]}: token id {max(d.ids)} is outside the base vocabulary")
-    twins = [tensor.requires_grad_(True) for name, tensor in model.w.items() if "_diff" in name]
-    opt = torch.optim.AdamW(twins, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tokens_per_step = sum(len(d.ids) for d in docs) / len(docs) * cfg.batch_size
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.tokens / tokens_per_step))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history, tokens, start = [], 0, time.monotonic()
-    for step in range(total_steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, total_steps)
-        opt.zero_grad()
-        step_loss, step_accepted = 0.0, []
-        for i in torch.randint(0, len(docs), (cfg.batch_size,), generator=gen).tolist():
-            doc = docs[i]
+class DocumentJob:
+    """Training for Qwen3.5 bases (train.loop.run_job drives it): the twins of an Orthrus-Qwen3.5 checkpoint, a
+    plain Qwen3.5 (twins start as copies of its AR weights, as the reference initialises them) or a qwen35 GGUF, in
+    float32. Each step draws --batch-size documents and a block offset for each (a pure function of the seed and
+    the step, so a resumed run draws what an uninterrupted one would) and trains on one document at a time
+    (document_loss). The weights go out in the reference's format (save_weights)."""
+
+    precision = "fp32"
+    init_info = None
+
+    def __init__(self, cfg: TrainConfig, state: dict | None):
+        unsupported = [flag for flag, wanted in (("--init-from", cfg.init_from),
+                                                 ("--precision bf16", cfg.precision == "bf16")) if wanted]
+        if unsupported:
+            raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without " + ", ".join(unsupported)
+                                 + " (not built yet)")
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        kind = qwen35_model_type(cfg.base)
+        if kind in GGUF_ARCHS:
+            model = load_gguf(cfg.base)  # its twins, if it is a merged file, else copies of the AR weights
+            mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else model.cfg.mask_token_id \
+                if model.cfg.mask_token_id is not None else default_mask_token(cfg.base, model.cfg.vocab_size)
+        elif kind == "orthrus_qwen3_5":
+            model = load_checkpoint(cfg.base)
+            mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id
+        else:
+            vocab_size = base_text_config(cfg.base).get("vocab_size", 0)
+            mask_id = default_mask_token(cfg.base, vocab_size) if cfg.mask_token_id is None else cfg.mask_token_id
+            model = orthrus_from_base(cfg.base, cfg.block_size, mask_id)
+        self.model, self.mask_id = model.to(cfg.device), mask_id
+        self.docs = self._documents(cfg.data)
+        self.eval_docs = self._documents(cfg.eval_data) if cfg.eval_data else None
+        self.twins = {name: t.requires_grad_(True) for name, t in model.w.items() if "_diff" in name}
+        self.opt = torch.optim.AdamW(self.twins.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.data_tokens = sum(len(d.ids) for d in self.docs)
+        self.tokens_per_step = self.data_tokens / len(self.docs) * cfg.batch_size
+        self.config = {**model.hf, "block_size": cfg.block_size, "mask_token_id": int(mask_id), "dtype": "float32"}
+        if Path(cfg.base).suffix == ".gguf":
+            self.config["orthrus_base_model"] = str(Path(cfg.base).resolve())
+
+    def _documents(self, paths) -> list:
+        docs = data_mod.split_long(data_mod.read_documents(paths, self.cfg.base), self.cfg.seq_len)
+        if not docs:
+            raise PyorthrusError(f"{paths[0]}: no training documents")
+        for d in docs:
+            if max(d.ids) >= self.model.cfg.vocab_size:
+                raise PyorthrusError(f"{paths[0]}: token id {max(d.ids)} is outside the base vocabulary")
+        return docs
+
+    def step(self, step: int, lr: float) -> tuple[float, float, int]:
+        """One optimizer step: (loss, mean accepted drafts per block, tokens)."""
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        step_loss, step_accepted, tokens = 0.0, [], 0
+        for i in torch.randint(0, len(self.docs), (cfg.batch_size,), generator=gen).tolist():
+            doc = self.docs[i]
             offset = int(torch.randint(0, cfg.block_size, (1,), generator=gen))
             starts = data_mod.block_starts(doc, cfg.block_size, offset) or [doc.lo]
-            loss, accepted = document_loss(model, doc.ids, starts, cfg.block_size, mask_id, cfg.row_weights)
-            (loss / cfg.batch_size).backward()
+            loss, accepted = document_loss(self.model, doc.ids, starts, cfg.block_size, self.mask_id,
+                                           cfg.row_weights)
+            (loss / cfg.batch_size).backward()  # one document's graph at a time
             step_loss += loss.item() / cfg.batch_size
             step_accepted += accepted
             tokens += len(doc.ids)
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(twins, cfg.grad_clip)
-        opt.step()
-        history.append({"step": step + 1, "loss": step_loss, "accepted": sum(step_accepted) / len(step_accepted)})
-        if cfg.progress and (step + 1) % cfg.log_every == 0:
-            print(f"step {step + 1}/{total_steps}: loss {step_loss:.4f}, accepted drafts/block "
-                  f"{history[-1]['accepted']:.2f}", flush=True)
-    save_checkpoint(Path(cfg.out), Path(cfg.base), model, cfg.block_size, mask_id)
-    return {"stopped": "done", "steps": total_steps, "total_steps": total_steps, "tokens": tokens,
-            "wall_s": time.monotonic() - start, "loss": history[-1]["loss"], "accepted": history[-1]["accepted"],
-            "out": str(cfg.out), "history": history}
+            torch.nn.utils.clip_grad_norm_(list(self.twins.values()), cfg.grad_clip)
+        self.opt.step()
+        return step_loss, sum(step_accepted) / len(step_accepted), tokens
 
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss (plain mean KL) and mean accepted drafts per block, blocks at offset 0."""
+        losses, accepted = [], []
+        for doc in self.eval_docs:
+            starts = data_mod.block_starts(doc, self.cfg.block_size, 0) or [doc.lo]
+            loss, acc = document_loss(self.model, doc.ids, starts, self.cfg.block_size, self.mask_id, "uniform")
+            losses.append(float(loss))
+            accepted += acc
+        return {"eval_loss": sum(losses) / len(losses), "eval_accepted": sum(accepted) / len(accepted),
+                "eval_blocks": len(accepted)}
 
-def save_checkpoint(out: Path, source: Path, model: Qwen35Reference, block_size: int, mask_id: int) -> None:
-    """A checkpoint in the reference's format, float32: the source's config (with the trained block size and mask)
-    and the trained twins; from an HF source also its tokenizer files and every AR tensor as loaded (a full
-    checkpoint), from a GGUF the twins alone and the GGUF's path as orthrus_base_model (its weights stay there)."""
-    from safetensors.torch import save_file
+    def epoch_of(self, step: int) -> float:
+        return step * self.cfg.batch_size / len(self.docs)
 
-    out.mkdir(parents=True, exist_ok=True)
-    from_gguf = source.suffix == ".gguf"
-    for item in [] if from_gguf else source.iterdir():
-        if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
-            shutil.copyfile(item, out / item.name)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.w.items() if "_diff" in name or not from_gguf}
-    atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config = {**model.hf, "block_size": int(block_size), "mask_token_id": int(mask_id), "dtype": "float32"}
-    if from_gguf:
-        config["orthrus_base_model"] = str(source.resolve())
-    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    def save_weights(self, out: Path, config: dict) -> dict[str, torch.Tensor]:
+        """A checkpoint in the reference's format, float32: `config` and the trained twins; from an HF base also its
+        tokenizer files and every AR tensor as loaded (a full checkpoint), from a GGUF the twins alone (its weights
+        stay there: config's orthrus_base_model). Returns the twins."""
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        base = Path(self.cfg.base)
+        from_gguf = base.suffix == ".gguf"
+        for item in [] if from_gguf else base.iterdir():
+            if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+                shutil.copyfile(item, out / item.name)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.model.w.items()
+                   if name in self.twins or not from_gguf}
+        atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+        atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        return {name: tensors[name] for name in self.twins}
+
+    def load_diff(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, t in self.twins.items():
+                t.copy_(tensors[name])
+
+    def close(self) -> None:
+        pass

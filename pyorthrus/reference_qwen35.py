@@ -275,6 +275,8 @@ def gguf_text_config(reader, source: str) -> dict:
     """The flat text config (transformers' keys, model_type "orthrus_qwen3_5") of a `qwen35` GGUF, read from the
     keys llama.cpp's converter wrote; block_size and mask_token_id are the file's where it has them."""
     arch = gguf_field(reader, "general.architecture")
+    if gguf_field(reader, "general.type") == "adapter":
+        raise PyorthrusError(f"{source}: an Orthrus adapter, not a model (pass the base GGUF it goes with)")
     if arch != "qwen35":
         raise PyorthrusError(f"{source}: architecture {arch!r}, expected 'qwen35'"
                              + (" (the PyTorch reference has no routed experts)" if arch == "qwen35moe" else ""))
@@ -315,13 +317,28 @@ def gguf_text_config(reader, source: str) -> dict:
     return config
 
 
-def load_gguf(path, adapter=None) -> Qwen35Reference:
-    """Both views of a `qwen35` GGUF (any quantization, dequantized to float32), with an Orthrus adapter file's
-    twins if one is given: each tensor brought back to transformers' layout (qwen35_layout.from_gguf). Twins the
-    files do not hold start as copies of their AR tensors, as the reference initialises them; the MTP head's
-    tensors are left out (neither view uses them)."""
+def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
+    """The tensors of an open `qwen35` GGUF (a model, merged or plain, or an adapter), dequantized to float32 and
+    brought back to transformers' layout and names (qwen35_layout.from_gguf; twins under their `_diff` names); the
+    MTP head's tensors are left out (neither view uses them). hf: the model's text config."""
     from .reference import gguf_tensor_f32
 
+    tensors = {}
+    for tensor in reader.tensors:
+        ar_name = hf_ar_name(tensor.name)
+        if ar_name.startswith("blk.") and int(ar_name.split(".")[1]) >= hf["num_hidden_layers"]:
+            continue  # the MTP head
+        if hf_name(ar_name) is None:
+            raise PyorthrusError(f"{reader.data.filename}: unexpected tensor {tensor.name}")
+        name, value = from_gguf(ar_name, gguf_tensor_f32(tensor), hf)
+        tensors[twin_name(name) if ar_name != tensor.name else name] = torch.from_numpy(value)
+    return tensors
+
+
+def load_gguf(path, adapter=None) -> Qwen35Reference:
+    """Both views of a `qwen35` GGUF (any quantization, dequantized to float32), with an Orthrus adapter file's
+    twins if one is given (hf_tensors). Twins the files do not hold start as copies of their AR tensors, as the
+    reference initialises them."""
     reader = open_reader(path)
     hf = gguf_text_config(reader, str(path))
     readers = [reader]
@@ -333,16 +350,7 @@ def load_gguf(path, adapter=None) -> Qwen35Reference:
         for hf_key, gguf_key in (("mask_token_id", KEY_MASK_TOKEN_ID), ("block_size", KEY_ADAPTER_BLOCK_SIZE)):
             if gguf_field(readers[1], gguf_key) is not None:
                 hf[hf_key] = int(gguf_field(readers[1], gguf_key))
-    tensors = {}
-    for source in readers:
-        for tensor in source.tensors:
-            ar_name = hf_ar_name(tensor.name)
-            if ar_name.startswith("blk.") and int(ar_name.split(".")[1]) >= hf["num_hidden_layers"]:
-                continue  # the MTP head
-            if hf_name(ar_name) is None:
-                raise PyorthrusError(f"{source.data.filename}: unexpected tensor {tensor.name}")
-            name, value = from_gguf(ar_name, gguf_tensor_f32(tensor), hf)
-            tensors[twin_name(name) if ar_name != tensor.name else name] = torch.from_numpy(value)
+    tensors = {name: t for source in readers for name, t in hf_tensors(source, hf).items()}
     model = Qwen35Reference(hf, tensors, str(path))
     for twin in qwen35_twin_names(model.cfg):
         if hf_ar_name(twin) not in model.w:

@@ -290,9 +290,10 @@ def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_pa
     padding tokens llama.cpp's converter appends), and the output holds the twins alone, in the reference's
     layout. `convert --adapter-out` makes it an adapter for that GGUF (pyorthrus.qwen35_layout: no llama.cpp
     converter, no tokenizer files needed) and `--merged-out --base` a merged file; both decode exactly as AR, with
-    cycles. A qwen35moe GGUF is refused by name: the PyTorch reference has no routed experts."""
+    cycles. `--init-from` continues from either. A qwen35moe GGUF is refused by name: the PyTorch reference has no
+    routed experts."""
     from pyorthrus.formats import qwen35_twin_names
-    from pyorthrus.reference_qwen35 import load_gguf
+    from pyorthrus.reference_qwen35 import hf_tensors, load_gguf
     from pyorthrus.testing.qwen35 import write_tiny_qwen35
     from pyorthrus.bench.shapes import SHAPES
     from pyorthrus.train.qwen35 import default_mask_token
@@ -324,6 +325,16 @@ def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_pa
             for model in (on_base, on_merged):
                 got = model.generate(prompt, max_tokens=24, block_size=4)
                 assert got.tokens == want and got.stats.n_cycles > 0, prompt
+
+    # --init-from: the trained twins, from the checkpoint or from the (Q8_0) adapter, go on unchanged at lr 0
+    for init, want in ((out, twins), (adapter, {name: t for name, t in hf_tensors(open_reader(adapter),
+                                                                                  start.hf).items()})):
+        again = tmp_path / f"again-{init.name}"
+        assert cli.main(["train", "--base", str(base), "--data", str(data), "--out", str(again), "-K", "4",
+                         "--seq-len", "32", "--max-steps", "1", "--lr", "0", "--json", "--init-from", str(init)]) == 0
+        got = load_file(str(again / "model.safetensors"))
+        assert all(torch.equal(got[name], value) for name, value in want.items()), init
+    capsys.readouterr()
 
     moe = write_tiny_qwen35(tmp_path / "moe.gguf", config=SHAPES["tiny-qwen35moe"])
     assert cli.main(["train", "--base", str(moe), "--data", str(data), "--out", str(tmp_path / "moe-out")]) == 1
@@ -421,9 +432,9 @@ def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     for name, value in source.items():
         assert torch.equal(result[name], value.float()) != ("_diff" in name), name
     assert cli.main(["train", "--base", str(ckpt), "--data", str(data), "--out", str(tmp_path / "again"),
-                     "--init-from", str(out)]) == 1
+                     "--precision", "bf16"]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{ckpt}: a Qwen3.5 base trains in float32, "
-                                                    "without --init-from (not built yet)")
+                                                    "without --precision bf16 (not built yet)")
     trained_docs, trained = decode(convert_checkpoint(out, merged_out=tmp_path / "trained.gguf", outtype="f32",
                                                       progress=False)["merged"])
     assert trained_docs == docs

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..gguf_meta import gguf_field, open_reader
-from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, load_checkpoint,
-                               load_gguf, orthrus_from_base)
+from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, hf_tensors,
+                               load_checkpoint, load_gguf, orthrus_from_base)
 from . import data as data_mod
 from .config import TrainConfig
 from .model import forward_kl, reach
@@ -93,6 +93,29 @@ def document_loss(model: Qwen35Reference, ids: list[int], starts: list[int], blo
     return torch.stack(losses).mean(), accepted
 
 
+def initial_twins(init_from, model: Qwen35Reference) -> dict[str, torch.Tensor]:
+    """--init-from's twins, checked against the model's: an adapter GGUF (brought back to transformers' layout) or a
+    checkpoint directory (what this trainer writes: the twins alone, or a full checkpoint)."""
+    from ..reference import read_hf_tensors
+
+    path = Path(init_from)
+    if path.suffix == ".gguf":
+        tensors = hf_tensors(open_reader(path), model.hf)
+    elif (path / "config.json").is_file():
+        tensors = read_hf_tensors(path)
+    else:
+        raise PyorthrusError(f"{path}: --init-from takes an adapter GGUF or a checkpoint directory")
+    twins = {name: t.float() for name, t in tensors.items() if "_diff" in name}
+    want = {name: t.shape for name, t in model.w.items() if "_diff" in name}
+    missing = sorted(set(want) - set(twins))
+    if missing:
+        raise PyorthrusError(f"{path}: no twin {missing[0]} ({len(missing)} of the base's {len(want)} missing)")
+    for name, shape in want.items():
+        if twins[name].shape != shape:
+            raise PyorthrusError(f"{path}: {name} has shape {list(twins[name].shape)}, the base's {list(shape)}")
+    return twins
+
+
 class DocumentJob:
     """Training for Qwen3.5 bases (train.loop.run_job drives it): the twins of an Orthrus-Qwen3.5 checkpoint, a
     plain Qwen3.5 (twins start as copies of its AR weights, as the reference initialises them) or a qwen35 GGUF, in
@@ -101,14 +124,11 @@ class DocumentJob:
     (document_loss). The weights go out in the reference's format (save_weights)."""
 
     precision = "fp32"
-    init_info = None
 
     def __init__(self, cfg: TrainConfig, state: dict | None):
-        unsupported = [flag for flag, wanted in (("--init-from", cfg.init_from),
-                                                 ("--precision bf16", cfg.precision == "bf16")) if wanted]
-        if unsupported:
-            raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without " + ", ".join(unsupported)
-                                 + " (not built yet)")
+        if cfg.precision == "bf16":
+            raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without --precision bf16 (not "
+                                 "built yet)")
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         kind = qwen35_model_type(cfg.base)
@@ -127,6 +147,10 @@ class DocumentJob:
         self.docs = self._documents(cfg.data)
         self.eval_docs = self._documents(cfg.eval_data) if cfg.eval_data else None
         self.twins = {name: t.requires_grad_(True) for name, t in model.w.items() if "_diff" in name}
+        self.init_info = state.get("init_info") if state is not None else None
+        if cfg.init_from and state is None:
+            self.load_diff(initial_twins(cfg.init_from, model))
+            self.init_info = {"init_from": str(Path(cfg.init_from).resolve())}
         self.opt = torch.optim.AdamW(self.twins.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.data_tokens = sum(len(d.ids) for d in self.docs)
         self.tokens_per_step = self.data_tokens / len(self.docs) * cfg.batch_size
@@ -202,7 +226,7 @@ class DocumentJob:
     def load_diff(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, t in self.twins.items():
-                t.copy_(tensors[name])
+                t.copy_(tensors[name].to(t.device))
 
     def close(self) -> None:
         pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -393,6 +394,9 @@ def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None
     """llama_model_quantize of a GGUF model to `weight_type` (see llama_ftype), written to a temporary file and
     renamed to `out` only when complete (processes quantizing the same file at once never see a partial one)."""
     import llama_cpp.llama_cpp as L
+    from llama_cpp import _logger
+
+    from ..model import quiet_llama_warnings
 
     params = L.llama_model_quantize_default_params()
     params.nthread = threads or os.cpu_count() or 1
@@ -403,7 +407,15 @@ def quantize_gguf(source: Path, out: Path, weight_type: str, threads: int | None
         if (status := L.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)) != 0:
             raise PyorthrusError(f"{source}: llama_model_quantize to {weight_type} failed ({status})")
 
-    atomic_write(out, quantize)
+    # it logs a line per tensor (hundreds for a real shape), which llama-cpp-python prints until a model has set
+    # its logger's level: keep errors only while it runs (and its warnings are warnings, not errors)
+    quiet_llama_warnings()
+    previous = _logger.logger.level
+    _logger.logger.setLevel(logging.ERROR)
+    try:
+        atomic_write(out, quantize)
+    finally:
+        _logger.logger.setLevel(previous)
     return out
 
 

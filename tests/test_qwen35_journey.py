@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -206,6 +208,18 @@ def test_an_adapter_file_beside_the_users_base(trained, adapter, user_bases, cap
     with Orthrus(user_bases["q8_0"], adapter, n_ctx=256) as model:
         assert model.generate(PROMPTS[1], max_tokens=24, block_size=4).tokens == \
             model.ar_view().generate(PROMPTS[1], max_tokens=24).tokens
+
+
+def test_an_adapter_converts_without_torch(trained, adapter, tmp_path):
+    """`convert --adapter-out` of a Qwen3.5 checkpoint needs neither torch nor llama.cpp's converter (each twin
+    takes its base tensor's transforms from pyorthrus.qwen35_layout): in a process that cannot import torch it
+    writes the same file, byte for byte."""
+    out = tmp_path / "adapter.gguf"
+    run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; "
+                          "from pyorthrus.cli import main; sys.exit(main())", "convert", str(trained[0]),
+                          "--adapter-out", str(out), "--outtype", "f32"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() == adapter.read_bytes()
 
 
 def test_an_adapter_missing_a_twin_is_refused(adapter, user_bases, tmp_path):

@@ -245,7 +245,9 @@ def optimizer_step(model: OrthrusModel, opt, batch, lr: float, cfg: TrainConfig,
 
 class PackedJob:
     """Training for Qwen3 / Qwen2 / Llama bases: packed sequences of several documents, one training forward per
-    batch (model.py). What run_job needs of a job: model-free steps, held-out evaluation, the weights to save."""
+    batch (model.py). A job gives run_job step(step, lr), evaluate(), epoch_of(step), save_weights(out, config),
+    load_diff(tensors) and close(), and its opt, config, mask_id, precision, init_info, eval_docs, tokens_per_step
+    and data_tokens."""
 
     def __init__(self, cfg: TrainConfig, state: dict | None):
         self.cfg = cfg

@@ -5,10 +5,10 @@ loop (checkpoints, --resume, --max-minutes, --eval-data as for the other bases).
 
 Per document: one no-grad AR pass keeps the cache (keys, conv windows, states) at each block start s and the AR
 logits of every row; then the blocks [x_s, MASK...] run through the twins together, each from the cache at its s,
-and row i of a block learns AR's row s+i (the token s+i+1). From an HF base the output is a full checkpoint in the reference's format (the AR
-weights unchanged, the trained twins), which `pyorthrus convert OUT --merged-out F.gguf` turns into a merged file;
-from a Qwen3.5 GGUF (any quantization, dequantized) it holds the twins alone, which `pyorthrus convert OUT
---adapter-out A.gguf` turns into an adapter file for that GGUF.
+and row i of a block learns AR's row s+i (the token s+i+1). From an HF base the output is a full checkpoint in the
+reference's format (the AR weights unchanged, the trained twins), which `pyorthrus convert OUT --merged-out F.gguf`
+turns into a merged file; from a Qwen3.5 GGUF (any quantization, dequantized) it holds the twins alone, which
+`pyorthrus convert OUT --adapter-out A.gguf` turns into an adapter file for that GGUF.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ GGUF_ARCHS = ("qwen35", "qwen35moe")  # a Qwen3.5 GGUF's general.architecture
 def qwen35_model_type(base) -> str | None:
     """What kind of Qwen3.5 base this trainer takes `base` for: an HF directory's model_type ("orthrus_qwen3_5",
     the reference's checkpoint with its twins, or a plain Qwen3.5's, QWEN35_BASE_MODEL_TYPES) or a GGUF's
-    architecture (GGUF_ARCHS; train_qwen35 refuses qwen35moe by name); None for anything else."""
+    architecture (GGUF_ARCHS; loading refuses qwen35moe by name); None for anything else."""
     base = Path(base)
     if base.suffix == ".gguf":
         arch = gguf_field(open_reader(base), "general.architecture") if base.is_file() else None

@@ -67,8 +67,8 @@ def write_base_view(ckpt: OrthrusCheckpoint, view: Path) -> None:
 
 
 def convert_base_to_gguf(ckpt: OrthrusCheckpoint, outtype: str, work_dir: Path, progress: bool = False) -> Path:
-    """Run the vendored converter on the base part of `ckpt`; return the GGUF written inside `work_dir`. progress: say so first on stderr (it prints
-    nothing of its own here and takes minutes on a large model)."""
+    """Run the vendored converter on the base part of `ckpt`; return the GGUF written inside `work_dir`. progress:
+    say so first on stderr (it prints nothing of its own here and takes minutes on a large model)."""
     if importlib.util.find_spec("torch") is None:
         raise PyorthrusError("a merged file without --base runs llama.cpp's convert_hf_to_gguf.py, which needs "
                              "torch, transformers and sentencepiece: pip install torch transformers sentencepiece")

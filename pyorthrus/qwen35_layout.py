@@ -75,6 +75,22 @@ def mixer_shapes(hp: dict) -> dict[str, tuple[int, ...]]:
             "linear_attn.out_proj.weight": (hidden, n_v * dv)}
 
 
+def hf_shape(name: str, hp: dict) -> tuple[int, ...]:
+    """The HF shape the config gives any tensor of a dense Qwen3.5 text model (by its HF name; a twin as its AR
+    tensor)."""
+    hidden, vocab, ffn = hp["hidden_size"], hp["vocab_size"], hp["intermediate_size"]
+    fixed = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+             "model.norm.weight": (hidden,)}
+    if name in fixed:
+        return fixed[name]
+    suffix = name.split(".", 3)[3]
+    stem, _, kind = suffix.rpartition(".")
+    suffix = f"{stem.removesuffix('_diff')}.{kind}" if kind in ("weight", "bias") else suffix.removesuffix("_diff")
+    return {"input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,),
+            "mlp.gate_proj.weight": (ffn, hidden), "mlp.up_proj.weight": (ffn, hidden),
+            "mlp.down_proj.weight": (hidden, ffn), **mixer_shapes(hp)}[suffix]
+
+
 def value_head_axis(suffix: str, hp: dict) -> tuple[int, int, int] | None:
     """Where a GGUF tensor (`suffix` after blk.N.) runs over value heads, in its HF shape: (axis, first index of
     the value part, size per value head); None where it does not or where llama.cpp leaves the order alone (as

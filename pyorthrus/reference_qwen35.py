@@ -27,7 +27,7 @@ from .errors import PyorthrusError
 from .formats import (CHECKPOINT_MODEL_TYPES, KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, QWEN35,
                       config_from_hf, hf_ar_name, qwen35_twin_names, twin_name)
 from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
-from .qwen35_layout import from_gguf, gguf_name, hf_name
+from .qwen35_layout import from_gguf, gguf_name, hf_name, hf_shape
 
 
 # transformers' Qwen3.5 checkpoints: multimodal (the text model's config under text_config, its tensors under
@@ -284,10 +284,14 @@ def gguf_text_config(reader, source: str) -> dict:
     if "token_embd.weight" not in tensors:
         raise PyorthrusError(f"{source}: no token_embd.weight; not a model file")
 
-    def key(name: str, default=None):
-        value = gguf_field(reader, f"{arch}.{name}", default)
+    def key(name: str, kind=int):
+        """A size (a positive integer) or, kind=float, a positive number: anything else is a broken file."""
+        value = gguf_field(reader, f"{arch}.{name}")
         if value is None:
             raise PyorthrusError(f"{source}: no {arch}.{name}")
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+            raise PyorthrusError(f"{source}: {arch}.{name} is {value!r}, not a positive "
+                                 + ("number" if kind is float else "integer"))
         return value
 
     n_layers, heads, head_dim = key("block_count"), key("attention.head_count"), key("attention.key_length")
@@ -301,9 +305,9 @@ def gguf_text_config(reader, source: str) -> dict:
         "vocab_size": int(tensors["token_embd.weight"].shape[1]), "hidden_size": key("embedding_length"),
         "intermediate_size": key("feed_forward_length"), "num_hidden_layers": n_layers,
         "num_attention_heads": heads, "num_key_value_heads": key("attention.head_count_kv"), "head_dim": head_dim,
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", float),
         "tie_word_embeddings": "output.weight" not in tensors,
-        "rope_parameters": {"rope_type": "default", "rope_theta": key("rope.freq_base"),
+        "rope_parameters": {"rope_type": "default", "rope_theta": key("rope.freq_base", float),
                             "partial_rotary_factor": key("rope.dimension_count") / head_dim},
         "layer_types": ["linear_attention" if r else "full_attention" for r in recurrent],
         "linear_conv_kernel_dim": key("ssm.conv_kernel"), "linear_key_head_dim": key("ssm.state_size"),
@@ -314,6 +318,7 @@ def gguf_text_config(reader, source: str) -> dict:
                              ("block_size", KEY_BLOCK_SIZE.format(arch=arch))):
         if gguf_field(reader, gguf_key) is not None:
             config[hf_key] = int(gguf_field(reader, gguf_key))
+    config_from_hf(config, source)  # what it refuses, refused before any tensor is read
     return config
 
 
@@ -330,7 +335,14 @@ def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
             continue  # the MTP head
         if hf_name(ar_name) is None:
             raise PyorthrusError(f"{reader.data.filename}: unexpected tensor {tensor.name}")
-        name, value = from_gguf(ar_name, gguf_tensor_f32(tensor), hf)
+        stored, want = gguf_tensor_f32(tensor), hf_shape(hf_name(ar_name), hf)
+        try:
+            name, value = from_gguf(ar_name, stored, hf)
+        except (ValueError, IndexError):  # a shape the layout's reshapes cannot take
+            name, value = None, stored
+        if value.shape != want:
+            raise PyorthrusError(f"{reader.data.filename}: tensor {tensor.name} has shape {list(stored.shape)}, "
+                                 f"its file's keys give {list(want)} (in transformers' layout)")
         tensors[twin_name(name) if ar_name != tensor.name else name] = torch.from_numpy(value)
     return tensors
 

@@ -262,6 +262,25 @@ def test_the_reference_reads_qwen35_gguf_files(trained, adapter, user_bases):
         assert torch.equal(base_only.w[twin], base_only.w[hf_ar_name(twin)]), twin
 
 
+def test_a_broken_qwen35_gguf_is_refused_in_one_line(user_bases, tmp_path, capsys):
+    """The reference reads a qwen35 GGUF's sizes from its keys and checks every tensor against them: a key that
+    is no size, or one that disagrees with the tensors, is named in one line (here by `pyorthrus train`), nothing
+    written."""
+    from pyorthrus.testing.gguf_edits import with_metadata_value
+
+    data = tmp_path / "train.txt"
+    data.write_text("The capital of France is Paris.\n")
+    for key, value, error in (("qwen35.ssm.time_step_rank", 0, "qwen35.ssm.time_step_rank is 0, not a positive "
+                                                                "integer"),
+                              ("qwen35.ssm.group_count", 1, "tensor blk.0.ssm_conv1d.weight has shape [128, 4], its "
+                                                            "file's keys give [96, 1, 4] (in transformers' layout)")):
+        broken = tmp_path / f"{key}.gguf"
+        with_metadata_value(user_bases["f32"], broken, key, value)
+        assert cli.main(["train", "--base", str(broken), "--data", str(data), "--out", str(tmp_path / "out")]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"pyorthrus train: error: {broken}: {error}"]
+        assert not (tmp_path / "out").exists()
+
+
 def test_the_chunked_delta_rule_is_the_recurrence(trained):
     """reference_qwen35.gated_delta_rule (a chunk of tokens per triangular solve) against the recurrence written
     token by token, across chunk boundaries and from a non-zero state; and forward_drafts (many blocks at once, each

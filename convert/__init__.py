@@ -10,7 +10,7 @@ import gguf
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (ADAPTER_TYPE_ORTHRUS, KEY_ADAPTER_BASE, KEY_ADAPTER_BLOCK_SIZE,
                                KEY_ADAPTER_RECURRENT_DRAFT, KEY_ADAPTER_TYPE, KEY_RECURRENT_DRAFT, RECURRENT_DRAFT,
-                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID)
+                               KEY_BLOCK_SIZE, KEY_GENERAL_TYPE, KEY_MASK_TOKEN_ID, QWEN35, qwen35_gguf_arch)
 from pyorthrus.gguf_meta import gguf_field, open_reader
 from pyorthrus.paths import check_writable
 
@@ -22,9 +22,10 @@ from .hf_base import convert_base_to_gguf
 __all__ = ["convert_checkpoint", "OUTTYPES"]
 
 # general.architecture of a merged file, per base GGUF architecture (Qwen3: the community `orthrus` format).
-MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35"}
+MERGED_ARCH = {"qwen3": "orthrus", "orthrus": "orthrus", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35",
+               "qwen35moe": "qwen35moe"}
 # general.architecture of an adapter: the base model's own.
-ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama", "qwen35": "qwen35"}
+ADAPTER_ARCH = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
 
 def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, outtype: str = "f32",
@@ -43,7 +44,7 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
     base_reader = None
     if base is not None:
         base_reader = open_reader(Path(base))
-        validate_base(base_reader, Path(base), ckpt.config)
+        validate_base(base_reader, Path(base), ckpt.config, ckpt.hf_config)
     elif merged_out is not None and ckpt.diff_only:
         raise PyorthrusError(f"{ckpt.dir}: diff-only checkpoint; a merged file needs --base BASE.gguf")
     summary = {"checkpoint": str(ckpt.dir), "base_model": ckpt.config.base, "diff_tensors": len(ckpt.diff_tensors),
@@ -87,7 +88,7 @@ def write_adapter(ckpt: OrthrusCheckpoint, diff_tensors: list, out: Path, force:
     cfg = ckpt.config
     base = {"block_count": cfg.num_layers, "embedding_length": cfg.hidden_size, "head_count": cfg.num_heads,
             "head_count_kv": cfg.num_kv_heads, "vocab_size": cfg.vocab_size}
-    arch = ADAPTER_ARCH[cfg.base]
+    arch = qwen35_gguf_arch(ckpt.hf_config) if cfg.base == QWEN35 else ADAPTER_ARCH[cfg.base]
     kv = adapter_kv(f"Orthrus adapter ({ckpt.dir.name})", arch, ckpt.hf_config["block_size"],
                     ckpt.hf_config["mask_token_id"], base,
                     [i in cfg.linear_layers for i in range(cfg.num_layers)] if cfg.linear_layers else None)

@@ -7,7 +7,7 @@ import gguf
 import numpy as np
 
 from pyorthrus.errors import PyorthrusError
-from pyorthrus.formats import GGUF_ARCH_TO_BASE, OrthrusConfig
+from pyorthrus.formats import GGUF_ARCH_TO_BASE, QWEN35, OrthrusConfig, qwen35_gguf_arch
 from pyorthrus.gguf_meta import gguf_field
 
 from .gguf_out import PlannedTensor
@@ -16,11 +16,13 @@ from .gguf_out import PlannedTensor
 _OWN_KEYS = ("general.architecture", "tokenizer.ggml.mask_token_id")
 
 
-def validate_base(reader: gguf.GGUFReader, path: Path, cfg: OrthrusConfig) -> str:
+def validate_base(reader: gguf.GGUFReader, path: Path, cfg: OrthrusConfig, hf_config: dict) -> str:
     """Check the base GGUF matches the checkpoint; return its architecture name."""
     arch = gguf_field(reader, "general.architecture")
-    if GGUF_ARCH_TO_BASE.get(arch) != cfg.base:
-        raise PyorthrusError(f"{path}: architecture {arch!r} does not match the checkpoint's base {cfg.base!r}")
+    want = qwen35_gguf_arch(hf_config) if cfg.base == QWEN35 else None
+    if GGUF_ARCH_TO_BASE.get(arch) != cfg.base or want not in (None, arch):
+        raise PyorthrusError(f"{path}: architecture {arch!r} does not match the checkpoint's base "
+                             f"{want or cfg.base!r}")
     names = {t.name: t for t in reader.tensors}
     if any("_diff." in name for name in names):
         raise PyorthrusError(f"{path}: already contains Orthrus diff tensors; pass the plain base model")

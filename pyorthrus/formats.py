@@ -16,7 +16,8 @@ LLAMA = "llama"
 QWEN35 = "qwen35"  # Qwen3.5 / Qwen3.6: Gated DeltaNet layers among gated attention layers (issue 37)
 SUPPORTED_BASES = (QWEN3, QWEN2, LLAMA, QWEN35)
 # GGUF architecture -> base ("orthrus" is the community merged format of a Qwen3 base).
-GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": LLAMA, "qwen35": QWEN35}
+GGUF_ARCH_TO_BASE = {"qwen3": QWEN3, "orthrus": QWEN3, "qwen2": QWEN2, "llama": LLAMA, "qwen35": QWEN35,
+                     "qwen35moe": QWEN35}
 # checkpoint model_type -> base: the reference's Qwen3 format ("orthrus", `base_model_type` for our Llama and Qwen2
 # checkpoints) and its Orthrus-Qwen3.5 format (a flat Qwen3.5 text config)
 CHECKPOINT_MODEL_TYPES = {"orthrus": QWEN3, "orthrus_qwen3_5": QWEN35}
@@ -69,6 +70,11 @@ def qwen35_twin_names(cfg: "OrthrusConfig") -> list[str]:
             prefix = f"model.layers.{layer}.self_attn."
             names += [prefix + m + "_diff.weight" for m in ATTENTION_PROJECTIONS + QK_NORMS]
     return names
+
+
+def qwen35_gguf_arch(hf: dict) -> str:
+    """llama.cpp's architecture for a Qwen3.5 text config: qwen35moe where it has routed experts, else qwen35."""
+    return "qwen35moe" if hf.get("num_experts") else "qwen35"
 
 
 def hf_ar_name(diff_name: str) -> str:

@@ -9,7 +9,7 @@ The transforms, per tensor (HF name after `model.layers.N.` -> GGUF name after `
   output norm is a plain w in both;
 - A_log becomes ssm_a = -exp(A_log) (rounded from float64: torch's float32 exp, which the converter uses, is not
   correctly rounded, so a value may differ from the converter's in its last bit); the conv kernel drops its middle
-  axis of 1;
+  axis of 1, and so does a MoE layer's shared-expert gate;
 - where a DeltaNet layer has fewer key heads than value heads, its value heads go from grouped order (each key
   head's value heads together) to tiled order (one value head of each key head in turn), on the value part of every
   axis that runs over value heads (value_head_axis).
@@ -31,7 +31,15 @@ LAYER_NAMES = {
     "linear_attn.in_proj_b.weight": "ssm_beta.weight", "linear_attn.in_proj_a.weight": "ssm_alpha.weight",
     "linear_attn.conv1d.weight": "ssm_conv1d.weight", "linear_attn.dt_bias": "ssm_dt.bias",
     "linear_attn.A_log": "ssm_a", "linear_attn.norm.weight": "ssm_norm.weight",
-    "linear_attn.out_proj.weight": "ssm_out.weight"}
+    "linear_attn.out_proj.weight": "ssm_out.weight",
+    # qwen35moe: the router, the routed experts (under the names llama.cpp's converter stacks them to) and the
+    # shared expert with its gate
+    "mlp.gate.weight": "ffn_gate_inp.weight", "mlp.experts.gate_proj.weight": "ffn_gate_exps.weight",
+    "mlp.experts.up_proj.weight": "ffn_up_exps.weight", "mlp.experts.down_proj.weight": "ffn_down_exps.weight",
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight"}
 OFFSET_NORMS = ("attn_norm.weight", "post_attention_norm.weight", "attn_q_norm.weight", "attn_k_norm.weight",
                 "output_norm.weight")
 _HF_NAMES = {gguf: hf for hf, gguf in LAYER_NAMES.items()}
@@ -76,8 +84,8 @@ def mixer_shapes(hp: dict) -> dict[str, tuple[int, ...]]:
 
 
 def hf_shape(name: str, hp: dict) -> tuple[int, ...]:
-    """The HF shape the config gives any tensor of a dense Qwen3.5 text model (by its HF name; a twin as its AR
-    tensor)."""
+    """The HF shape the config gives any tensor of a Qwen3.5 text model, dense or MoE (by its HF name; a twin as its
+    AR tensor)."""
     hidden, vocab, ffn = hp["hidden_size"], hp["vocab_size"], hp["intermediate_size"]
     fixed = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
              "model.norm.weight": (hidden,)}
@@ -86,9 +94,18 @@ def hf_shape(name: str, hp: dict) -> tuple[int, ...]:
     suffix = name.split(".", 3)[3]
     stem, _, kind = suffix.rpartition(".")
     suffix = f"{stem.removesuffix('_diff')}.{kind}" if kind in ("weight", "bias") else suffix.removesuffix("_diff")
+    experts, expert_ffn, shared_ffn = (hp.get(key, 0) for key in ("num_experts", "moe_intermediate_size",
+                                                                  "shared_expert_intermediate_size"))
     return {"input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,),
             "mlp.gate_proj.weight": (ffn, hidden), "mlp.up_proj.weight": (ffn, hidden),
-            "mlp.down_proj.weight": (hidden, ffn), **mixer_shapes(hp)}[suffix]
+            "mlp.down_proj.weight": (hidden, ffn), "mlp.gate.weight": (experts, hidden),
+            "mlp.experts.gate_proj.weight": (experts, expert_ffn, hidden),
+            "mlp.experts.up_proj.weight": (experts, expert_ffn, hidden),
+            "mlp.experts.down_proj.weight": (experts, hidden, expert_ffn),
+            "mlp.shared_expert.gate_proj.weight": (shared_ffn, hidden),
+            "mlp.shared_expert.up_proj.weight": (shared_ffn, hidden),
+            "mlp.shared_expert.down_proj.weight": (hidden, shared_ffn), "mlp.shared_expert_gate.weight": (1, hidden),
+            **mixer_shapes(hp)}[suffix]
 
 
 def value_head_axis(suffix: str, hp: dict) -> tuple[int, int, int] | None:
@@ -123,6 +140,8 @@ def to_gguf(name: str, value: np.ndarray, hp: dict) -> tuple[str, np.ndarray]:
     value = np.asarray(value, dtype=np.float32)
     if suffix == "ssm_conv1d.weight":
         value = value.reshape(value.shape[0], value.shape[-1])
+    elif suffix == "ffn_gate_inp_shexp.weight":
+        value = value.reshape(-1)
     if (where := value_head_axis(suffix, hp)) is not None:
         value = _reorder_value_heads(value, where, hp, tiled=True)
     if suffix == "ssm_a":
@@ -148,4 +167,6 @@ def from_gguf(name: str, value: np.ndarray, hp: dict) -> tuple[str, np.ndarray]:
         value = _reorder_value_heads(value, where, hp, tiled=False)
     if suffix == "ssm_conv1d.weight":
         value = value.reshape(value.shape[0], 1, value.shape[1])
+    elif suffix == "ffn_gate_inp_shexp.weight":
+        value = value.reshape(1, -1)
     return out_name, np.ascontiguousarray(value)

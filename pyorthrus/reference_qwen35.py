@@ -112,13 +112,35 @@ class Qwen35Reference:
             else:
                 x = x + self._attention(h, p + "self_attn.", caches, i, positions, diffusion)
             h = self._norm(x, p + "post_attention_layernorm.weight")
-            gate, up = (F.linear(h, self.w[p + f"mlp.{m}_proj.weight"]) for m in ("gate", "up"))
-            x = x + F.linear(F.silu(gate) * up, self.w[p + "mlp.down_proj.weight"])
+            x = x + (self._experts(h, p + "mlp.") if p + "mlp.gate.weight" in self.w else self._mlp(h, p + "mlp."))
         if not diffusion:
             caches[0].n_past += ids.shape[1]
         x = self._norm(x, "model.norm.weight")
         head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
         return F.linear(x, head)
+
+    def _mlp(self, h: torch.Tensor, p: str) -> torch.Tensor:
+        gate, up = (F.linear(h, self.w[f"{p}{m}_proj.weight"]) for m in ("gate", "up"))
+        return F.linear(F.silu(gate) * up, self.w[p + "down_proj.weight"])
+
+    def _experts(self, h: torch.Tensor, p: str) -> torch.Tensor:
+        """A qwen35moe layer's feed-forward: the routed experts, each token's num_experts_per_tok most probable
+        under the router's softmax, weighted by those probabilities renormalised to sum to 1, plus the shared
+        expert times sigmoid(its gate)."""
+        flat = h.reshape(-1, h.shape[-1])
+        probs = torch.softmax(F.linear(flat, self.w[p + "gate.weight"]), dim=-1)
+        weight, index = probs.topk(self.hf["num_experts_per_tok"], dim=-1)
+        weight = weight / weight.sum(-1, keepdim=True)
+        gate, up, down = (self.w[f"{p}experts.{m}_proj.weight"] for m in ("gate", "up", "down"))
+        out = torch.zeros_like(flat)
+        for expert in index.unique().tolist():
+            rows, slot = (index == expert).nonzero(as_tuple=True)
+            x = flat[rows]
+            y = F.linear(F.silu(F.linear(x, gate[expert])) * F.linear(x, up[expert]), down[expert])
+            out = out.index_add(0, rows, y * weight[rows, slot, None])
+        shared = torch.sigmoid(F.linear(flat, self.w[p + "shared_expert_gate.weight"])) * \
+            self._mlp(flat, p + "shared_expert.")
+        return (out + shared).reshape(h.shape)
 
     def _attention(self, h, p: str, caches: list[HybridCache], layer: int, positions, diffusion: bool):
         cfg, (b, n), twin = self.cfg, h.shape[:2], "_diff" if diffusion else ""
@@ -272,14 +294,13 @@ def orthrus_from_base(path, block_size: int, mask_token_id: int) -> Qwen35Refere
 
 
 def gguf_text_config(reader, source: str) -> dict:
-    """The flat text config (transformers' keys, model_type "orthrus_qwen3_5") of a `qwen35` GGUF, read from the
-    keys llama.cpp's converter wrote; block_size and mask_token_id are the file's where it has them."""
+    """The flat text config (transformers' keys, model_type "orthrus_qwen3_5") of a `qwen35` or `qwen35moe` GGUF,
+    read from the keys llama.cpp's converter wrote; block_size and mask_token_id are the file's where it has them."""
     arch = gguf_field(reader, "general.architecture")
     if gguf_field(reader, "general.type") == "adapter":
         raise PyorthrusError(f"{source}: an Orthrus adapter, not a model (pass the base GGUF it goes with)")
-    if arch != "qwen35":
-        raise PyorthrusError(f"{source}: architecture {arch!r}, expected 'qwen35'"
-                             + (" (the PyTorch reference has no routed experts)" if arch == "qwen35moe" else ""))
+    if arch not in ("qwen35", "qwen35moe"):
+        raise PyorthrusError(f"{source}: architecture {arch!r}, expected 'qwen35' or 'qwen35moe'")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise PyorthrusError(f"{source}: no token_embd.weight; not a model file")
@@ -303,7 +324,8 @@ def gguf_text_config(reader, source: str) -> dict:
     config = {
         "model_type": "orthrus_qwen3_5", "architectures": ["OrthrusQwen3_5ForCausalLM"],
         "vocab_size": int(tensors["token_embd.weight"].shape[1]), "hidden_size": key("embedding_length"),
-        "intermediate_size": key("feed_forward_length"), "num_hidden_layers": n_layers,
+        "intermediate_size": key("expert_feed_forward_length" if arch == "qwen35moe" and gguf_field(
+            reader, f"{arch}.feed_forward_length") is None else "feed_forward_length"), "num_hidden_layers": n_layers,
         "num_attention_heads": heads, "num_key_value_heads": key("attention.head_count_kv"), "head_dim": head_dim,
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon", float),
         "tie_word_embeddings": "output.weight" not in tensors,
@@ -313,6 +335,13 @@ def gguf_text_config(reader, source: str) -> dict:
         "linear_conv_kernel_dim": key("ssm.conv_kernel"), "linear_key_head_dim": key("ssm.state_size"),
         "linear_num_key_heads": key("ssm.group_count"), "linear_num_value_heads": value_heads,
         "linear_value_head_dim": key("ssm.inner_size") // value_heads}
+    if arch == "qwen35moe":
+        config.update(num_experts=key("expert_count"), num_experts_per_tok=key("expert_used_count"),
+                      moe_intermediate_size=key("expert_feed_forward_length"),
+                      shared_expert_intermediate_size=key("expert_shared_feed_forward_length"))
+        if gguf_field(reader, f"{arch}.expert_weights_scale", 0.0) not in (0.0, 1.0):
+            raise PyorthrusError(f"{source}: {arch}.expert_weights_scale is not 1: the reference does not scale "
+                                 "expert weights")
     for hf_key, gguf_key in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
                              ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("mask_token_id", KEY_MASK_TOKEN_ID),
                              ("block_size", KEY_BLOCK_SIZE.format(arch=arch))):
@@ -323,9 +352,9 @@ def gguf_text_config(reader, source: str) -> dict:
 
 
 def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
-    """The tensors of an open `qwen35` GGUF (a model, merged or plain, or an adapter), dequantized to float32 and
-    brought back to transformers' layout and names (qwen35_layout.from_gguf; twins under their `_diff` names); the
-    MTP head's tensors are left out (neither view uses them). hf: the model's text config."""
+    """The tensors of an open `qwen35`/`qwen35moe` GGUF (a model, merged or plain, or an adapter), dequantized to
+    float32 and brought back to transformers' layout and names (qwen35_layout.from_gguf; twins under their `_diff`
+    names); the MTP head's tensors are left out (neither view uses them). hf: the model's text config."""
     from .reference import gguf_tensor_f32
 
     tensors = {}
@@ -348,9 +377,9 @@ def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
 
 
 def load_gguf(path, adapter=None) -> Qwen35Reference:
-    """Both views of a `qwen35` GGUF (any quantization, dequantized to float32), with an Orthrus adapter file's
-    twins if one is given (hf_tensors). Twins the files do not hold start as copies of their AR tensors, as the
-    reference initialises them."""
+    """Both views of a `qwen35`/`qwen35moe` GGUF (any quantization, dequantized to float32), with an Orthrus
+    adapter file's twins if one is given (hf_tensors). Twins the files do not hold start as copies of their AR
+    tensors, as the reference initialises them."""
     reader = open_reader(path)
     hf = gguf_text_config(reader, str(path))
     readers = [reader]

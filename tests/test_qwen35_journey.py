@@ -323,12 +323,9 @@ def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_pa
     padding tokens llama.cpp's converter appends), and the output holds the twins alone, in the reference's
     layout. `convert --adapter-out` makes it an adapter for that GGUF (pyorthrus.qwen35_layout: no llama.cpp
     converter, no tokenizer files needed) and `--merged-out --base` a merged file; both decode exactly as AR, with
-    cycles. `--init-from` continues from either. A qwen35moe GGUF is refused by name: the PyTorch reference has no
-    routed experts."""
+    cycles. `--init-from` continues from either (a qwen35moe base: tests/test_qwen35moe.py)."""
     from pyorthrus.formats import qwen35_twin_names
     from pyorthrus.reference_qwen35 import hf_tensors, load_gguf
-    from pyorthrus.testing.qwen35 import write_tiny_qwen35
-    from pyorthrus.bench.shapes import SHAPES
     from pyorthrus.train.qwen35 import default_mask_token
 
     base = user_bases["q8_0"]
@@ -367,13 +364,6 @@ def test_a_qwen35_gguf_trains_into_an_adapter_for_it(trained, user_bases, tmp_pa
                          "--seq-len", "32", "--max-steps", "1", "--lr", "0", "--json", "--init-from", str(init)]) == 0
         got = load_file(str(again / "model.safetensors"))
         assert all(torch.equal(got[name], value) for name, value in want.items()), init
-    capsys.readouterr()
-
-    moe = write_tiny_qwen35(tmp_path / "moe.gguf", config=SHAPES["tiny-qwen35moe"])
-    assert cli.main(["train", "--base", str(moe), "--data", str(data), "--out", str(tmp_path / "moe-out")]) == 1
-    assert capsys.readouterr().err.strip().endswith(f"{moe}: architecture 'qwen35moe', expected 'qwen35' (the "
-                                                    "PyTorch reference has no routed experts)")
-    assert not (tmp_path / "moe-out").exists()
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])
@@ -381,10 +371,9 @@ def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
     """AR logits of a prefix, draft logits of a block [x, MASK...] and verify logits of a block, from llama.cpp on
     the converted F32 file and from pyorthrus.reference_qwen35 on the checkpoint itself: within 1e-4 with flash
     attention off (F32 cache), 5e-2 with it on (the CPU kernel rounds Q/K/V to F16)."""
-    from pyorthrus import _lib
     from pyorthrus.reference_qwen35 import load_checkpoint
     from pyorthrus.testing.fixtures import QWEN3_MASK_TOKEN_ID
-    from pyorthrus.testing.harness import Context, Model
+    from pyorthrus.testing.qwen35 import llama_cpp_views
 
     ckpt, merged = trained
     block = 8
@@ -397,22 +386,7 @@ def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
     with torch.no_grad():
         cache = ref.new_cache()
         want = [ref.forward_ar(prefix, cache), ref.forward_draft(draft, cache), ref.forward_ar(verify, cache)]
-    model = Model(merged)
-    ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True, n_rs_seq=block)
-    try:
-        s = len(prefix)
-        assert ctx.decode(prefix, 0, all_logits=True) == 0
-        got = [ctx.logits_rows(s)]
-        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
-        assert ctx.decode(draft, s, all_logits=True) == 0
-        got.append(ctx.logits_rows(block))
-        assert ctx.seq_rm(s)  # the draft block, taken back from the DeltaNet layers through their snapshots
-        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, False) == 0
-        assert ctx.decode(verify, s, all_logits=True) == 0
-        got.append(ctx.logits_rows(block))
-    finally:
-        ctx.close()
-        model.close()
+    got = llama_cpp_views(merged, prefix, draft, verify, flash_attn)
     for what, g, w in zip(("prefix", "draft", "verify"), got, want):
         err = float(np.max(np.abs(g - w.numpy())))
         assert err < (5e-2 if flash_attn else 1e-4), f"{what}: max |llama.cpp - reference| = {err}"
@@ -422,7 +396,7 @@ def test_llama_cpp_views_match_the_pytorch_reference(trained, flash_attn):
 def test_trained_twins_are_accepted_more_often(initialised, tmp_path, capsys):
     """`pyorthrus train` on an Orthrus-Qwen3.5 checkpoint as the reference initialises it (twins = AR copies), on
     self-distilled data (AR's own greedy continuations of 2 prompts), then `convert`, then llama.cpp's cycles on the
-    same prompts: the trained twins' drafts are accepted more often than the untrained ones' (measured: 1.80 -> 3.79
+    same prompts: the trained twins' drafts are accepted more often than the untrained ones' (measured: 1.80 -> 4.33
     tokens per cycle at K = 8), the forward KL of the draft blocks falls, every AR tensor stays as it was, and the
     output is still exactly AR's. In-sample on purpose: a random model's continuations have nothing to generalise,
     so this proves the path (trainer -> converter -> llama.cpp's cycles), not a recipe."""

@@ -61,3 +61,50 @@ def test_another_draft_scheme_is_refused_by_name(files, tmp_path):
     with pytest.raises(PyorthrusError, match="orthrus.diffusion.recurrent_draft is 'dual_scan': this build drafts "
                                              "recurrent layers only as 'causal_twin'"):
         Orthrus(files["base"], adapter, n_ctx=256)
+
+
+def test_the_reference_has_the_experts_and_a_moe_gguf_trains(files, tmp_path, capsys):
+    """The PyTorch reference routes as llama.cpp's qwen35moe graph does (softmax router, the top 2 of 4 experts
+    renormalised, plus the shared expert times sigmoid(its gate)): llama.cpp's AR, draft and verify logits on the
+    merged file are within 5e-3 of the reference read from that file (its tied output is F16, which rounds
+    llama.cpp's activations to F16: the dense tiny qwen35 differs as much, about 1e-3; a wrong route is off by
+    tenths). `pyorthrus train` on the plain base then writes twins that `convert --adapter-out`
+    makes a qwen35moe adapter for it, decoding exactly as AR with cycles, and `check --reference` agrees."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from pyorthrus.reference_qwen35 import load_gguf
+    from pyorthrus.testing.qwen35 import llama_cpp_views
+
+    ref = load_gguf(files["merged"])
+    rng = np.random.default_rng(0)
+    prefix, x = rng.integers(0, 151000, size=11).tolist(), int(rng.integers(0, 151000))
+    draft = [x] + [ref.cfg.mask_token_id] * (TRAINED_K - 1)
+    verify = [x] + rng.integers(0, 151000, size=TRAINED_K - 1).tolist()
+    with torch.no_grad():
+        cache = ref.new_cache()
+        want = [ref.forward_ar(prefix, cache), ref.forward_draft(draft, cache), ref.forward_ar(verify, cache)]
+    for what, got, w in zip(("prefix", "draft", "verify"), llama_cpp_views(files["merged"], prefix, draft, verify),
+                            want):
+        assert float(np.max(np.abs(got - w.numpy()))) < 5e-3, what
+
+    data = tmp_path / "train.txt"
+    data.write_text("The capital of France is Paris. The capital of Italy is Rome.\n")
+    out, adapter = tmp_path / "trained", tmp_path / "adapter.gguf"
+    assert cli.main(["train", "--base", str(files["base"]), "--data", str(data), "--out", str(out), "-K", "4",
+                     "--seq-len", "32", "--max-steps", "3", "--json"]) == 0
+    assert json.loads((out / "config.json").read_text())["num_experts"] == MOE.experts
+    assert cli.main(["convert", str(out), "--adapter-out", str(adapter)]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(files["base"]), str(adapter)]) == 0
+    assert "the adapter fits this base" in capsys.readouterr().out
+    with Orthrus(files["base"], adapter, n_ctx=256) as model:
+        for prompt in PROMPTS:
+            got = model.generate(prompt, max_tokens=24, block_size=4)
+            assert got.tokens == model.ar_view().generate(prompt, max_tokens=24).tokens and got.stats.n_cycles > 0
+    assert cli.main(["check", "-m", str(files["base"]), "-a", str(adapter), "-k", "4", "--limit", "2", "-n", "16",
+                     "-c", "256", "--reference", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["passed"] and report["reference"]["summary"]["top1_agreement"] == 1.0

@@ -43,12 +43,12 @@ def validate(hf_dir: str | None) -> None:
 
 
 def load(model_path: Path, adapter_path: Path | None, hf_dir: str | None):
-    """The reference model: the HF checkpoint in `hf_dir`, else the base GGUF dequantized to FP32 (a `qwen35` one
-    through the Qwen3.5 reference)."""
+    """The reference model: the HF checkpoint in `hf_dir`, else the base GGUF dequantized to FP32 (a `qwen35`
+    or `qwen35moe` one through the Qwen3.5 reference)."""
     from .. import reference, reference_qwen35
     from ..gguf_meta import gguf_field, open_reader
 
-    if gguf_field(open_reader(model_path), "general.architecture") == "qwen35":
+    if gguf_field(open_reader(model_path), "general.architecture") in ("qwen35", "qwen35moe"):
         if hf_dir:
             return reference_qwen35.load_checkpoint(hf_dir)
         return reference_qwen35.load_gguf(model_path, adapter_path)

@@ -163,3 +163,29 @@ def write_tiny_orthrus_qwen35_checkpoint(out_dir: Path, seed: int = 0, config: Q
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     copy_tokenizer(out_dir)
     return out_dir
+
+
+def llama_cpp_views(path: Path, prefix: list[int], draft: list[int], verify: list[int], flash_attn: bool = False):
+    """llama.cpp's logits on a merged qwen35/qwen35moe file (F32 cache): the AR view's over `prefix`, the diffusion
+    view's over the block `draft` after it, and, that block taken back through the state snapshots, the AR view's
+    over the block `verify` at the same place. What tests compare with pyorthrus.reference_qwen35."""
+    from .. import _lib
+    from .harness import Context, Model
+
+    model = Model(path)
+    ctx = Context(model, n_ctx=64, n_batch=32, flash_attn=flash_attn, kv_f32=True, n_rs_seq=len(draft))
+    try:
+        s = len(prefix)
+        assert ctx.decode(prefix, 0, all_logits=True) == 0
+        views = [ctx.logits_rows(s)]
+        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, True) == 0
+        assert ctx.decode(draft, s, all_logits=True) == 0
+        views.append(ctx.logits_rows(len(draft)))
+        assert ctx.seq_rm(s)  # the draft block, taken back from the DeltaNet layers through their snapshots
+        assert _lib.llama_orthrus_set_diffusion(ctx.ptr, False) == 0
+        assert ctx.decode(verify, s, all_logits=True) == 0
+        views.append(ctx.logits_rows(len(verify)))
+    finally:
+        ctx.close()
+        model.close()
+    return views

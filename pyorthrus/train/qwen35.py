@@ -34,7 +34,7 @@ GGUF_ARCHS = ("qwen35", "qwen35moe")  # a Qwen3.5 GGUF's general.architecture
 def qwen35_model_type(base) -> str | None:
     """What kind of Qwen3.5 base this trainer takes `base` for: an HF directory's model_type ("orthrus_qwen3_5",
     the reference's checkpoint with its twins, or a plain Qwen3.5's, QWEN35_BASE_MODEL_TYPES) or a GGUF's
-    architecture (GGUF_ARCHS; loading refuses qwen35moe by name); None for anything else."""
+    architecture (GGUF_ARCHS); None for anything else."""
     base = Path(base)
     if base.suffix == ".gguf":
         arch = gguf_field(open_reader(base), "general.architecture") if base.is_file() else None
@@ -118,10 +118,10 @@ def initial_twins(init_from, model: Qwen35Reference) -> dict[str, torch.Tensor]:
 
 class DocumentJob:
     """Training for Qwen3.5 bases (train.loop.run_job drives it): the twins of an Orthrus-Qwen3.5 checkpoint, a
-    plain Qwen3.5 (twins start as copies of its AR weights, as the reference initialises them) or a qwen35 GGUF, in
-    float32. Each step draws --batch-size documents and a block offset for each (a pure function of the seed and
-    the step, so a resumed run draws what an uninterrupted one would) and trains on one document at a time
-    (document_loss). The weights go out in the reference's format (save_weights)."""
+    plain Qwen3.5 (twins start as copies of its AR weights, as the reference initialises them) or a qwen35 or
+    qwen35moe GGUF, in float32. Each step draws --batch-size documents and a block offset for each (a pure
+    function of the seed and the step, so a resumed run draws what an uninterrupted one would) and trains on one
+    document at a time (document_loss). The weights go out in the reference's format (save_weights)."""
 
     precision = "fp32"
 

@@ -281,6 +281,31 @@ def test_a_broken_qwen35_gguf_is_refused_in_one_line(user_bases, tmp_path, capsy
         assert not (tmp_path / "out").exists()
 
 
+def test_a_base_too_big_for_memory_is_refused_before_it_loads(trained, user_bases, tmp_path, monkeypatch, capsys):
+    """Training holds every weight in float32 and each twin four times over (itself, its gradient, two AdamW
+    moments): `pyorthrus train` counts them from the file's headers and refuses a base that would not fit the
+    memory available, in one line, before loading anything."""
+    from pyorthrus import options
+    from pyorthrus.formats import qwen35_twin_names
+    from pyorthrus.reference_qwen35 import load_checkpoint
+    from pyorthrus.train.qwen35 import base_parameters
+
+    model = load_checkpoint(trained[0])
+    twins = sum(model.w[name].numel() for name in qwen35_twin_names(model.cfg))
+    weights = sum(t.numel() for name, t in model.w.items() if "_diff" not in name)
+    assert base_parameters(user_bases["q8_0"]) == base_parameters(trained[0]) == (weights, twins)
+    monkeypatch.setattr(options, "available_memory", lambda: 4 * weights + 8 * twins)
+    data = tmp_path / "train.txt"
+    data.write_text("The capital of France is Paris.\n")
+    assert cli.main(["train", "--base", str(user_bases["q8_0"]), "--data", str(data), "--out",
+                     str(tmp_path / "out")]) == 1
+    need, have = (4 * weights + 16 * twins) / 2**30, (4 * weights + 8 * twins) / 2**30
+    assert capsys.readouterr().err.strip() == (
+        f"pyorthrus train: error: {user_bases['q8_0']}: training its twins in float32 needs about {need:.1f} GiB of "
+        f"memory ({weights / 1e9:.2f}B weights, {twins / 1e9:.2f}B of them twinned), {have:.1f} GiB available")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_chunked_delta_rule_is_the_recurrence(trained):
     """reference_qwen35.gated_delta_rule (a chunk of tokens per triangular solve) against the recurrence written
     token by token, across chunk boundaries and from a non-zero state; and forward_drafts (many blocks at once, each

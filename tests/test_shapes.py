@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pyorthrus import cli
+from pyorthrus import cli, options
 from pyorthrus.bench import shapes
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.model import Orthrus
@@ -46,11 +46,11 @@ def test_unknown_shape_and_type_are_clean_errors(cache):
 def test_room_check_refuses_before_writing(cache, monkeypatch):
     # both checks are driven here, so the answer does not depend on this machine's disk or RAM
     monkeypatch.setattr(shapes, "_free_disk", lambda path: 1 << 30)
-    monkeypatch.setattr(shapes, "_mem_available", lambda: 1 << 40)
+    monkeypatch.setattr(options, "available_memory", lambda: 1 << 40)
     with pytest.raises(PyorthrusError, match=r"shape qwen3-8b \(q8_0\) needs .* GiB of disk, 1.0 GiB free"):
         shapes.make_shape_gguf("qwen3-8b", "q8_0", cache)
     monkeypatch.setattr(shapes, "_free_disk", lambda path: 1 << 40)
-    monkeypatch.setattr(shapes, "_mem_available", lambda: 1 << 30)
+    monkeypatch.setattr(options, "available_memory", lambda: 1 << 30)
     with pytest.raises(PyorthrusError, match=r"qwen3-8b: timing it warm needs .* GiB of RAM"):
         shapes.make_shape_gguf("qwen3-8b", "q8_0", cache)
     assert not list(cache.glob("qwen3-8b*"))

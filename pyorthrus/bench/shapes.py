@@ -20,6 +20,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .. import options
 from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..formats import FULL_ATTENTION_INTERVAL, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, twin_name
@@ -331,7 +332,7 @@ def _check_room(name: str, shape: Shape, types: list[str], cache: Path) -> None:
         raise PyorthrusError(f"{cache}: shape {name} ({', '.join(types)}) needs {need_disk / GIB:.1f} GiB of disk, "
                              f"{free_disk / GIB:.1f} GiB free")
     largest = _with_headroom(max(BYTES_PER_WEIGHT[t] for t in types) * shape.n_params)
-    available = _mem_available()
+    available = options.available_memory()
     if available is not None and largest > available:
         raise PyorthrusError(f"shape {name}: timing it warm needs {largest / GIB:.1f} GiB of RAM for its largest "
                              f"file, {available / GIB:.1f} GiB available")
@@ -345,16 +346,6 @@ def _with_headroom(nbytes: float) -> float:
 
 def _free_disk(path: Path) -> int:
     return shutil.disk_usage(path).free
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def make_shape_gguf(name: str, weight_type: str, cache: Path, threads: int | None = None,

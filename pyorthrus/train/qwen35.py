@@ -13,15 +13,18 @@ turns into a merged file; from a Qwen3.5 GGUF (any quantization, dequantized) it
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from .. import options
 from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..gguf_meta import gguf_field, open_reader
+from ..qwen35_layout import hf_name
 from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, hf_tensors,
                                load_checkpoint, load_gguf, orthrus_from_base)
 from . import data as data_mod
@@ -116,6 +119,53 @@ def initial_twins(init_from, model: Qwen35Reference) -> dict[str, torch.Tensor]:
     return twins
 
 
+def base_parameters(base) -> tuple[int, int]:
+    """(weights, of which twinned) of a Qwen3.5 base, read from its GGUF or safetensors headers without loading it:
+    every tensor the reference keeps (the MTP head and a vision tower left out), and the attention and DeltaNet
+    tensors a twin copies (counted once, whether or not the file holds twins)."""
+    from ..convert.checkpoint import read_safetensors_header
+    from ..reference import checkpoint_shards
+
+    base = Path(base)
+    if base.suffix == ".gguf":
+        reader = open_reader(base)
+        layers = gguf_field(reader, f"{gguf_field(reader, 'general.architecture')}.block_count")
+
+        def mtp(name: str) -> bool:  # the MTP head's layers follow the model's (a broken count: loading says so)
+            index = name.split(".")[1] if name.startswith("blk.") else ""
+            return isinstance(layers, int) and index.isdigit() and int(index) >= layers
+
+        sizes = {t.name: int(t.n_elements) for t in reader.tensors if not mtp(t.name)}
+        names = {name: hf_name(name) or "" for name in sizes}
+    else:
+        sizes = {}
+        for shard in checkpoint_shards(base):
+            header, _ = read_safetensors_header(shard)
+            sizes.update({name: math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__"
+                          and not name.startswith(("mtp.", "model.visual.", "visual."))})
+        names = {name: name for name in sizes}
+    twins = sum(sizes[name] for name, hf in names.items()
+                if "_diff" not in name and (".self_attn." in hf or ".linear_attn." in hf))
+    return sum(n for name, n in sizes.items() if "_diff" not in name), twins
+
+
+def check_memory(cfg: TrainConfig) -> None:
+    """Refuse, before anything loads, a base whose float32 training would not fit: every weight in float32 in RAM
+    (it loads there), and where it trains (RAM, or the card with --device cuda) each twin again with its gradient
+    and two AdamW moments: 4 bytes a weight and 16 a twin."""
+    weights, twins = base_parameters(cfg.base)
+    need = {"memory": 4 * weights + 16 * twins}
+    have = {"memory": options.available_memory()}
+    if torch.device(cfg.device).type == "cuda":
+        need = {"memory": 4 * (weights + twins), f"{cfg.device} memory": need["memory"]}
+        have[f"{cfg.device} memory"] = torch.cuda.mem_get_info(torch.device(cfg.device))[0]
+    for where, size in need.items():
+        if have.get(where) is not None and size > have[where]:
+            raise PyorthrusError(f"{cfg.base}: training its twins in float32 needs about {size / 2**30:.1f} GiB of "
+                                 f"{where} ({weights / 1e9:.2f}B weights, {twins / 1e9:.2f}B of them twinned), "
+                                 f"{have[where] / 2**30:.1f} GiB available")
+
+
 class DocumentJob:
     """Training for Qwen3.5 bases (train.loop.run_job drives it): the twins of an Orthrus-Qwen3.5 checkpoint, a
     plain Qwen3.5 (twins start as copies of its AR weights, as the reference initialises them) or a qwen35 or
@@ -130,6 +180,7 @@ class DocumentJob:
             raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without --precision bf16 (not "
                                  "built yet)")
         self.cfg = cfg
+        check_memory(cfg)
         torch.manual_seed(cfg.seed)
         kind = qwen35_model_type(cfg.base)
         if kind in GGUF_ARCHS:

@@ -376,11 +376,11 @@ def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_gguf(path, adapter=None) -> Qwen35Reference:
+def load_gguf(path, adapter=None, reader=None) -> Qwen35Reference:
     """Both views of a `qwen35`/`qwen35moe` GGUF (any quantization, dequantized to float32), with an Orthrus
     adapter file's twins if one is given (hf_tensors). Twins the files do not hold start as copies of their AR
-    tensors, as the reference initialises them."""
-    reader = open_reader(path)
+    tensors, as the reference initialises them. reader: the GGUF at `path`, already open."""
+    reader = reader or open_reader(path)
     hf = gguf_text_config(reader, str(path))
     readers = [reader]
     if adapter is not None:

@@ -48,13 +48,14 @@ def load(model_path: Path, adapter_path: Path | None, hf_dir: str | None):
     from .. import reference, reference_qwen35
     from ..gguf_meta import gguf_field, open_reader
 
-    if gguf_field(open_reader(model_path), "general.architecture") in ("qwen35", "qwen35moe"):
+    reader = open_reader(model_path)  # parsed once (a vocabulary takes seconds)
+    if gguf_field(reader, "general.architecture") in ("qwen35", "qwen35moe"):
         if hf_dir:
             return reference_qwen35.load_checkpoint(hf_dir)
-        return reference_qwen35.load_gguf(model_path, adapter_path)
+        return reference_qwen35.load_gguf(model_path, adapter_path, reader=reader)
     if hf_dir:
         return reference.load_hf(hf_dir, base=model_path)
-    return reference.load_gguf(model_path, adapter_path)
+    return reference.load_gguf(reader, adapter_path)
 
 
 @contextlib.contextmanager

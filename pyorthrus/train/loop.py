@@ -310,7 +310,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state = saved_state(cfg, resume)
-    job = DocumentJob(cfg, state) if qwen35_model_type(cfg.base) else PackedJob(cfg, state)
+    kind = qwen35_model_type(cfg.base)
+    job = DocumentJob(cfg, state, kind) if kind else PackedJob(cfg, state)
     try:
         return run_job(job, cfg, state, on_log)
     finally:

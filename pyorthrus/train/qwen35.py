@@ -47,14 +47,15 @@ def qwen35_model_type(base) -> str | None:
     return model_type if model_type in ("orthrus_qwen3_5", *QWEN35_BASE_MODEL_TYPES) else None
 
 
-def default_mask_token(base, vocab_size: int) -> int:
+def default_mask_token(base, vocab_size: int, reader=None) -> int:
     """The mask of a plain Qwen3.5 base, picked as the reference picks Qwen3's: the first id past the tokenizer's
     tokens, an embedding row that no text produces. In a GGUF that is the first of the padding tokens llama.cpp's
-    converter appends up to the embedding's rows (type UNUSED), so an HF base and its GGUF pick the same id."""
+    converter appends up to the embedding's rows (type UNUSED), so an HF base and its GGUF pick the same id.
+    reader: the GGUF, already open."""
     if Path(base).suffix == ".gguf":
         import gguf
 
-        types = list(gguf_field(open_reader(base), "tokenizer.ggml.token_type", []) or [])
+        types = list(gguf_field(reader or open_reader(base), "tokenizer.ggml.token_type", []) or [])
         n = len(types)
         while n and types[n - 1] == gguf.TokenType.UNUSED:
             n -= 1
@@ -119,16 +120,16 @@ def initial_twins(init_from, model: Qwen35Reference) -> dict[str, torch.Tensor]:
     return twins
 
 
-def base_parameters(base) -> tuple[int, int]:
-    """(weights, of which twinned) of a Qwen3.5 base, read from its GGUF or safetensors headers without loading it:
-    every tensor the reference keeps (the MTP head and a vision tower left out), and the attention and DeltaNet
-    tensors a twin copies (counted once, whether or not the file holds twins)."""
+def base_parameters(base, reader=None) -> tuple[int, int]:
+    """(weights, of which twinned) of a Qwen3.5 base, read from its GGUF (`reader`, if already open) or safetensors
+    headers without loading it: every tensor the reference keeps (the MTP head and a vision tower left out), and
+    the attention and DeltaNet tensors a twin copies (counted once, whether or not the file holds twins)."""
     from ..convert.checkpoint import read_safetensors_header
     from ..reference import checkpoint_shards
 
     base = Path(base)
     if base.suffix == ".gguf":
-        reader = open_reader(base)
+        reader = reader or open_reader(base)
         layers = gguf_field(reader, f"{gguf_field(reader, 'general.architecture')}.block_count")
 
         def mtp(name: str) -> bool:  # the MTP head's layers follow the model's (a broken count: loading says so)
@@ -149,11 +150,11 @@ def base_parameters(base) -> tuple[int, int]:
     return sum(n for name, n in sizes.items() if "_diff" not in name), twins
 
 
-def check_memory(cfg: TrainConfig) -> None:
+def check_memory(cfg: TrainConfig, reader=None) -> None:
     """Refuse, before anything loads, a base whose float32 training would not fit: every weight in float32 in RAM
     (it loads there), and where it trains (RAM, or the card with --device cuda) each twin again with its gradient
-    and two AdamW moments: 4 bytes a weight and 16 a twin."""
-    weights, twins = base_parameters(cfg.base)
+    and two AdamW moments: 4 bytes a weight and 16 a twin. reader: the base GGUF, already open."""
+    weights, twins = base_parameters(cfg.base, reader)
     need = {"memory": 4 * weights + 16 * twins}
     have = {"memory": options.available_memory()}
     if torch.device(cfg.device).type == "cuda":
@@ -175,18 +176,19 @@ class DocumentJob:
 
     precision = "fp32"
 
-    def __init__(self, cfg: TrainConfig, state: dict | None):
+    def __init__(self, cfg: TrainConfig, state: dict | None, kind: str):
+        """kind: qwen35_model_type(cfg.base)."""
         if cfg.precision == "bf16":
             raise PyorthrusError(f"{cfg.base}: a Qwen3.5 base trains in float32, without --precision bf16 (not "
                                  "built yet)")
         self.cfg = cfg
-        check_memory(cfg)
+        reader = open_reader(cfg.base) if kind in GGUF_ARCHS else None  # parsed once (a vocabulary takes seconds)
+        check_memory(cfg, reader)
         torch.manual_seed(cfg.seed)
-        kind = qwen35_model_type(cfg.base)
-        if kind in GGUF_ARCHS:
-            model = load_gguf(cfg.base)  # its twins, if it is a merged file, else copies of the AR weights
+        if reader is not None:
+            model = load_gguf(cfg.base, reader=reader)  # its twins, if it is a merged file, else copies of the AR's
             mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else model.cfg.mask_token_id \
-                if model.cfg.mask_token_id is not None else default_mask_token(cfg.base, model.cfg.vocab_size)
+                if model.cfg.mask_token_id is not None else default_mask_token(cfg.base, model.cfg.vocab_size, reader)
         elif kind == "orthrus_qwen3_5":
             model = load_checkpoint(cfg.base)
             mask_id = model.cfg.mask_token_id if cfg.mask_token_id is None else cfg.mask_token_id

@@ -67,11 +67,11 @@ def convert_checkpoint(ckpt_dir, adapter_out=None, merged_out=None, base=None, o
 
 
 def adapter_kv(name: str, arch: str, block_size: int, mask_token_id: int, base: dict[str, int],
-               recurrent_layers: list[bool] | None = None) -> list[tuple]:
+               recurrent_layers: list[bool] | None = None, recurrent_draft: str = RECURRENT_DRAFT) -> list[tuple]:
     """An Orthrus adapter file's keys, what llama_adapter_orthrus_init checks the diff tensors against: the block
     size, the mask token and `base`, the shape of the base it was trained for (block_count, embedding_length,
     head_count, head_count_kv, vocab_size); for a hybrid base its recurrent layers (for `inspect`) and the draft
-    scheme of their twins."""
+    scheme of their twins (tests name another to see it refused)."""
     kv = [string(KEY_GENERAL_TYPE, "adapter"), string(KEY_ADAPTER_TYPE, ADAPTER_TYPE_ORTHRUS),
           string("general.name", name), uint32(KEY_ADAPTER_BLOCK_SIZE, block_size),
           uint32(KEY_MASK_TOKEN_ID, mask_token_id)]
@@ -79,7 +79,7 @@ def adapter_kv(name: str, arch: str, block_size: int, mask_token_id: int, base: 
            for key in ("block_count", "embedding_length", "head_count", "head_count_kv", "vocab_size")]
     if recurrent_layers:
         kv += [(f"{arch}.attention.recurrent_layers", recurrent_layers, gguf.GGUFValueType.ARRAY,
-                gguf.GGUFValueType.BOOL), string(KEY_ADAPTER_RECURRENT_DRAFT, RECURRENT_DRAFT)]
+                gguf.GGUFValueType.BOOL), string(KEY_ADAPTER_RECURRENT_DRAFT, recurrent_draft)]
     return kv
 
 

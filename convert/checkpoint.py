@@ -16,7 +16,7 @@ import numpy as np
 from pyorthrus.errors import PyorthrusError
 from pyorthrus.formats import (CHECKPOINT_MODEL_TYPES, QWEN35, OrthrusConfig, config_from_hf, hf_ar_name,
                                qwen35_twin_names, twin_name)
-from pyorthrus.qwen35_layout import gguf_name, mixer_shapes
+from pyorthrus.qwen35_layout import gguf_name, gguf_shape, mixer_shapes
 
 # HF suffix of each diff tensor -> GGUF tensor name (without "blk.N." and ".weight"/".bias").
 DIFF_PROJECTIONS = {"q_proj_diff": "attn_q_diff", "k_proj_diff": "attn_k_diff", "v_proj_diff": "attn_v_diff",
@@ -45,7 +45,7 @@ class DiffTensor:
     gguf_name: str
     layer: int
     permute_heads: int  # llama.cpp Q/K row permutation head count, 0 for none
-    shape: tuple[int, ...]  # in the GGUF (numpy order): hf.shape but for a qwen35 conv kernel's axis of 1
+    shape: tuple[int, ...]  # in the GGUF (numpy order): hf.shape but for a qwen35 conv kernel (gguf_shape)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
@@ -181,8 +181,8 @@ class OrthrusCheckpoint:
                 if shape is not None and entry.shape != shape:
                     raise PyorthrusError(f"{entry.shard}: {name} has shape {list(entry.shape)}, the {what} "
                                          f"{list(shape)}")
-            shape = entry.shape if len(entry.shape) != 3 else (entry.shape[0], entry.shape[2])
-            twins.append(DiffTensor(entry, twin_name(gguf_name(ar_name)), int(name.split(".")[2]), 0, shape))
+            twins.append(DiffTensor(entry, twin_name(gguf_name(ar_name)), int(name.split(".")[2]), 0,
+                                    gguf_shape(ar_name, entry.shape)))
         unexpected = sorted({name for name in self.entries if "_diff" in name} - set(expected))
         if unexpected:
             raise PyorthrusError(f"{self.entries[unexpected[0]].shard}: unexpected diff tensor {unexpected[0]} "

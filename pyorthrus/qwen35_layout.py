@@ -132,16 +132,29 @@ def _reorder_value_heads(x: np.ndarray, where: tuple[int, int, int], hp: dict, t
     return np.moveaxis(np.concatenate((head, part)), 0, axis)
 
 
+def gguf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The numpy shape llama.cpp's converter gives an HF tensor (by its HF name) of `shape`: the conv kernel and a
+    MoE layer's shared-expert gate lose their axis of 1, the rest keep theirs."""
+    if name.endswith("linear_attn.conv1d.weight"):
+        return shape[0], shape[-1]
+    if name.endswith("mlp.shared_expert_gate.weight"):
+        return shape[-1],
+    return tuple(shape)
+
+
+def layer_past(name: str, n_layers: int) -> bool:
+    """Whether a GGUF tensor is in a layer past the model's `n_layers` (the MTP head's, which neither view uses)."""
+    index = name.split(".")[1] if name.startswith("blk.") else ""
+    return index.isdigit() and int(index) >= n_layers
+
+
 def to_gguf(name: str, value: np.ndarray, hp: dict) -> tuple[str, np.ndarray]:
     """An HF tensor (float32) as llama.cpp's converter writes it: (its GGUF name, its values in numpy order).
     hp: the text model's config (transformers' keys)."""
     out_name = gguf_name(name)
     suffix = out_name.split(".", 2)[-1] if out_name.startswith("blk.") else out_name
     value = np.asarray(value, dtype=np.float32)
-    if suffix == "ssm_conv1d.weight":
-        value = value.reshape(value.shape[0], value.shape[-1])
-    elif suffix == "ffn_gate_inp_shexp.weight":
-        value = value.reshape(-1)
+    value = value.reshape(gguf_shape(name, value.shape))
     if (where := value_head_axis(suffix, hp)) is not None:
         value = _reorder_value_heads(value, where, hp, tiled=True)
     if suffix == "ssm_a":

@@ -27,7 +27,7 @@ from .errors import PyorthrusError
 from .formats import (CHECKPOINT_MODEL_TYPES, KEY_ADAPTER_BLOCK_SIZE, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, QWEN35,
                       config_from_hf, hf_ar_name, qwen35_twin_names, twin_name)
 from .gguf_meta import adapter_fit, fit_error, gguf_field, open_reader
-from .qwen35_layout import from_gguf, gguf_name, hf_name, hf_shape
+from .qwen35_layout import from_gguf, gguf_name, hf_name, hf_shape, layer_past
 
 
 # transformers' Qwen3.5 checkpoints: multimodal (the text model's config under text_config, its tensors under
@@ -155,12 +155,14 @@ class Qwen35Reference:
         # each row's cached keys, padded to the longest; `cached` marks the real ones
         lengths = [c.keys[layer].shape[1] if layer in c.keys else 0 for c in caches]
         longest = max(lengths)
-        pad = lambda t, size: F.pad(t, (0, 0, 0, longest - size))  # noqa: E731
-        prefix_k = torch.stack([pad(c.keys[layer], m) if m else k.new_zeros(k.shape[1], longest, k.shape[3])
-                                for c, m in zip(caches, lengths)])
-        prefix_v = torch.stack([pad(c.values[layer], m) if m else v.new_zeros(v.shape[1], longest, v.shape[3])
-                                for c, m in zip(caches, lengths)])
-        keys, values = torch.cat((prefix_k, k), dim=2), torch.cat((prefix_v, v), dim=2)
+
+        def prefix(stores: list[dict], new: torch.Tensor) -> torch.Tensor:  # [b, kv heads, longest, head_dim]
+            empty = new.new_zeros(new.shape[1], 0, new.shape[3])
+            return torch.stack([F.pad(store.get(layer, empty), (0, 0, 0, longest - m))
+                                for store, m in zip(stores, lengths)])
+
+        keys = torch.cat((prefix([c.keys for c in caches], k), k), dim=2)
+        values = torch.cat((prefix([c.values for c in caches], v), v), dim=2)
         if not diffusion:
             caches[0].keys[layer], caches[0].values[layer] = keys[0], values[0]
         cached = torch.arange(longest, device=h.device)[None, :] < torch.tensor(lengths, device=h.device)[:, None]
@@ -286,11 +288,18 @@ def orthrus_from_base(path, block_size: int, mask_token_id: int) -> Qwen35Refere
         if name.startswith(("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")):
             tensors[name] = tensor
     model = Qwen35Reference(flat, tensors, str(path / "config.json"))
-    for twin in qwen35_twin_names(model.cfg):
-        if hf_ar_name(twin) not in model.w:
-            raise PyorthrusError(f"{path}: no tensor {hf_ar_name(twin)} (layer {twin.split('.')[2]}) for its twin")
-        model.w[twin] = model.w[hf_ar_name(twin)].clone()
+    copy_missing_twins(model, str(path))
     return model
+
+
+def copy_missing_twins(model: Qwen35Reference, source: str, shown=lambda name: name) -> None:
+    """Each twin the model was not given starts as a copy of its AR tensor, as the reference initialises them; an
+    AR tensor missing too is named (shown(HF name): as the source names it) with its layer."""
+    for twin in qwen35_twin_names(model.cfg):
+        ar = hf_ar_name(twin)
+        if ar not in model.w:
+            raise PyorthrusError(f"{source}: no tensor {shown(ar)} (layer {twin.split('.')[2]}) for its twin")
+        model.w.setdefault(twin, model.w[ar].clone())
 
 
 def gguf_text_config(reader, source: str) -> dict:
@@ -360,8 +369,8 @@ def hf_tensors(reader, hf: dict) -> dict[str, torch.Tensor]:
     tensors = {}
     for tensor in reader.tensors:
         ar_name = hf_ar_name(tensor.name)
-        if ar_name.startswith("blk.") and int(ar_name.split(".")[1]) >= hf["num_hidden_layers"]:
-            continue  # the MTP head
+        if layer_past(ar_name, hf["num_hidden_layers"]):
+            continue
         if hf_name(ar_name) is None:
             raise PyorthrusError(f"{reader.data.filename}: unexpected tensor {tensor.name}")
         stored, want = gguf_tensor_f32(tensor), hf_shape(hf_name(ar_name), hf)
@@ -393,8 +402,5 @@ def load_gguf(path, adapter=None, reader=None) -> Qwen35Reference:
                 hf[hf_key] = int(gguf_field(readers[1], gguf_key))
     tensors = {name: t for source in readers for name, t in hf_tensors(source, hf).items()}
     model = Qwen35Reference(hf, tensors, str(path))
-    for twin in qwen35_twin_names(model.cfg):
-        if hf_ar_name(twin) not in model.w:
-            raise PyorthrusError(f"{path}: no tensor {gguf_name(hf_ar_name(twin))} for layer {twin.split('.')[2]}")
-        model.w.setdefault(twin, model.w[hf_ar_name(twin)].clone())
+    copy_missing_twins(model, str(path), gguf_name)
     return model

@@ -13,9 +13,8 @@ import gguf
 import numpy as np
 
 from ..bench.shapes import Qwen35Shape, qwen35_tokenizer_kv
-from ..convert.gguf_out import PlannedTensor, string, write_gguf, write_output
-from ..formats import (KEY_ADAPTER_RECURRENT_DRAFT, KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT,
-                       RECURRENT_DRAFT, twin_name)
+from ..convert.gguf_out import PlannedTensor, write_gguf, write_output
+from ..formats import KEY_BLOCK_SIZE, KEY_MASK_TOKEN_ID, KEY_RECURRENT_DRAFT, RECURRENT_DRAFT, twin_name
 from ..gguf_meta import gguf_field, open_reader, recurrent_layers
 
 
@@ -76,8 +75,8 @@ def write_tiny_qwen35_adapter(merged: Path, path: Path, recurrent_draft: str = R
             "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data)}
     recurrent = set(recurrent_layers(reader, arch, base["block_count"]))
     kv = adapter_kv(f"tiny {arch} Orthrus adapter", arch, gguf_field(reader, KEY_BLOCK_SIZE.format(arch=arch)),
-                    gguf_field(reader, KEY_MASK_TOKEN_ID), base, [i in recurrent for i in range(base["block_count"])])
-    kv = [string(item[0], recurrent_draft) if item[0] == KEY_ADAPTER_RECURRENT_DRAFT else item for item in kv]
+                    gguf_field(reader, KEY_MASK_TOKEN_ID), base, [i in recurrent for i in range(base["block_count"])],
+                    recurrent_draft)
     twins = [t for t in planned_base_tensors(reader) if "_diff" in t.name]
     write_output(path, True, lambda tmp: write_gguf(tmp, arch, kv, twins, progress=False))
     return Path(path)

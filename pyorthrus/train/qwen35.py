@@ -24,7 +24,7 @@ from .. import options
 from ..errors import PyorthrusError
 from ..files import atomic_write
 from ..gguf_meta import gguf_field, open_reader
-from ..qwen35_layout import hf_name
+from ..qwen35_layout import hf_name, layer_past
 from ..reference_qwen35 import (QWEN35_BASE_MODEL_TYPES, Qwen35Reference, base_text_config, hf_tensors,
                                load_checkpoint, load_gguf, orthrus_from_base)
 from . import data as data_mod
@@ -131,12 +131,9 @@ def base_parameters(base, reader=None) -> tuple[int, int]:
     if base.suffix == ".gguf":
         reader = reader or open_reader(base)
         layers = gguf_field(reader, f"{gguf_field(reader, 'general.architecture')}.block_count")
-
-        def mtp(name: str) -> bool:  # the MTP head's layers follow the model's (a broken count: loading says so)
-            index = name.split(".")[1] if name.startswith("blk.") else ""
-            return isinstance(layers, int) and index.isdigit() and int(index) >= layers
-
-        sizes = {t.name: int(t.n_elements) for t in reader.tensors if not mtp(t.name)}
+        if not isinstance(layers, int):  # a broken count: loading says so
+            layers = len(reader.tensors)
+        sizes = {t.name: int(t.n_elements) for t in reader.tensors if not layer_past(t.name, layers)}
         names = {name: hf_name(name) or "" for name in sizes}
     else:
         sizes = {}

@@ -53,7 +53,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     args.cpu_steps = args.steps if args.cpu_steps is None else args.cpu_steps
-    work = Path(tempfile.mkdtemp(prefix="qwen35-train-"))
+    with tempfile.TemporaryDirectory(prefix="qwen35-train-") as work:  # a real width's checkpoints take GBs
+        return run(args, Path(work))
+
+
+def run(args, work: Path) -> int:
+    """Make the checkpoint and data in `work`, train on each device, compare, decode; the exit status."""
     shape = SHAPES[args.shape] if args.layers is None else replace(SHAPES[args.shape], layers=args.layers)
     ckpt = write_tiny_orthrus_qwen35_checkpoint(work / "ckpt", config=shape, dtype=torch.float32,
                                                 block_size=args.block_size, logit_scale=6.0)

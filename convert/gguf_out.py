@@ -62,14 +62,14 @@ def encode_diff_tensor(ckpt: OrthrusCheckpoint, diff: DiffTensor, qtype: gguf.GG
     stored = ckpt.tensor(diff.hf.name)
     if diff.permute_heads:
         stored = permute_qk_rows(stored, diff.permute_heads)
-    is_bf16 = diff.hf.dtype == "BF16"
+    is_bf16, transformed = diff.hf.dtype == "BF16", ckpt.config.base == QWEN35
     value = bf16_bits_to_f32(stored) if is_bf16 else stored.astype(np.float32)
-    if ckpt.config.base == QWEN35:
+    if transformed:
         value = to_gguf(hf_ar_name(diff.hf.name), value, ckpt.hf_config)[1]
     if not np.isfinite(value).all():  # checked while streaming: a failure here must leave no output behind
         raise PyorthrusError(f"{diff.hf.shard}: tensor {diff.hf.name} contains NaN or infinite values"
-                             + (" (in llama.cpp's layout)" if ckpt.config.base == QWEN35 else ""))
-    if qtype == gguf.GGMLQuantizationType.BF16 and is_bf16 and ckpt.config.base != QWEN35:
+                             + (" (in llama.cpp's layout)" if transformed else ""))
+    if qtype == gguf.GGMLQuantizationType.BF16 and is_bf16 and not transformed:
         return np.ascontiguousarray(stored)
     if qtype == gguf.GGMLQuantizationType.F32:
         return value
